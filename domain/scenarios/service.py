@@ -1,0 +1,125 @@
+"""Scenarios: create from a template, update (validated, versioned), delete, read and list."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from domain.errors import BadInput, NotFound
+from domain.ids import check_first, decode_cursor, encode_cursor, new_id, utcnow
+from domain.scenarios.config import build_config, merge_config, validate_config
+from domain.scenarios.templates import TEMPLATES
+from models.cache import Cache, CacheUnavailable
+from models.documents import Interaction, Item, Scenario
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a list, in the shape a Relay connection needs."""
+
+    nodes: list[Any]
+    cursors: list[str]
+    has_next: bool
+
+
+class ScenarioService:
+    """Scenario configuration, always scoped by tenant."""
+
+    def __init__(self, cache: Cache) -> None:
+        self._cache = cache
+
+    async def create(self, *, tenant_id: str, name: str, template: str, config: Mapping | None) -> Scenario:
+        """Create a scenario from a template with `config` merged over it."""
+        name = _clean_name(name)
+        if template not in TEMPLATES:
+            raise BadInput(f"unknown template {template!r}", field="input.template")
+        await self._check_name_free(name, tenant_id=tenant_id)
+        if config is not None and not isinstance(config, Mapping):
+            raise BadInput("config must be a JSON object", field="input.config")
+        merged = build_config(template, config or {})
+        now = utcnow()
+        scenario = Scenario(
+            id=new_id("sc"), tenant_id=tenant_id, name=name, template=template, config=merged,
+            created_at=now, updated_at=now,
+        )
+        await scenario.insert()
+        return scenario
+
+    async def update(
+        self, scenario_id: str, *, tenant_id: str, name: str | None = None, config: Mapping | None = None
+    ) -> Scenario:
+        """Rename and/or merge a config change over the current config; bump the config version."""
+        scenario = await self.get_or_raise(scenario_id, tenant_id=tenant_id, field="id")
+        changes: dict[str, Any] = {"updated_at": utcnow()}
+        if name is not None and _clean_name(name) != scenario.name:
+            changes["name"] = _clean_name(name)
+            await self._check_name_free(changes["name"], tenant_id=tenant_id)
+        if config is not None:
+            if not isinstance(config, Mapping):
+                raise BadInput("config must be a JSON object", field="input.config")
+            changes["config"] = validate_config(merge_config(scenario.config, config))
+        update: dict[str, Any] = {"$set": changes}
+        if "config" in changes:
+            update["$inc"] = {"config_version": 1}
+        col = Scenario.get_pymongo_collection()
+        await col.update_one({"_id": scenario_id, "tenant_id": tenant_id}, update)
+        return await self.get_or_raise(scenario_id, tenant_id=tenant_id, field="id")
+
+    async def delete(self, scenario_id: str, *, tenant_id: str) -> bool:
+        """Delete a scenario, its interactions, and items that belonged to it alone."""
+        result = await Scenario.get_pymongo_collection().delete_one({"_id": scenario_id, "tenant_id": tenant_id})
+        if result.deleted_count == 0:
+            raise NotFound(f"no scenario {scenario_id}", field="id")
+        items = Item.get_pymongo_collection()
+        await items.update_many({"tenant_id": tenant_id, "scenarios": scenario_id}, {"$pull": {"scenarios": scenario_id}})
+        await items.delete_many({"tenant_id": tenant_id, "scenarios": {"$size": 0}})
+        await Interaction.get_pymongo_collection().delete_many({"tenant_id": tenant_id, "scenario_id": scenario_id})
+        try:
+            await self._cache.drop_item_meta(None, tenant_id=tenant_id)
+        except CacheUnavailable:
+            pass  # metadata is read through from MongoDB again when Redis is back
+        return True
+
+    async def get(self, scenario_id: str, *, tenant_id: str) -> Scenario | None:
+        """Return the tenant's scenario or None (another tenant's looks missing)."""
+        return await Scenario.find_one({"_id": scenario_id, "tenant_id": tenant_id})
+
+    async def get_or_raise(self, scenario_id: str, *, tenant_id: str, field: str = "scenarioId") -> Scenario:
+        """Return the tenant's scenario or raise NotFound naming the argument."""
+        scenario = await self.get(scenario_id, tenant_id=tenant_id)
+        if scenario is None:
+            raise NotFound(f"no scenario {scenario_id}", field=field)
+        return scenario
+
+    async def get_many(self, ids: list[str], *, tenant_id: str) -> list[Scenario | None]:
+        """Return scenarios in the order of ids, None for missing ones (one query)."""
+        found = await Scenario.find({"_id": {"$in": list(set(ids))}, "tenant_id": tenant_id}).to_list()
+        by_id = {s.id: s for s in found}
+        return [by_id.get(i) for i in ids]
+
+    async def list(self, *, tenant_id: str, first: int | None, after: str | None, max_first: int) -> Page:
+        """Return a page of the tenant's scenarios, oldest first."""
+        limit = check_first(first, maximum=max_first)
+        query: dict[str, Any] = {"tenant_id": tenant_id}
+        if (start := decode_cursor(after)) is not None:
+            query["_id"] = {"$gt": start}
+        docs = await Scenario.find(query).sort("_id").limit(limit + 1).to_list()
+        nodes = docs[:limit]
+        return Page(nodes=nodes, cursors=[encode_cursor(s.id) for s in nodes], has_next=len(docs) > limit)
+
+    async def ids(self, *, tenant_id: str) -> list[str]:
+        """Return every scenario id of the tenant."""
+        docs = await Scenario.get_pymongo_collection().find({"tenant_id": tenant_id}, {"_id": 1}).to_list(None)
+        return [d["_id"] for d in docs]
+
+    async def _check_name_free(self, name: str, *, tenant_id: str) -> None:
+        if await Scenario.find_one({"tenant_id": tenant_id, "name": name}):
+            raise BadInput(f"a scenario named {name!r} already exists", field="input.name")
+
+
+def _clean_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name or len(name) > 200:
+        raise BadInput("name must be 1-200 characters", field="input.name")
+    return name

@@ -1,0 +1,135 @@
+"""Canonical stage names that scenario configs use, and the JSON Schema of each stage's `params`.
+
+Adding a stage is one line in its name tuple (plus a params entry when it takes params); the engine registers its
+class under the same name. A stage without a params entry takes no params.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+RECALL_SOURCES: tuple[str, ...] = (
+    "popular",
+    "trending",
+    "item_cf",
+    "user_cf",
+    "als",
+    "ease",
+    "content",
+    "vector",
+    "fresh",
+    "affinity",
+)
+FILTERS: tuple[str, ...] = ("seen", "availability", "rules", "blocklist")
+RANKERS: tuple[str, ...] = ("fusion",)
+RERANKERS: tuple[str, ...] = ("mmr", "freshness", "category_cap", "pins", "dedupe")
+
+# Sources that need no user history, so they can fill the list for a new user.
+FALLBACK_SOURCES: tuple[str, ...] = ("popular", "trending", "fresh")
+
+RECALL_SET = frozenset(RECALL_SOURCES)
+FILTER_SET = frozenset(FILTERS)
+RANKER_SET = frozenset(RANKERS)
+RERANKER_SET = frozenset(RERANKERS)
+
+
+def prop(type_: str | list[str], description: str, **keywords: Any) -> dict[str, Any]:
+    """Return a property schema of `type_` with its description and extra keywords (default, bounds...)."""
+    return {"type": type_, "description": description, **keywords}
+
+
+def params(*, required: tuple[str, ...] = (), **properties: dict[str, Any]) -> dict[str, Any]:
+    """Return a closed params object schema (unknown params are typos, so they are refused)."""
+    schema: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+def _hours(description: str, default: float | None, maximum: float = 8760) -> dict[str, Any]:
+    if default is None:
+        return prop(["number", "null"], description, default=None, exclusiveMinimum=0, maximum=maximum)
+    return prop("number", description, default=default, exclusiveMinimum=0, maximum=maximum)
+
+
+def _neighbors(default: int) -> dict[str, Any]:
+    return prop("integer", "Nearest neighbours kept per item/user.", default=default, minimum=1, maximum=1000)
+
+
+RECALL_PARAMS: dict[str, dict[str, Any]] = {
+    "popular": params(halfLifeHours=_hours("Popularity decay half-life; null: use popularity.halfLifeHours.", None)),
+    "trending": params(windowHours=_hours("Sliding window; null: use popularity.trendingWindowHours.", None, 720)),
+    "item_cf": params(
+        neighbors=_neighbors(50),
+        seedItems=prop("integer", "How many of the user's recent items seed the lookup.", default=20, minimum=1,
+                       maximum=200),
+    ),
+    "user_cf": params(neighbors=_neighbors(50)),
+    "als": params(
+        factors=prop("integer", "Latent factors.", default=64, minimum=2, maximum=512),
+        iterations=prop("integer", "Alternating least-squares sweeps.", default=15, minimum=1, maximum=100),
+        regularization=prop("number", "L2 regularisation.", default=0.01, minimum=0, maximum=100),
+    ),
+    "ease": params(
+        # EASE inverts an items x items matrix, so the vocabulary is capped to the most popular items.
+        **{"lambda": prop("number", "L2 regularisation of the item-item matrix.", default=500.0, exclusiveMinimum=0,
+                          maximum=1e6)},
+        maxItems=prop("integer", "Most popular items kept in the model.", default=20000, minimum=10, maximum=50000),
+    ),
+    "fresh": params(maxAgeHours=_hours("Only items published within this many hours.", 72.0)),
+    "affinity": params(
+        topCategories=prop("integer", "The user's strongest categories/tags recalled from.", default=5, minimum=1,
+                           maximum=50),
+    ),
+}
+
+_EXPRESSION = prop("string", "One rule, e.g. `publishedAt within 72h`.", minLength=1, maxLength=500, pattern=r"\S")
+_LABELS = {"type": "array", "items": prop("string", "An id or label.", minLength=1), "uniqueItems": True}
+
+FILTER_PARAMS: dict[str, dict[str, Any]] = {
+    "rules": params(
+        required=("expressions",),
+        expressions={"type": "array", "description": "Business rules an item must satisfy (all of them).",
+                     "minItems": 1, "items": _EXPRESSION},
+    ),
+    "blocklist": params(
+        itemIds={**_LABELS, "description": "Item ids never recommended.", "default": []},
+        categories={**_LABELS, "description": "Categories never recommended.", "default": []},
+    ),
+}
+
+RANKER_PARAMS: dict[str, dict[str, Any]] = {}
+
+_PIN = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["itemId", "position"],
+    "properties": {
+        "itemId": prop("string", "The pinned item's id.", minLength=1),
+        "position": prop("integer", "1-based slot in the served list (1 = first).", minimum=1, maximum=200),
+    },
+}
+
+RERANK_PARAMS: dict[str, dict[str, Any]] = {
+    "mmr": params(
+        **{"lambda": prop("number", "Relevance vs diversity: 1 = relevance only, 0 = diversity only.", default=0.7,
+                          minimum=0, maximum=1)},
+        by=prop("string", "What makes two items similar.", enum=["category", "embedding"], default="category"),
+    ),
+    "freshness": params(
+        halfLifeHours=_hours("Freshness boost half-life; null: use freshness.halfLifeHours.", None),
+        weight=prop("number", "Share of the final score given to freshness.", default=0.2, minimum=0, maximum=1),
+    ),
+    "category_cap": params(
+        maxPerCategory=prop("integer", "Most items of one category in a served page.", default=3, minimum=1,
+                            maximum=200),
+    ),
+    "pins": params(
+        pins={"type": "array", "description": "Items placed at fixed positions (merchandising).", "default": [],
+              "items": _PIN, "maxItems": 200},
+    ),
+    "dedupe": params(
+        by=prop("string", "Key that makes two items duplicates (syndicated copies share a title).",
+                enum=["id", "title"], default="id"),
+    ),
+}

@@ -1,0 +1,207 @@
+"""Starting configs per product kind: each is complete (every setting spelled out) and valid.
+
+`createScenario(input: {template, config})` merges `config` over one of these (see config.build_config).
+Recall weights are relative to each other within one scenario.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _weights(**weights: float) -> dict[str, float]:
+    """Return interaction weights for every InteractionType, 0 for the ones not named."""
+    kinds = ("VIEW", "CLICK", "LIKE", "SHARE", "COMMENT", "PURCHASE", "ADD_TO_CART", "RATING", "WATCH", "SKIP",
+             "DISLIKE")
+    return {kind: float(weights.get(kind, 0.0)) for kind in kinds}
+
+
+def _limits() -> dict[str, int]:
+    return {"recallTimeoutMs": 50, "maxCandidates": 1000}
+
+
+# Short video: the signal is how much of a clip was watched, and a skip is a strong "no".
+VLOG: dict[str, Any] = {
+    "features": {
+        "item": ["durationSeconds", "creatorId", "categories", "tags", "publishedAt"],
+        "user": ["watchTimeSeconds", "completionRate", "topCategories"],
+        "context": ["device", "hourOfDay", "network"],
+    },
+    "recall": [
+        # Co-watch neighbours of the clips just watched carry the session's intent best.
+        {"source": "item_cf", "weight": 3.0, "limit": 300, "params": {"neighbors": 50, "seedItems": 20}},
+        {"source": "als", "weight": 2.5, "limit": 300,
+         "params": {"factors": 64, "iterations": 15, "regularization": 0.01}},
+        # Embeddings reach clips with few views that CF cannot see yet.
+        {"source": "vector", "weight": 2.0, "limit": 200, "params": {}},
+        {"source": "content", "weight": 1.0, "limit": 150, "params": {}},
+        {"source": "trending", "weight": 1.5, "limit": 150, "params": {"windowHours": None}},
+        # A little exploration so new uploads get first views.
+        {"source": "fresh", "weight": 0.5, "limit": 100, "params": {"maxAgeHours": 48.0}},
+    ],
+    "filters": [{"name": "seen", "params": {}}, {"name": "availability", "params": {}}],
+    "ranker": {"name": "fusion", "params": {}},
+    "rerank": [
+        # A feed of one category tires fast; MMR mixes categories while keeping relevance first.
+        {"name": "mmr", "params": {"lambda": 0.7, "by": "category"}},
+        {"name": "dedupe", "params": {"by": "id"}},
+    ],
+    "freshness": {"halfLifeHours": 72.0},
+    "popularity": {"halfLifeHours": 48.0, "trendingWindowHours": 12.0},
+    # Rewatching a favourite after a month is fine; within a month it is a wasted slot.
+    "seen": {"exclude": True, "windowHours": 720.0, "types": ["VIEW", "WATCH", "LIKE", "SHARE", "COMMENT", "SKIP",
+                                                                "DISLIKE"], "excludeServedHours": 6.0},
+    "fallback": {"sources": ["trending", "popular"], "minItems": 20},
+    # Watch time is the truest signal of a clip's value; a skip is a clear negative.
+    "interactionWeights": _weights(VIEW=0.5, CLICK=1, LIKE=4, SHARE=6, COMMENT=4, RATING=2, WATCH=5, SKIP=-3,
+                                   DISLIKE=-6),
+    "retention": {"interactionsDays": 180},
+    "limits": _limits(),
+}
+
+# News: value decays within hours, readers expect their region and language, and wire copies repeat.
+NEWS: dict[str, Any] = {
+    "features": {
+        "item": ["categories", "tags", "publisher", "region", "language", "publishedAt"],
+        "user": ["topCategories", "region", "language"],
+        "context": ["region", "language", "device", "hourOfDay"],
+    },
+    "recall": [
+        {"source": "fresh", "weight": 3.0, "limit": 300, "params": {"maxAgeHours": 48.0}},
+        {"source": "content", "weight": 2.5, "limit": 200, "params": {}},
+        {"source": "trending", "weight": 2.0, "limit": 200, "params": {"windowHours": None}},
+        {"source": "affinity", "weight": 1.5, "limit": 150, "params": {"topCategories": 5}},
+        # Co-reading is weak for news (stories die before neighbours stabilise), so CF gets little weight.
+        {"source": "item_cf", "weight": 1.0, "limit": 100, "params": {"neighbors": 30, "seedItems": 10}},
+        {"source": "popular", "weight": 0.5, "limit": 100, "params": {"halfLifeHours": None}},
+    ],
+    "filters": [
+        {"name": "seen", "params": {}},
+        {"name": "availability", "params": {}},
+        {"name": "rules", "params": {"expressions": ["publishedAt within 72h"]}},
+    ],
+    "ranker": {"name": "fusion", "params": {}},
+    "rerank": [
+        {"name": "freshness", "params": {"halfLifeHours": None, "weight": 0.3}},
+        # A front page needs breadth: at most three stories per section.
+        {"name": "category_cap", "params": {"maxPerCategory": 3}},
+        {"name": "dedupe", "params": {"by": "title"}},
+    ],
+    "freshness": {"halfLifeHours": 6.0},
+    "popularity": {"halfLifeHours": 12.0, "trendingWindowHours": 3.0},
+    # Older articles are filtered by the rule anyway, so the seen window need not be longer.
+    "seen": {"exclude": True, "windowHours": 72.0, "types": ["VIEW", "CLICK", "LIKE", "SHARE", "COMMENT",
+                                                               "DISLIKE"], "excludeServedHours": 12.0},
+    "fallback": {"sources": ["trending", "fresh", "popular"], "minItems": 20},
+    "interactionWeights": _weights(VIEW=1, CLICK=2, LIKE=3, SHARE=5, COMMENT=4, RATING=2, WATCH=2, SKIP=-1,
+                                   DISLIKE=-4),
+    "retention": {"interactionsDays": 90},
+    "limits": _limits(),
+}
+
+# E-commerce: buying is the goal, stock changes, and merchandisers pin and balance the shelf.
+ECOMMERCE: dict[str, Any] = {
+    "features": {
+        "item": ["price", "brand", "categories", "rating", "inStock"],
+        "user": ["priceBand", "topBrands", "topCategories", "purchaseCount"],
+        "context": ["device", "country", "pageType"],
+    },
+    "recall": [
+        {"source": "item_cf", "weight": 3.0, "limit": 300, "params": {"neighbors": 100, "seedItems": 20}},
+        # EASE is strong on sparse basket data; capped to the 20k most popular products.
+        {"source": "ease", "weight": 2.5, "limit": 300, "params": {"lambda": 500.0, "maxItems": 20000}},
+        {"source": "als", "weight": 2.0, "limit": 200,
+         "params": {"factors": 128, "iterations": 20, "regularization": 0.05}},
+        {"source": "popular", "weight": 1.0, "limit": 100, "params": {"halfLifeHours": None}},
+        {"source": "trending", "weight": 0.5, "limit": 100, "params": {"windowHours": None}},
+    ],
+    "filters": [
+        {"name": "seen", "params": {}},
+        # Out-of-stock or delisted products must never be shown.
+        {"name": "availability", "params": {}},
+        {"name": "blocklist", "params": {"itemIds": [], "categories": []}},
+    ],
+    "ranker": {"name": "fusion", "params": {}},
+    "rerank": [
+        {"name": "category_cap", "params": {"maxPerCategory": 4}},
+        # Merchandisers add pins with updateScenario; empty until then.
+        {"name": "pins", "params": {"pins": []}},
+        {"name": "dedupe", "params": {"by": "id"}},
+    ],
+    "freshness": {"halfLifeHours": 720.0},
+    "popularity": {"halfLifeHours": 168.0, "trendingWindowHours": 24.0},
+    # Viewed products may come back (they convert); bought or disliked ones should not, for a month.
+    "seen": {"exclude": True, "windowHours": 720.0, "types": ["PURCHASE", "DISLIKE"], "excludeServedHours": 0.0},
+    "fallback": {"sources": ["popular", "trending"], "minItems": 10},
+    "interactionWeights": _weights(VIEW=1, CLICK=1.5, LIKE=3, SHARE=3, COMMENT=2, PURCHASE=10, ADD_TO_CART=6,
+                                   RATING=2, WATCH=0.5, SKIP=-1, DISLIKE=-4),
+    # Two years keeps yearly seasonality (last December) in the training data.
+    "retention": {"interactionsDays": 730},
+    "limits": _limits(),
+}
+
+# Music: listening is repetitive by nature and sessions flow by artist and genre.
+MUSIC: dict[str, Any] = {
+    "features": {
+        "item": ["artist", "genre", "album", "durationSeconds", "tempo", "releaseYear"],
+        "user": ["topArtists", "topGenres", "listenTimeSeconds"],
+        "context": ["device", "hourOfDay", "activity"],
+    },
+    "recall": [
+        # Next-track neighbours of the last few plays keep the session's flow.
+        {"source": "item_cf", "weight": 3.0, "limit": 300, "params": {"neighbors": 50, "seedItems": 10}},
+        {"source": "als", "weight": 2.5, "limit": 300,
+         "params": {"factors": 96, "iterations": 15, "regularization": 0.01}},
+        {"source": "affinity", "weight": 2.0, "limit": 200, "params": {"topCategories": 8}},
+        {"source": "popular", "weight": 0.5, "limit": 100, "params": {"halfLifeHours": None}},
+        {"source": "fresh", "weight": 0.5, "limit": 100, "params": {"maxAgeHours": 336.0}},
+    ],
+    "filters": [{"name": "seen", "params": {}}, {"name": "availability", "params": {}}],
+    "ranker": {"name": "fusion", "params": {}},
+    "rerank": [
+        # Light diversity only: listeners want a coherent mood, not a genre sampler.
+        {"name": "mmr", "params": {"lambda": 0.85, "by": "category"}},
+        # The same song appears on singles, albums and compilations under one title.
+        {"name": "dedupe", "params": {"by": "title"}},
+    ],
+    "freshness": {"halfLifeHours": 336.0},
+    "popularity": {"halfLifeHours": 168.0, "trendingWindowHours": 48.0},
+    # Repeat-friendly: only tracks played or skipped in the last two hours are held back.
+    "seen": {"exclude": True, "windowHours": 2.0, "types": ["WATCH", "SKIP", "DISLIKE"], "excludeServedHours": 1.0},
+    "fallback": {"sources": ["popular", "trending"], "minItems": 20},
+    # WATCH is seconds listened; a skip early in a track is the clearest negative in music.
+    "interactionWeights": _weights(VIEW=0.5, CLICK=1, LIKE=5, SHARE=4, COMMENT=2, PURCHASE=6, ADD_TO_CART=3,
+                                   RATING=2, WATCH=3, SKIP=-2, DISLIKE=-6),
+    "retention": {"interactionsDays": 365},
+    "limits": _limits(),
+}
+
+# Custom: the smallest useful pipeline, to build on with overrides.
+CUSTOM: dict[str, Any] = {
+    "features": {"item": [], "user": [], "context": []},
+    "recall": [
+        {"source": "popular", "weight": 1.0, "limit": 200, "params": {"halfLifeHours": None}},
+        {"source": "fresh", "weight": 0.5, "limit": 100, "params": {"maxAgeHours": 72.0}},
+    ],
+    "filters": [{"name": "seen", "params": {}}, {"name": "availability", "params": {}}],
+    "ranker": {"name": "fusion", "params": {}},
+    "rerank": [],
+    "freshness": {"halfLifeHours": 48.0},
+    "popularity": {"halfLifeHours": 72.0, "trendingWindowHours": 24.0},
+    "seen": {"exclude": True, "windowHours": None, "types": ["VIEW", "CLICK", "LIKE", "SHARE", "COMMENT", "PURCHASE",
+                                                               "ADD_TO_CART", "RATING", "WATCH", "SKIP", "DISLIKE"],
+             "excludeServedHours": 0.0},
+    "fallback": {"sources": ["popular"], "minItems": 10},
+    "interactionWeights": _weights(VIEW=1, CLICK=2, LIKE=4, SHARE=5, COMMENT=4, PURCHASE=8, ADD_TO_CART=4,
+                                   RATING=3, WATCH=3, SKIP=-1, DISLIKE=-4),
+    "retention": {"interactionsDays": None},
+    "limits": _limits(),
+}
+
+TEMPLATES: dict[str, dict[str, Any]] = {
+    "VLOG": VLOG,
+    "NEWS": NEWS,
+    "ECOMMERCE": ECOMMERCE,
+    "MUSIC": MUSIC,
+    "CUSTOM": CUSTOM,
+}

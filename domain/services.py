@@ -1,0 +1,39 @@
+"""The domain services wired over one set of stores; built once by the app factory (and by the CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from domain.catalogue import CatalogueService
+from domain.events import EventService
+from domain.privacy import PrivacyService
+from domain.profiles import ProfileService
+from domain.scenarios.service import ScenarioService
+from domain.tenancy import TenancyService
+from models.cache import Cache
+from models.vectors import VectorStore
+
+
+@dataclass(frozen=True)
+class Services:
+    tenancy: TenancyService
+    scenarios: ScenarioService
+    catalogue: CatalogueService
+    profiles: ProfileService
+    events: EventService
+    privacy: PrivacyService
+
+    @classmethod
+    def build(cls, *, cache: Cache, vectors: VectorStore | None) -> Services:
+        """Wire every service over the given stores (MongoDB is reached through Beanie)."""
+        scenarios = ScenarioService(cache)
+        catalogue = CatalogueService(cache, scenarios)
+        profiles = ProfileService()
+        return cls(
+            tenancy=TenancyService(),
+            scenarios=scenarios,
+            catalogue=catalogue,
+            profiles=profiles,
+            events=EventService(cache, scenarios, catalogue, profiles),
+            privacy=PrivacyService(cache, vectors, scenarios, profiles),
+        )

@@ -1,0 +1,80 @@
+"""The one place that wires recograph: `create_app(settings)` and its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from litestar import Litestar, Response
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from strawberry.litestar import make_graphql_controller
+
+from graph.context import http_context
+from graph.health import live, ready
+from graph.metrics import Metrics
+from graph.observability import configure_logging, litestar_logging_config, setup_tracing, strawberry_extensions, tracing_plugins
+from graph.runtime import Runtime, open_runtime
+from graph.schema import build_schema, guard_extensions
+from models.settings import Settings
+
+log = structlog.get_logger()
+
+
+async def _response() -> Response:
+    # Strawberry's default runs this trivial getter in a thread per request; async saves the hop.
+    return Response({})
+
+
+def _graphql_controller(settings: Settings, metrics: Metrics, tracing) -> type:
+    gql = settings.graphql
+    extensions = [
+        *guard_extensions(max_depth=gql.max_depth, max_tokens=gql.max_tokens, max_aliases=gql.max_aliases),
+        metrics.extension(),
+        *strawberry_extensions(settings.telemetry, tracing),
+    ]
+    base = make_graphql_controller(
+        build_schema(extensions),
+        path="/graphql",
+        graphql_ide="graphiql" if settings.server.graphiql else None,
+        allow_queries_via_get=False,
+    )
+
+    class GraphQLController(base):  # type: ignore[misc, valid-type]
+        # Our context is a plain frozen object, not Strawberry's BaseContext: replace the merged-context provider.
+        dependencies = {**base.dependencies, "context": Provide(http_context), "response": Provide(_response)}
+
+    return GraphQLController
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Litestar:
+    """Return the ASGI app; it opens (or adopts) the runtime on startup and closes what it opened."""
+    settings = settings or Settings()
+    configure_logging(settings.server)
+    tracing = setup_tracing(settings.telemetry)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        owned = runtime is None
+        app.state.runtime = await open_runtime(settings) if owned else runtime
+        log.info("recograph.started", embedded=settings.embedded, mongo=app.state.runtime.servers.mongo_url)
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.runtime.close()
+            if tracing is not None:
+                tracing.shutdown()
+
+    cors = CORSConfig(allow_origins=settings.server.cors_origins) if settings.server.cors_origins else None
+    return Litestar(
+        route_handlers=[_graphql_controller(settings, metrics, tracing), live, ready, metrics.route()],
+        lifespan=[lifespan],
+        cors_config=cors,
+        plugins=tracing_plugins(tracing),
+        logging_config=litestar_logging_config(),
+        state=State({"settings": settings, "metrics": metrics}),
+    )

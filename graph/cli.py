@@ -1,0 +1,194 @@
+"""The `recograph` command: serve, tenants, keys and the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from domain.errors import DomainError
+from domain.tenancy import Scope
+from graph import demo as demo_setup
+from graph.app import create_app
+from graph.runtime import Runtime, open_runtime
+from models.embedded import EmbeddedStartError, ServerUnavailable
+from models.settings import Settings
+
+app = typer.Typer(help="recograph: recommendations as a GraphQL subgraph.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
+keys_app = typer.Typer(help="List, create, rotate and revoke a tenant's API keys.", no_args_is_help=True)
+demo_app = typer.Typer(help="The MovieLens demo tenant.", no_args_is_help=True)
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(keys_app, name="keys")
+app.add_typer(demo_app, name="demo")
+console = Console(stderr=True)
+T = TypeVar("T")
+DEFAULT_DATASET = Path(__file__).resolve().parent.parent / "demo" / "ml-latest-small"
+
+
+def _settings(host: str | None = None, port: int | None = None, data_dir: Path | None = None, in_memory: bool = False) -> Settings:
+    settings = Settings()
+    server = settings.server
+    updates: dict[str, Any] = {"in_memory": in_memory or server.in_memory}
+    for name, value in (("host", host), ("port", port), ("data_dir", data_dir)):
+        if value is not None:
+            updates[name] = value
+    return settings.model_copy(update={"server": server.model_copy(update=updates)})
+
+
+def _run(work: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine; turn known failures into one clear line and exit status 1."""
+    try:
+        return asyncio.run(work())
+    except (ServerUnavailable, EmbeddedStartError) as exc:
+        console.print(f"[red]recograph: {exc}[/red]")
+    except DomainError as exc:
+        console.print(f"[red]recograph: {exc.message}{f' ({exc.field})' if exc.field else ''}[/red]")
+    raise typer.Exit(1)
+
+
+async def _with_runtime(settings: Settings, work: Callable[[Runtime], Awaitable[T]]) -> T:
+    # CLI commands never open the vector shards: only `serve` holds them.
+    runtime = await open_runtime(settings, with_vectors=False)
+    try:
+        return await work(runtime)
+    finally:
+        await runtime.close()
+
+
+async def serve_runtime(settings: Settings, runtime: Runtime) -> None:
+    """Serve HTTP until SIGINT/SIGTERM; the caller closes the runtime."""
+    host, port = settings.server.host, settings.server.port
+    runtime.servers.set_api_url(f"http://{host}:{port}")
+    config = uvicorn.Config(create_app(settings, runtime=runtime), host=host, port=port, log_config=None, lifespan="on")
+    await uvicorn.Server(config).serve()
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Bind address (default 127.0.0.1)."),
+    port: int = typer.Option(None, help="Port (default 8000)."),
+    data_dir: Path = typer.Option(None, help="Data directory of the embedded servers (default ./data)."),
+    in_memory: bool = typer.Option(False, "--in-memory", help="Keep nothing on disk."),
+) -> None:
+    """Serve GraphQL at /graphql, starting embedded servers for unset URLs."""
+    settings = _settings(host, port, data_dir, in_memory)
+
+    async def work() -> None:
+        runtime = await open_runtime(settings)
+        try:
+            await serve_runtime(settings, runtime)
+        finally:
+            await runtime.close()
+
+    _run(work)
+
+
+@tenants_app.command("create")
+def tenants_create(name: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Create a tenant and print its admin, public and gateway keys (shown only this once)."""
+
+    async def work(rt: Runtime) -> None:
+        tenant, keys = await rt.services.tenancy.create_tenant(name)
+        secrets = {scope.value: new.secret for scope, new in keys.items()}
+        if as_json:
+            print(json.dumps({"tenant_id": tenant.id, "keys": secrets}))
+            return
+        console.print(f"tenant [bold]{tenant.id}[/bold] ({tenant.name}); keys are shown only now:")
+        for scope, secret in secrets.items():
+            print(f"  {scope:8} {secret}")
+
+    _run(lambda: _with_runtime(_settings(), work))
+
+
+@tenants_app.command("list")
+def tenants_list() -> None:
+    """List tenants."""
+
+    async def work(rt: Runtime) -> None:
+        for tenant in await rt.services.tenancy.list_tenants():
+            print(f"{tenant.id}\t{tenant.name}\t{tenant.created_at.isoformat()}")
+
+    _run(lambda: _with_runtime(_settings(), work))
+
+
+@keys_app.command("list")
+def keys_list(tenant: str = typer.Option(..., help="Tenant id.")) -> None:
+    """List a tenant's live keys by prefix."""
+
+    async def work(rt: Runtime) -> None:
+        for key in await rt.services.tenancy.list_keys(tenant_id=tenant):
+            print(f"{key.id}\t{key.scope}\t{key.prefix}…\t{key.created_at.isoformat()}")
+
+    _run(lambda: _with_runtime(_settings(), work))
+
+
+@keys_app.command("create")
+def keys_create(tenant: str = typer.Option(..., help="Tenant id."), scope: Scope = typer.Option(Scope.PUBLIC)) -> None:
+    """Create a key and print its secret once."""
+
+    async def work(rt: Runtime) -> None:
+        if await rt.services.tenancy.get_tenant(tenant_id=tenant) is None:
+            raise typer.BadParameter(f"no tenant {tenant}")
+        new = await rt.services.tenancy.create_key(scope, tenant_id=tenant)
+        print(f"{new.key.id}\t{new.key.scope}\t{new.secret}")
+
+    _run(lambda: _with_runtime(_settings(), work))
+
+
+@keys_app.command("rotate")
+def keys_rotate(key_id: str, tenant: str = typer.Option(..., help="Tenant id.")) -> None:
+    """Replace a key by a new one of the same scope (the old one stops working)."""
+
+    async def work(rt: Runtime) -> None:
+        new = await rt.services.tenancy.rotate_key(key_id, tenant_id=tenant)
+        print(f"{new.key.id}\t{new.key.scope}\t{new.secret}")
+
+    _run(lambda: _with_runtime(_settings(), work))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, tenant: str = typer.Option(..., help="Tenant id.")) -> None:
+    """Revoke a key."""
+
+    async def work(rt: Runtime) -> None:
+        if not await rt.services.tenancy.revoke_key(key_id, tenant_id=tenant):
+            console.print(f"[red]no live key {key_id} in tenant {tenant}[/red]")
+            raise typer.Exit(1)
+        print(f"revoked {key_id}")
+
+    _run(lambda: _with_runtime(_settings(), work))
+
+
+@demo_app.command("load")
+def demo_load(path: Path = typer.Argument(DEFAULT_DATASET, help="A dataset in the MovieLens layout.")) -> None:
+    """Load the demo tenant (items and ratings) from a MovieLens dataset; reloading stores nothing twice."""
+    settings = _settings()
+    _run(lambda: _with_runtime(settings, lambda rt: demo_setup.ensure_demo(rt, path, console=console)))
+
+
+@demo_app.command("up")
+def demo_up(
+    path: Path = typer.Option(DEFAULT_DATASET, help="A dataset in the MovieLens layout."),
+    host: str = typer.Option(None), port: int = typer.Option(None),
+    in_memory: bool = typer.Option(False, "--in-memory"),
+) -> None:
+    """Load the demo tenant if needed, print its keys, and serve (what `make run` does)."""
+    settings = _settings(host, port, None, in_memory)
+
+    async def work() -> None:
+        runtime = await open_runtime(settings)
+        try:
+            demo = await demo_setup.ensure_demo(runtime, path, console=console)
+            demo_setup.print_banner(demo, settings, console=console)
+            await serve_runtime(settings, runtime)
+        finally:
+            await runtime.close()
+
+    _run(work)

@@ -1,0 +1,134 @@
+"""The GraphQL schema: root fields, each one line that calls a resolver and converts its result."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import strawberry
+from strawberry.extensions import (
+    MaxAliasesLimiter, MaxTokensLimiter, ParserCache, QueryDepthLimiter, SchemaExtension, ValidationCache,
+)
+from strawberry.scalars import JSON
+
+from domain.tenancy import Scope
+from graph.types.apikey import ApiKey, NewApiKey
+from graph.types.common import ApiKeyScope
+from graph.types.interaction import IngestResult, InteractionInput
+from graph.types.item import Item, ItemConnection, ItemFilter, ItemInput, UpsertItemsResult
+from graph.types.profile import User, UserProfile, load_profile
+from graph.types.scenario import CreateScenarioInput, Scenario, ScenarioConnection, UpdateScenarioInput
+from resolvers import interactions, keys, scenarios
+from resolvers import items as catalogue
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="One of your scenarios, or null.")
+    async def scenario(self, info: strawberry.Info, id: strawberry.ID) -> Scenario | None:
+        doc = await scenarios.get_scenario(info.context, id=id)
+        return Scenario.from_domain(doc) if doc else None
+
+    @strawberry.field(description="Your scenarios, oldest first.")
+    async def scenarios(self, info: strawberry.Info, first: int | None = 20, after: str | None = None) -> ScenarioConnection:
+        return ScenarioConnection.from_domain(await scenarios.list_scenarios(info.context, first=first, after=after))
+
+    @strawberry.field(description="One of your items by its id, or null.")
+    async def item(self, info: strawberry.Info, id: strawberry.ID) -> Item | None:
+        doc = await catalogue.get_item(info.context, id=id)
+        return Item.from_domain(doc) if doc else None
+
+    @strawberry.field(description="A scenario's items ordered by id.")
+    async def items(
+        self, info: strawberry.Info, scenario_id: strawberry.ID, filter: ItemFilter | None = None,
+        first: int | None = 20, after: str | None = None,
+    ) -> ItemConnection:
+        page = await catalogue.list_items(
+            info.context, scenario_id=scenario_id, filters=filter.to_domain() if filter else None, first=first, after=after
+        )
+        return ItemConnection.from_domain(page)
+
+    @strawberry.field(description="A user's profile, or null for a user never seen.")
+    async def profile(self, info: strawberry.Info, user_id: strawberry.ID) -> UserProfile | None:
+        return await load_profile(info, str(user_id))
+
+    @strawberry.field(description="The JSON Schema that scenario configs are validated against.")
+    async def scenario_config_schema(self, info: strawberry.Info) -> JSON:
+        return await scenarios.scenario_config_schema(info.context)
+
+    @strawberry.field(description="Your tenant's live API keys (admin).")
+    async def api_keys(self, info: strawberry.Info) -> list[ApiKey]:
+        return [ApiKey.from_domain(k) for k in await keys.list_keys(info.context)]
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Create a scenario from a template, with config merged over it.")
+    async def create_scenario(self, info: strawberry.Info, input: CreateScenarioInput) -> Scenario:
+        doc = await scenarios.create_scenario(
+            info.context, name=input.name, template=input.template.value, config=input.config
+        )
+        return Scenario.from_domain(doc)
+
+    @strawberry.mutation(description="Rename a scenario or change its config (validated; bumps configVersion).")
+    async def update_scenario(self, info: strawberry.Info, id: strawberry.ID, input: UpdateScenarioInput) -> Scenario:
+        doc = await scenarios.update_scenario(info.context, id=id, name=input.name, config=input.config)
+        return Scenario.from_domain(doc)
+
+    @strawberry.mutation(description="Delete a scenario, its interactions, and items that served it alone.")
+    async def delete_scenario(self, info: strawberry.Info, id: strawberry.ID) -> bool:
+        return await scenarios.delete_scenario(info.context, id=id)
+
+    @strawberry.mutation(description="Insert or update up to 5,000 items under a scenario, idempotent by id.")
+    async def upsert_items(self, info: strawberry.Info, scenario_id: strawberry.ID, items: list[ItemInput]) -> UpsertItemsResult:
+        result = await catalogue.upsert_items(
+            info.context, scenario_id=scenario_id, items=[i.to_domain() for i in items]
+        )
+        return UpsertItemsResult.from_domain(result)
+
+    @strawberry.mutation(description="Remove items from a scenario; returns how many were removed.")
+    async def delete_items(self, info: strawberry.Info, scenario_id: strawberry.ID, ids: list[strawberry.ID]) -> int:
+        return await catalogue.delete_items(info.context, scenario_id=scenario_id, ids=[str(i) for i in ids])
+
+    @strawberry.mutation(description="Record up to 5,000 interactions; each is accepted or refused on its own.")
+    async def record_interactions(self, info: strawberry.Info, events: list[InteractionInput]) -> IngestResult:
+        result = await interactions.record_interactions(info.context, events=[e.to_domain() for e in events])
+        return IngestResult.from_domain(result)
+
+    @strawberry.mutation(description="Erase a user's interactions, profile and cached state; returns records removed.")
+    async def delete_user_data(self, info: strawberry.Info, user_id: strawberry.ID) -> int:
+        return await interactions.delete_user_data(info.context, user_id=str(user_id))
+
+    @strawberry.mutation(description="Create an API key for your tenant; the secret is returned once.")
+    async def create_api_key(self, info: strawberry.Info, scope: ApiKeyScope) -> NewApiKey:
+        return NewApiKey.from_domain(await keys.create_key(info.context, scope=Scope(scope.value)))
+
+    @strawberry.mutation(description="Revoke an API key of your tenant.")
+    async def revoke_api_key(self, info: strawberry.Info, id: strawberry.ID) -> bool:
+        return await keys.revoke_key(info.context, id=id)
+
+    @strawberry.mutation(description="Replace an API key by a new one of the same scope and revoke the old one.")
+    async def rotate_api_key(self, info: strawberry.Info, id: strawberry.ID) -> NewApiKey:
+        return NewApiKey.from_domain(await keys.rotate_key(info.context, id=id))
+
+
+def guard_extensions(*, max_depth: int = 12, max_tokens: int = 5000, max_aliases: int = 30) -> list[SchemaExtension]:
+    """Return the parser/validation caches and the query guards."""
+    return [
+        ParserCache(maxsize=1024),
+        ValidationCache(maxsize=1024),
+        QueryDepthLimiter(max_depth=max_depth),
+        MaxTokensLimiter(max_token_count=max_tokens),
+        MaxAliasesLimiter(max_alias_count=max_aliases),
+    ]
+
+
+def build_schema(extensions: Sequence[SchemaExtension | type[SchemaExtension]] = ()) -> strawberry.federation.Schema:
+    """Return the federation v2 schema with the given extensions."""
+    return strawberry.federation.Schema(
+        query=Query, mutation=Mutation, types=[User, Item, Scenario], extensions=list(extensions),
+        federation_version="2.7",
+    )
+
+
+# For `strawberry export-schema graph.schema:schema`; the app builds its own with the configured guards.
+schema = build_schema(guard_extensions())

@@ -1,0 +1,73 @@
+"""Scenario types and inputs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import strawberry
+from strawberry.scalars import JSON
+
+from domain.scenarios.service import Page
+from graph.types.common import PageInfo, ScenarioTemplate
+from models.documents import Scenario as ScenarioDoc
+from resolvers.scenarios import get_scenario
+
+
+@strawberry.federation.type(keys=["id"], description="A configured recommendation surface (a feed, a shop page).")
+class Scenario:
+    id: strawberry.ID
+    name: str
+    template: ScenarioTemplate
+    config: JSON
+    config_version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_domain(cls, doc: ScenarioDoc) -> Scenario:
+        """Convert a stored scenario."""
+        return cls(
+            id=strawberry.ID(doc.id), name=doc.name, template=ScenarioTemplate(doc.template), config=doc.config,
+            config_version=doc.config_version, created_at=doc.created_at, updated_at=doc.updated_at,
+        )
+
+    @classmethod
+    async def resolve_reference(cls, info: strawberry.Info, id: strawberry.ID) -> Scenario | None:
+        """Resolve a federation reference within the caller's tenant."""
+        doc = await get_scenario(info.context, id=id)
+        return cls.from_domain(doc) if doc else None
+
+
+@strawberry.type
+class ScenarioEdge:
+    node: Scenario
+    cursor: str
+
+
+@strawberry.type
+class ScenarioConnection:
+    edges: list[ScenarioEdge]
+    page_info: PageInfo
+
+    @classmethod
+    def from_domain(cls, page: Page) -> ScenarioConnection:
+        """Convert a page of scenarios."""
+        edges = [ScenarioEdge(node=Scenario.from_domain(n), cursor=c) for n, c in zip(page.nodes, page.cursors)]
+        return cls(edges=edges, page_info=PageInfo(has_next_page=page.has_next, end_cursor=page.cursors[-1] if edges else None))
+
+
+@strawberry.input
+class CreateScenarioInput:
+    name: str
+    template: ScenarioTemplate = ScenarioTemplate.CUSTOM
+    config: JSON | None = strawberry.field(
+        default=None, description="Merged over the template (objects merge, lists replace); see scenarioConfigSchema."
+    )
+
+
+@strawberry.input
+class UpdateScenarioInput:
+    name: str | None = None
+    config: JSON | None = strawberry.field(
+        default=None, description="Merged over the current config; bumps configVersion."
+    )

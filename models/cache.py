@@ -1,0 +1,253 @@
+"""Hot state in Redis: item metadata for validation, seen sets, per-user cache versions.
+
+One Protocol, two implementations (`RedisCache`, `InMemoryCache`) that pass the same contract tests. Every key is
+prefixed `t:{tenant}:`; the braces are a Redis Cluster hash tag, so one tenant's keys live on one slot.
+Callers treat `CacheUnavailable` as "degraded": the record of truth is MongoDB.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+
+class CacheUnavailable(Exception):
+    """Redis could not be reached or answered with an error."""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemMeta:
+    """What ingest needs to know about an item without asking MongoDB."""
+
+    scenarios: tuple[str, ...]
+    categories: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    status: str = "ACTIVE"
+    duration_seconds: float | None = None
+
+    def encode(self) -> str:
+        """Serialise compactly for a Redis hash field."""
+        return json.dumps(
+            [list(self.scenarios), list(self.categories), list(self.tags), self.status, self.duration_seconds],
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> ItemMeta:
+        """Parse what `encode` wrote."""
+        s, c, t, st, d = json.loads(raw)
+        return cls(tuple(s), tuple(c), tuple(t), st, d)
+
+
+def tenant_key(tenant_id: str, *parts: str) -> str:
+    """Return a key in the tenant's hash slot."""
+    return ":".join(("t", "{" + tenant_id + "}", *parts))
+
+
+class Cache(Protocol):
+    async def item_meta(self, ids: Iterable[str], *, tenant_id: str) -> dict[str, ItemMeta]: ...
+    async def put_item_meta(self, metas: Mapping[str, ItemMeta], *, tenant_id: str) -> None: ...
+    async def drop_item_meta(self, ids: Iterable[str] | None, *, tenant_id: str) -> None: ...
+    async def record_seen(self, seen: Iterable[tuple[str, str, str]], *, tenant_id: str) -> None: ...
+    async def seen(self, scenario_id: str, user_id: str, *, tenant_id: str) -> set[str]: ...
+    async def user_version(self, user_id: str, *, tenant_id: str) -> int: ...
+    async def erase_user(self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str) -> int: ...
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class RedisCache:
+    """Cache on a Redis server; pipelines each call into one round trip."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._r = client
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout_s: float = 1.0) -> RedisCache:
+        """Create a client for URL without connecting yet."""
+        return cls(aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s))
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """Return the underlying redis-py client (for pub/sub and queues)."""
+        return self._r
+
+    async def item_meta(self, ids: Iterable[str], *, tenant_id: str) -> dict[str, ItemMeta]:
+        """Return the cached metadata of those ids that are cached."""
+        keys = list(dict.fromkeys(ids))
+        if not keys:
+            return {}
+        try:
+            raw = await self._r.hmget(tenant_key(tenant_id, "items"), keys)
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
+        return {k: ItemMeta.decode(v) for k, v in zip(keys, raw, strict=True) if v is not None}
+
+    async def put_item_meta(self, metas: Mapping[str, ItemMeta], *, tenant_id: str) -> None:
+        """Store item metadata."""
+        if not metas:
+            return
+        try:
+            await self._r.hset(tenant_key(tenant_id, "items"), mapping={k: m.encode() for k, m in metas.items()})
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
+
+    async def drop_item_meta(self, ids: Iterable[str] | None, *, tenant_id: str) -> None:
+        """Forget the given items, or all of the tenant's items when ids is None."""
+        key = tenant_key(tenant_id, "items")
+        try:
+            if ids is None:
+                await self._r.delete(key)
+            elif keys := list(ids):
+                await self._r.hdel(key, *keys)
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
+
+    async def record_seen(self, seen: Iterable[tuple[str, str, str]], *, tenant_id: str) -> None:
+        """Add (scenario, user, item) to seen sets and bump each user's cache version."""
+        by_key: dict[str, set[str]] = {}
+        users: set[str] = set()
+        for scenario_id, user_id, item_id in seen:
+            by_key.setdefault(tenant_key(tenant_id, "seen", scenario_id, user_id), set()).add(item_id)
+            users.add(user_id)
+        if not by_key:
+            return
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for key, items in by_key.items():
+                    pipe.sadd(key, *items)
+                for user_id in users:
+                    pipe.incr(tenant_key(tenant_id, "uv", user_id))
+                await pipe.execute()
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
+
+    async def seen(self, scenario_id: str, user_id: str, *, tenant_id: str) -> set[str]:
+        """Return the items the user has interacted with in the scenario."""
+        try:
+            raw = await self._r.smembers(tenant_key(tenant_id, "seen", scenario_id, user_id))
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
+        return {v.decode() if isinstance(v, bytes) else v for v in raw}
+
+    async def user_version(self, user_id: str, *, tenant_id: str) -> int:
+        """Return the user's cache version (bumped by every recorded interaction)."""
+        try:
+            raw = await self._r.get(tenant_key(tenant_id, "uv", user_id))
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
+        return int(raw or 0)
+
+    async def erase_user(self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str) -> int:
+        """Delete the user's seen sets and cached state; return how many keys went."""
+        keys = [tenant_key(tenant_id, "seen", s, user_id) for s in scenario_ids]
+        keys.append(tenant_key(tenant_id, "uv", user_id))
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.delete(*keys)
+                pipe.incr(tenant_key(tenant_id, "uv", user_id))
+                deleted, _ = await pipe.execute()
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
+        return int(deleted)
+
+    async def ping(self) -> bool:
+        """Return whether Redis answers (never raises)."""
+        try:
+            return bool(await self._r.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._r.aclose()
+
+
+@dataclass
+class InMemoryCache:
+    """Process-local cache with the same contract, for unit tests."""
+
+    items: dict[str, dict[str, str]] = field(default_factory=dict)
+    sets: dict[str, set[str]] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    up: bool = True
+
+    def _check(self) -> None:
+        if not self.up:
+            raise CacheUnavailable("in-memory cache is marked down")
+
+    async def item_meta(self, ids: Iterable[str], *, tenant_id: str) -> dict[str, ItemMeta]:
+        """Return the cached metadata of those ids that are cached."""
+        self._check()
+        table = self.items.get(tenant_id, {})
+        return {i: ItemMeta.decode(table[i]) for i in dict.fromkeys(ids) if i in table}
+
+    async def put_item_meta(self, metas: Mapping[str, ItemMeta], *, tenant_id: str) -> None:
+        """Store item metadata."""
+        self._check()
+        self.items.setdefault(tenant_id, {}).update({k: m.encode() for k, m in metas.items()})
+
+    async def drop_item_meta(self, ids: Iterable[str] | None, *, tenant_id: str) -> None:
+        """Forget the given items, or all of the tenant's items when ids is None."""
+        self._check()
+        if ids is None:
+            self.items.pop(tenant_id, None)
+            return
+        table = self.items.get(tenant_id, {})
+        for i in ids:
+            table.pop(i, None)
+
+    async def record_seen(self, seen: Iterable[tuple[str, str, str]], *, tenant_id: str) -> None:
+        """Add (scenario, user, item) to seen sets and bump each user's cache version."""
+        self._check()
+        users = set()
+        for scenario_id, user_id, item_id in seen:
+            self.sets.setdefault(tenant_key(tenant_id, "seen", scenario_id, user_id), set()).add(item_id)
+            users.add(user_id)
+        for user_id in users:
+            key = tenant_key(tenant_id, "uv", user_id)
+            self.counters[key] = self.counters.get(key, 0) + 1
+
+    async def seen(self, scenario_id: str, user_id: str, *, tenant_id: str) -> set[str]:
+        """Return the items the user has interacted with in the scenario."""
+        self._check()
+        return set(self.sets.get(tenant_key(tenant_id, "seen", scenario_id, user_id), set()))
+
+    async def user_version(self, user_id: str, *, tenant_id: str) -> int:
+        """Return the user's cache version."""
+        self._check()
+        return self.counters.get(tenant_key(tenant_id, "uv", user_id), 0)
+
+    async def erase_user(self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str) -> int:
+        """Delete the user's seen sets and cached state; return how many keys went."""
+        self._check()
+        keys = [tenant_key(tenant_id, "seen", s, user_id) for s in scenario_ids]
+        deleted = sum(self.sets.pop(k, None) is not None for k in keys)
+        uv = tenant_key(tenant_id, "uv", user_id)
+        deleted += uv in self.counters
+        self.counters[uv] = self.counters.get(uv, 0) + 1
+        return deleted
+
+    async def ping(self) -> bool:
+        """Return whether the fake is up."""
+        return self.up
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+
+def meta_from_item(doc: Mapping[str, Any]) -> ItemMeta:
+    """Build ItemMeta from a raw item document."""
+    duration = (doc.get("attributes") or {}).get("durationSeconds")
+    return ItemMeta(
+        scenarios=tuple(doc.get("scenarios") or ()),
+        categories=tuple(doc.get("categories") or ()),
+        tags=tuple(doc.get("tags") or ()),
+        status=doc.get("status") or "ACTIVE",
+        duration_seconds=float(duration) if isinstance(duration, (int, float)) else None,
+    )

