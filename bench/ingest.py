@@ -298,10 +298,20 @@ class Measured:
     docs: int = 0
     seconds: float = 0.0
     cpu: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    rounds: list[float] = field(default_factory=list)  # docs/s of each round
 
     @property
     def rate(self) -> float:
+        """Return documents per second over all rounds."""
         return self.docs / self.seconds if self.seconds else 0.0
+
+    def add(self, docs: int, seconds: float, before: dict[str, float], after: dict[str, float]) -> None:
+        """Add one timed leg and the CPU each process spent in it."""
+        self.docs += docs
+        self.seconds += seconds
+        self.rounds.append(docs / seconds)
+        for name in after:
+            self.cpu[name] += after[name] - before.get(name, after[name])
 
 
 async def compare(
@@ -315,11 +325,9 @@ async def compare(
         legs = [(ours, work[0], [p[0] for p in chunk]), (base, work[1], [p[1] for p in chunk])]
         for measured, fn, todo in legs if number % 2 == 0 else legs[::-1]:
             before = cpu_seconds(pids)
-            measured.seconds += await run_batches(fn, todo, concurrency)
-            after = cpu_seconds(pids)
-            measured.docs += sum(len(b) if isinstance(b, list) else b[1] for b in todo)
-            for name in after:
-                measured.cpu[name] += after[name] - before.get(name, after[name])
+            seconds = await run_batches(fn, todo, concurrency)
+            docs = sum(len(b) if isinstance(b, list) else b[1] for b in todo)
+            measured.add(docs, seconds, before, cpu_seconds(pids))
 
 
 # ---------------------------------------------------------------- checks
@@ -370,30 +378,33 @@ async def verify(
 
 
 class StepTimer:
-    """Wrap async methods on classes to add up the time spent in each."""
+    """Wrap async methods on classes to add up the wall and CPU time (this process) spent in each."""
 
     def __init__(self) -> None:
-        self.totals: dict[str, float] = defaultdict(float)
+        self.wall: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
         self._undo: list[tuple[type, str, Any]] = []
 
     def wrap(self, owner: type, name: str, label: str) -> None:
         """Time every call of owner.name under label."""
         original = owner.__dict__[name]
-        totals = self.totals
+        wall, cpu = self.wall, self.cpu
 
         async def timed(*args: Any, **kwargs: Any) -> Any:
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.process_time()
             try:
                 return await original(*args, **kwargs)
             finally:
-                totals[label] += time.perf_counter() - began
+                wall[label] += time.perf_counter() - began
+                cpu[label] += time.process_time() - began_cpu
 
         setattr(owner, name, timed)
         self._undo.append((owner, name, original))
 
     def reset(self) -> None:
         """Forget the totals so far."""
-        self.totals.clear()
+        self.wall.clear()
+        self.cpu.clear()
 
     def restore(self) -> None:
         """Put the original methods back."""
@@ -406,20 +417,24 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
-async def _clock(coro: Awaitable[Any]) -> tuple[float, Any]:
-    began = time.perf_counter()
+async def _measure(coro: Awaitable[Any], pids: dict[str, int]) -> tuple[float, float, dict[str, float], Any]:
+    """Await coro; return its wall seconds, this process's CPU seconds, other processes' CPU seconds, result."""
+    before = cpu_seconds(pids)
+    began, began_cpu = time.perf_counter(), time.process_time()
     result = await coro
-    return time.perf_counter() - began, result
+    wall, cpu = time.perf_counter() - began, time.process_time() - began_cpu
+    after = cpu_seconds(pids)
+    return wall, cpu, {k: after[k] - before[k] for k in pids if k in after and k in before}, result
 
 
-def _coercion_seconds(schema: Any, query: str, variables: dict[str, Any]) -> float:
+def _coercion_cpu(schema: Any, query: str, variables: dict[str, Any]) -> float:
     from graphql import parse
     from graphql.execution.values import get_variable_values
 
     definitions = parse(query).definitions[0].variable_definitions
-    began = time.perf_counter()
+    began = time.process_time()
     coerced = get_variable_values(schema._schema, definitions, variables)
-    spent = time.perf_counter() - began
+    spent = time.process_time() - began
     if isinstance(coerced, list):
         raise RuntimeError(f"variables do not coerce: {coerced[:3]}")
     return spent
@@ -433,8 +448,18 @@ def _relabel_items(items: list[ItemData], tag: str) -> list[ItemData]:
     return [dataclasses.replace(i, id=f"{tag}-{i.id}") for i in items]
 
 
-async def _in_process(runtime: dict[str, Any], database: str, admin: str) -> tuple[Any, Any, Any, Callable]:
-    """Bind Beanie to recograph's own database and build the services, schema and a request context."""
+@dataclass
+class InProcess:
+    """recograph's schema and services in this process, on serve's own MongoDB database and Redis."""
+
+    services: Services
+    schema: Any
+    context: Callable[[], Any]
+    close: Callable[[], Awaitable[None]]
+
+
+async def in_process(runtime: dict[str, Any], database: str, admin: str) -> InProcess:
+    """Bind Beanie to recograph's database and build the services, schema and a request context."""
     from graph.schema import build_schema, guard_extensions
     from resolvers.context import RequestContext
     from resolvers.loaders import make_loaders
@@ -453,132 +478,111 @@ async def _in_process(runtime: dict[str, Any], database: str, admin: str) -> tup
         await cache.close()
         await mongo.close()
 
-    return services, build_schema(guard_extensions()), context, close
+    return InProcess(services, build_schema(guard_extensions()), context, close)
 
 
-async def breakdown(
-    api: Api, runtime: dict[str, Any], database: str, tenant_id: str, scenario_id: str,
-    events: list[InteractionData], items: list[ItemData], reps: int,
-) -> dict[str, Any]:
-    """Split one batch of each mutation into client, HTTP, GraphQL and domain steps (medians over reps)."""
-    services, schema, context, close = await _in_process(runtime, database, api.admin)
+@dataclass
+class Case:
+    """One mutation to break down: how to build its variables for a fresh copy of the batch."""
+
+    name: str
+    query: str
+    rows: int
+    variables: Callable[[str], dict[str, Any]]
+    domain_label: str
+    steps_label: str
+
+
+async def breakdown(api: Api, runtime: dict[str, Any], database: str, pids: dict[str, int], cases: list[Case], reps: int) -> dict[str, Any]:
+    """Split one batch of each mutation into HTTP, GraphQL and domain steps (medians over reps, wall and CPU)."""
+    here = await in_process(runtime, database, api.admin)
     timer = StepTimer()
+    timer.wrap(EventService, "record", "domain: EventService.record")
     timer.wrap(EventService, "_scenario_weights", "scenario lookup (Mongo)")
     timer.wrap(CatalogueService, "metas", "item metadata (Redis HMGET + decode)")
-    timer.wrap(EventService, "_insert", "insert_many (Mongo)")
+    timer.wrap(EventService, "_insert", "insert_many interactions (Mongo)")
     timer.wrap(ProfileService, "apply", "profile bulk upsert (Mongo)")
-    timer.wrap(EventService, "_mark_seen", "seen sets (Redis pipeline)")
+    timer.wrap(EventService, "_mark_seen", "seen sets + user versions (Redis pipeline)")
+    timer.wrap(CatalogueService, "upsert", "domain: CatalogueService.upsert")
     timer.wrap(ScenarioService, "get_or_raise", "scenario lookup (Mongo)")
     timer.wrap(CatalogueService, "_mirror", "mirror metadata (Redis)")
     try:
-        out = {
-            "recordInteractions": await _events_breakdown(api, services, schema, context, timer, tenant_id, events, reps),
-            "upsertItems": await _items_breakdown(api, services, schema, context, timer, tenant_id, scenario_id, items, reps),
-            "profile_execute_recordInteractions": await _profile_execute(schema, context, events),
-        }
+        out = {case.name: await _break_down(api, here, timer, pids, case, reps) for case in cases}
+        out["cprofile_recordInteractions"] = await _profile_execute(here, cases[0])
     finally:
         timer.restore()
-        await close()
+        await here.close()
     return out
 
 
-async def _events_breakdown(api, services, schema, context, timer, tenant_id, events, reps) -> dict[str, Any]:
-    samples: dict[str, list[float]] = defaultdict(list)
+Sample = tuple[float | None, float | None, float | None]  # wall, CPU of the process doing it, MongoDB server CPU
+
+
+async def _break_down(api: Api, here: InProcess, timer: StepTimer, pids: dict[str, int], case: Case, reps: int) -> dict[str, Any]:
+    samples: dict[str, list[Sample]] = defaultdict(list)
     for rep in range(reps + 1):  # rep 0 warms the caches and is dropped
-        variables = {"events": [event_json(e) for e in _relabel_events(events, f"h{rep}")]}
-        began = time.perf_counter()
-        payload = body(RECORD, variables)
-        encode = time.perf_counter() - began
-        http, _ = await _clock(api.post(payload))
-        began = time.perf_counter()
+        began = time.process_time()
+        payload = body(case.query, case.variables(f"h{rep}"))
+        encode = time.process_time() - began
+        http = await _measure(api.post(payload), pids)
+        began = time.process_time()
         msgspec.json.decode(payload)
-        decode = time.perf_counter() - began
-        x_vars = {"events": [event_json(e) for e in _relabel_events(events, f"x{rep}")]}
-        coercion = _coercion_seconds(schema, RECORD, x_vars)
-        executed, result = await _clock(schema.execute(RECORD, variable_values=x_vars, context_value=context()))
-        if result.errors:
-            raise RuntimeError(f"in-process execute failed: {result.errors}")
+        decode = time.process_time() - began
+        variables = case.variables(f"x{rep}")
+        coercion = _coercion_cpu(here.schema, case.query, variables)
         timer.reset()
-        domain, recorded = await _clock(services.events.record(_relabel_events(events, f"d{rep}"), tenant_id=tenant_id))
-        if recorded.accepted != len(events):
-            raise RuntimeError(f"in-process record accepted {recorded.accepted} of {len(events)}")
-        if rep == 0:
-            continue
-        _add(samples, {"client: encode JSON body": encode, "HTTP round trip (one request in flight)": http,
-                       "JSON decode of the body (msgspec, as Litestar)": decode,
-                       "GraphQL variable coercion (graphql-core)": coercion,
-                       "in-process schema.execute (no HTTP)": executed, "domain EventService.record": domain})
-        parts = dict(timer.totals)
-        parts["validation + documents (Python)"] = domain - sum(parts.values())
-        _add(samples, {f"  record: {k}": v for k, v in parts.items()})
-    return _summarise(samples, len(events))
+        executed = await _measure(here.schema.execute(case.query, variable_values=variables, context_value=here.context()), pids)
+        if executed[3].errors:
+            raise RuntimeError(f"in-process execute failed: {executed[3].errors}")
+        if rep:
+            for key, value in _rows(case, encode, decode, coercion, http, executed, timer).items():
+                samples[key].append(value)
+    return {"rows": case.rows, "columns": ["wall ms", "CPU ms", "MongoDB CPU ms"],
+            "ms": {k: [_median([s[i] for s in v]) for i in range(3)] for k, v in samples.items()}}
 
 
-async def _items_breakdown(api, services, schema, context, timer, tenant_id, scenario_id, items, reps) -> dict[str, Any]:
-    samples: dict[str, list[float]] = defaultdict(list)
-    for rep in range(reps + 1):
-        variables = {"s": scenario_id, "items": [item_json(i) for i in _relabel_items(items, f"h{rep}")]}
-        began = time.perf_counter()
-        payload = body(UPSERT_ITEMS, variables)
-        encode = time.perf_counter() - began
-        http, _ = await _clock(api.post(payload))
-        x_vars = {"s": scenario_id, "items": [item_json(i) for i in _relabel_items(items, f"x{rep}")]}
-        coercion = _coercion_seconds(schema, UPSERT_ITEMS, x_vars)
-        executed, result = await _clock(schema.execute(UPSERT_ITEMS, variable_values=x_vars, context_value=context()))
-        if result.errors:
-            raise RuntimeError(f"in-process execute failed: {result.errors}")
-        fresh = _relabel_items(items, f"d{rep}")
-        began = time.perf_counter()
-        now = utcnow()
-        for data in fresh:
-            validate_item(data)
-            CatalogueService._upsert_op(data, tenant_id, scenario_id, now)
-        python = time.perf_counter() - began
-        timer.reset()
-        domain, _ = await _clock(services.catalogue.upsert(fresh, tenant_id=tenant_id, scenario_id=scenario_id))
-        if rep == 0:
-            continue
-        _add(samples, {"client: encode JSON body": encode, "HTTP round trip (one request in flight)": http,
-                       "GraphQL variable coercion (graphql-core)": coercion,
-                       "in-process schema.execute (no HTTP)": executed, "domain CatalogueService.upsert": domain})
-        parts = {**timer.totals, "validation + ops (Python)": python}
-        parts["bulk_write upsert (Mongo)"] = domain - sum(parts.values())
-        _add(samples, {f"  upsert: {k}": v for k, v in parts.items()})
-    return _summarise(samples, len(items))
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return ms(statistics.median(known)) if known else None
 
 
-def _add(samples: dict[str, list[float]], values: dict[str, float]) -> None:
-    for key, value in values.items():
-        samples[key].append(value)
-
-
-def _summarise(samples: dict[str, list[float]], rows: int) -> dict[str, Any]:
-    medians = {k: statistics.median(v) for k, v in samples.items()}
-    keys = list(medians)
-    execute = next(k for k in keys if k.startswith("in-process schema.execute"))
-    domain = next(k for k in keys if k.startswith("domain "))
-    http = "HTTP round trip (one request in flight)"
-    derived = {
-        "GraphQL layer (execute - domain)": medians[execute] - medians[domain],
-        "  of which other than coercion (Strawberry conversion, to_domain, resolvers, result)":
-            medians[execute] - medians[domain] - medians["GraphQL variable coercion (graphql-core)"],
-        "HTTP + Litestar + context + extensions (round trip - execute)": medians[http] - medians[execute],
+def _rows(case: Case, encode, decode, coercion, http, executed, timer: StepTimer) -> dict[str, Sample]:
+    http_wall, _, http_others, _ = http
+    wall, cpu, others, _ = executed
+    serve_cpu = http_others.get("serve")
+    domain_wall, domain_cpu = timer.wall[case.domain_label], timer.cpu[case.domain_label]
+    steps = [k for k in timer.wall if k != case.domain_label]
+    return {
+        "client: encode the JSON body": (encode, encode, None),
+        "HTTP round trip, one request in flight (CPU: serve process)": (http_wall, serve_cpu, http_others.get("mongo")),
+        "  serve CPU outside execute: HTTP, JSON, Litestar, context, metrics, tracing": (
+            None, None if serve_cpu is None else serve_cpu - cpu, None),
+        "in-process schema.execute, no HTTP (CPU: this process)": (wall, cpu, others.get("mongo")),
+        "  GraphQL layer (execute - domain)": (wall - domain_wall, cpu - domain_cpu, None),
+        "    for scale: JSON decode of the body (msgspec, as Litestar)": (decode, decode, None),
+        "    variable coercion (graphql-core)": (coercion, coercion, None),
+        "    rest: Strawberry argument conversion, to_domain, resolver, result": (
+            wall - domain_wall - coercion, cpu - domain_cpu - coercion, None),
+        f"  {case.domain_label}": (domain_wall, domain_cpu, None),
+        **{f"    {k}": (timer.wall[k], timer.cpu[k], None) for k in steps},
+        f"    {case.steps_label}": (
+            domain_wall - sum(timer.wall[k] for k in steps), domain_cpu - sum(timer.cpu[k] for k in steps), None),
     }
-    return {"rows": rows, "ms": {k: ms(v) for k, v in {**medians, **derived}.items()}}
 
 
-async def _profile_execute(schema: Any, context: Callable, events: list[InteractionData]) -> list[str]:
-    """Return the top functions by own time in one in-process recordInteractions execute."""
-    variables = {"events": [event_json(e) for e in _relabel_events(events, "prof")]}
+async def _profile_execute(here: InProcess, case: Case) -> list[str]:
+    """Return the top functions by own time in one in-process execute of the case."""
+    variables = case.variables("prof")
     profiler = cProfile.Profile()
     profiler.enable()
-    result = await schema.execute(RECORD, variable_values=variables, context_value=context())
+    result = await here.schema.execute(case.query, variable_values=variables, context_value=here.context())
     profiler.disable()
     if result.errors:
         raise RuntimeError(f"in-process execute failed: {result.errors}")
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(18)
-    return [line for line in out.getvalue().splitlines() if line.strip()][-19:]
+    lines = [line.replace(str(ROOT / ".venv" / "lib"), "…") for line in out.getvalue().splitlines() if line.strip()]
+    return lines[-19:]
 
 
 # ---------------------------------------------------------------- report
@@ -589,12 +593,15 @@ def rows_of(pairs: list[tuple[Measured, Measured]]) -> list[dict[str, Any]]:
     rows = []
     for ours, base in pairs:
         ratio = ours.rate / base.rate if base.rate else 0.0
+        per_round = [round(a / b, 2) for a, b in zip(ours.rounds, base.rounds)]
         for measured, is_ours in ((ours, True), (base, False)):
             rows.append({
                 "path": measured.name, "documents": measured.docs, "seconds": round(measured.seconds, 2),
                 "docs_per_s": round(measured.rate, 1), "ratio": round(ratio, 3) if is_ours else None,
                 "target": f">= {TARGET}" if is_ours else "baseline",
                 "pass": (ratio >= TARGET) if is_ours else None,
+                "ratio_per_round": per_round if is_ours else None,
+                "docs_per_s_per_round": [round(r) for r in measured.rounds],
                 "cpu_s_per_1000": {k: round(v / measured.docs * 1000, 3) for k, v in measured.cpu.items()},
             })
     return rows
@@ -603,123 +610,158 @@ def rows_of(pairs: list[tuple[Measured, Measured]]) -> list[dict[str, Any]]:
 def print_table(rows: list[dict[str, Any]]) -> None:
     """Print the results as a rich table."""
     table = Table(title="ingest: recograph over HTTP vs plain drivers, same MongoDB server")
-    for column in ("path", "documents", "seconds", "docs/s", "ratio", "target", "CPU s / 1,000 docs"):
-        table.add_column(column, justify="left" if column in ("path", "target", "CPU s / 1,000 docs") else "right")
+    left = ("path", "target", "ratio per round", "CPU s / 1,000 docs")
+    for column in ("path", "documents", "seconds", "docs/s", "ratio", "target", "ratio per round", "CPU s / 1,000 docs"):
+        table.add_column(column, justify="left" if column in left else "right")
     for r in rows:
         ratio = "" if r["ratio"] is None else f"[{'green' if r['pass'] else 'red'}]{r['ratio']:.2f}[/]"
         cpu = " ".join(f"{k} {v:.2f}" for k, v in r["cpu_s_per_1000"].items())
-        table.add_row(r["path"], f"{r['documents']:,}", f"{r['seconds']:.2f}", f"{r['docs_per_s']:,.0f}", ratio, r["target"], cpu)
+        rounds = " ".join(f"{v:.2f}" for v in r["ratio_per_round"] or [])
+        table.add_row(r["path"], f"{r['documents']:,}", f"{r['seconds']:.2f}", f"{r['docs_per_s']:,.0f}", ratio, r["target"], rounds, cpu)
     console.print(table)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """Return the results as a Markdown table."""
-    lines = ["| path | documents | seconds | docs/s | ratio | target |", "|---|---:|---:|---:|---:|---|"]
+    lines = ["| path | documents | seconds | docs/s | ratio | target | ratio per round |", "|---|---:|---:|---:|---:|---|---|"]
     for r in rows:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        lines.append(f"| {r['path']} | {r['documents']:,} | {r['seconds']:.2f} | {r['docs_per_s']:,.0f} | {ratio} | {r['target']} |")
+        rounds = " ".join(f"{v:.2f}" for v in r["ratio_per_round"] or [])
+        lines.append(f"| {r['path']} | {r['documents']:,} | {r['seconds']:.2f} | {r['docs_per_s']:,.0f} | {ratio} | {r['target']} | {rounds} |")
     return "\n".join(lines)
 
 
 def print_breakdown(parts: dict[str, Any]) -> None:
     """Print the per-batch breakdown."""
-    for name in ("recordInteractions", "upsertItems"):
-        table = Table(title=f"{name}: one batch of {parts[name]['rows']:,}, median ms")
+    for name, part in parts.items():
+        if not isinstance(part, dict):
+            continue
+        table = Table(title=f"{name}: one batch of {part['rows']:,}, medians")
         table.add_column("step")
-        table.add_column("ms", justify="right")
-        for step, value in parts[name]["ms"].items():
-            table.add_row(step, f"{value:.1f}")
+        for column in part["columns"]:
+            table.add_column(column, justify="right")
+        for step, values in part["ms"].items():
+            table.add_row(step, *("" if v is None else f"{v:.1f}" for v in values))
         console.print(table)
-    console.print("[bold]cProfile, in-process recordInteractions execute, by own time:[/bold]")
-    console.print("\n".join(parts["profile_execute_recordInteractions"]), markup=False, highlight=False)
+    print("cProfile, one in-process recordInteractions execute, by own time:")
+    print("\n".join(parts["cprofile_recordInteractions"]))
 
 
 # ---------------------------------------------------------------- the run
 
 
+@dataclass
+class Setup:
+    api: Api
+    runtime: dict[str, Any]
+    database: str
+    tenant_id: str
+    scenario_id: str
+    items: list[ItemData]
+    events: list[InteractionData]
+    pids: dict[str, int]
+    warnings: list[str]
+
+
+async def set_up(args: argparse.Namespace, serve: ServeProcess, client: httpx.AsyncClient) -> Setup:
+    """Wait for serve, create the tenant (CLI) and the scenario (GraphQL), read the dataset."""
+    await serve.wait_ready(client)
+    keys, complaint = serve.create_tenant("bench")
+    api = Api(client, serve.url, keys["keys"]["admin"])
+    created = await api.query(CREATE_SCENARIO, {"i": {"name": "bench", "template": "CUSTOM"}})
+    scenario_id = created["createScenario"]["id"]
+    dataset = read_movielens(args.dataset)
+    events = list(islice(rating_events(dataset, scenario_id), args.events))
+    return Setup(
+        api=api, runtime=serve.runtime_info(), database=Settings().mongo.database, tenant_id=keys["tenant_id"],
+        scenario_id=scenario_id, items=dataset.items, events=events, pids=serve.pids(),
+        warnings=[complaint] if complaint else [],
+    )
+
+
+async def run_comparisons(s: Setup, args: argparse.Namespace) -> tuple[list[tuple[Measured, Measured]], dict[str, Tally], bytes]:
+    """Time both pairs; return them, what recograph answered, and the first events batch's body."""
+    base = AsyncMongoClient(s.runtime["mongo_url"], tz_aware=True)
+    await base.drop_database(BASELINE_DB)
+    await init_beanie(database=base[BASELINE_DB], document_models=[Item, Interaction])
+    tallies = {"items": Tally(), "events": Tally()}
+    now = utcnow()
+    item_pairs = [
+        ((body(UPSERT_ITEMS, {"s": s.scenario_id, "items": [item_json(i) for i in b]}), len(b)),
+         [CatalogueService._upsert_op(i, s.tenant_id, s.scenario_id, now) for i in b])
+        for b in batches(s.items)
+    ]
+    event_pairs = [
+        ((body(RECORD, {"events": [event_json(e) for e in b]}), len(b)),
+         [Interaction(**_document(e, composite_id(s.tenant_id, e.event_id), e.event_id, s.tenant_id, now)) for e in b])
+        for b in batches(s.events)
+    ]
+
+    async def post_items(job: tuple[bytes, int]) -> None:
+        tallies["items"].add((await s.api.post(job[0]))["upsertItems"], "upserted")
+
+    async def post_events(job: tuple[bytes, int]) -> None:
+        tallies["events"].add((await s.api.post(job[0]))["recordInteractions"], "accepted")
+
+    async def bulk_items(ops: list) -> None:
+        await base[BASELINE_DB]["items"].bulk_write(ops, ordered=False)
+
+    async def insert_events(docs: list[Interaction]) -> None:
+        await Interaction.insert_many(docs)
+
+    c = args.concurrency
+    pairs = [
+        (Measured(f"upsertItems over HTTP (c={c})"), Measured(f"pymongo bulk_write UpdateOne(upsert=True) (c={c})")),
+        (Measured(f"recordInteractions over HTTP (c={c})"), Measured(f"Beanie Interaction.insert_many (c={c})")),
+    ]
+    try:
+        for (ours, theirs), todo, work in zip(pairs, (item_pairs, event_pairs), ((post_items, bulk_items), (post_events, insert_events))):
+            await compare(ours, theirs, todo, work, rounds=args.rounds, concurrency=c, pids=s.pids)
+    finally:
+        await base.close()
+    return pairs, tallies, event_pairs[0][0][0]
+
+
+def breakdown_cases(s: Setup) -> list[Case]:
+    """Return the two mutations to break down, each on a fresh copy of its first batch."""
+    events, items = s.events[:BATCH], s.items[:BATCH]
+    return [
+        Case("recordInteractions", RECORD, len(events),
+             lambda tag: {"events": [event_json(e) for e in _relabel_events(events, tag)]},
+             "domain: EventService.record", "validation + documents (Python)"),
+        Case("upsertItems", UPSERT_ITEMS, len(items),
+             lambda tag: {"s": s.scenario_id, "items": [item_json(i) for i in _relabel_items(items, tag)]},
+             "domain: CatalogueService.upsert", "validation, UpdateOne ops, bulk_write (Mongo)"),
+    ]
+
+
 async def bench(args: argparse.Namespace, serve: ServeProcess) -> dict[str, Any]:
     """Run everything against a started server; return the results."""
-    settings = Settings()
-    database = settings.mongo.database
-    warnings: list[str] = []
     limits = httpx.Limits(max_connections=max(4, args.concurrency), max_keepalive_connections=max(4, args.concurrency))
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        await serve.wait_ready(client)
-        runtime = serve.runtime_info()
-        keys, complaint = serve.create_tenant("bench")
-        if complaint:
-            warnings.append(complaint)
-        tenant_id = keys["tenant_id"]
-        api = Api(client, serve.url, keys["keys"]["admin"])
-        scenario_id = (await api.query(CREATE_SCENARIO, {"i": {"name": "bench", "template": "CUSTOM"}}))["createScenario"]["id"]
-        dataset = read_movielens(args.dataset)
-        items = dataset.items
-        events = list(islice(rating_events(dataset, scenario_id), args.events))
-        console.print(f"tenant {tenant_id}, scenario {scenario_id}: {len(items):,} items, {len(events):,} events, "
+        s = await set_up(args, serve, client)
+        console.print(f"tenant {s.tenant_id}, scenario {s.scenario_id}: {len(s.items):,} items, {len(s.events):,} events, "
                       f"batches of {BATCH:,}, {args.concurrency} in flight, {args.rounds} rounds")
-
-        base_client = AsyncMongoClient(runtime["mongo_url"], tz_aware=True)
-        await base_client.drop_database(BASELINE_DB)
-        await init_beanie(database=base_client[BASELINE_DB], document_models=[Item, Interaction])
-        pids = serve.pids()
         load_before = os.getloadavg()
-
-        item_tally, event_tally = Tally(), Tally()
-        now = utcnow()
-        item_pairs = [
-            ((body(UPSERT_ITEMS, {"s": scenario_id, "items": [item_json(i) for i in b]}), len(b)),
-             [CatalogueService._upsert_op(i, tenant_id, scenario_id, now) for i in b])
-            for b in batches(items)
-        ]
-        event_pairs = [
-            ((body(RECORD, {"events": [event_json(e) for e in b]}), len(b)),
-             [Interaction(**_document(e, composite_id(tenant_id, e.event_id), e.event_id, tenant_id, now)) for e in b])
-            for b in batches(events)
-        ]
-
-        async def post_items(job: tuple[bytes, int]) -> None:
-            item_tally.add((await api.post(job[0]))["upsertItems"], "upserted")
-
-        async def post_events(job: tuple[bytes, int]) -> None:
-            event_tally.add((await api.post(job[0]))["recordInteractions"], "accepted")
-
-        async def bulk_items(ops: list) -> None:
-            await base_client[BASELINE_DB]["items"].bulk_write(ops, ordered=False)
-
-        async def insert_events(docs: list[Interaction]) -> None:
-            await Interaction.insert_many(docs)
-
-        c = args.concurrency
-        items_ours = Measured(f"upsertItems over HTTP (c={c})")
-        items_base = Measured(f"pymongo bulk_write UpdateOne(upsert=True) (c={c})")
-        await compare(items_ours, items_base, item_pairs, (post_items, bulk_items), rounds=args.rounds, concurrency=c, pids=pids)
-        events_ours = Measured(f"recordInteractions over HTTP (c={c})")
-        events_base = Measured(f"Beanie Interaction.insert_many (c={c})")
-        await compare(events_ours, events_base, event_pairs, (post_events, insert_events), rounds=args.rounds, concurrency=c, pids=pids)
+        pairs, tallies, first_batch = await run_comparisons(s, args)
         load_after = os.getloadavg()
-        await base_client.close()
-
-        rows = rows_of([(items_ours, items_base), (events_ours, events_base)])
+        rows = rows_of(pairs)
         print_table(rows)
-        answered = {
-            "items": {"upserted": item_tally.stored, "errors": item_tally.errors},
-            "events": {"accepted": event_tally.stored, "duplicates": event_tally.duplicates, "errors": event_tally.errors},
-        }
-        checks = await verify(api, runtime, tenant_id, scenario_id, events, len(items), event_pairs[0][0][0], database)
-        checks["ok"] = checks["ok"] and item_tally.stored == len(items) and event_tally.stored == len(events) \
-            and not item_tally.errors and not event_tally.errors and not event_tally.duplicates
+        checks = await verify(s.api, s.runtime, s.tenant_id, s.scenario_id, s.events, len(s.items), first_batch, s.database)
+        checks["answered"] = {k: dataclasses.asdict(t) for k, t in tallies.items()}
+        checks["ok"] = checks["ok"] and tallies["items"].stored == len(s.items) and tallies["events"].stored == len(s.events) \
+            and not tallies["items"].errors and not tallies["events"].errors and not tallies["events"].duplicates
         console.print(f"verification: {'[green]ok[/green]' if checks['ok'] else '[red]FAILED[/red]'} "
-                      f"{json.dumps(checks['users'])} resend={checks['resend']}")
-
+                      f"users {json.dumps(checks['users'])}, resend {checks['resend']}")
         parts = None
         if args.breakdown_reps > 0:
-            parts = await breakdown(api, runtime, database, tenant_id, scenario_id, events[:BATCH], items[:BATCH], args.breakdown_reps)
+            parts = await breakdown(s.api, s.runtime, s.database, s.pids, breakdown_cases(s), args.breakdown_reps)
             print_breakdown(parts)
     return {
         "when": datetime.now(UTC).isoformat(), "cpus": os.cpu_count(), "loadavg_before": load_before,
-        "loadavg_after": load_after, "events": len(events), "items": len(items), "batch": BATCH,
-        "concurrency": args.concurrency, "rounds": args.rounds, "rows": rows, "answered": answered,
-        "verification": checks, "breakdown_per_batch": parts, "warnings": warnings, "markdown": markdown(rows),
+        "loadavg_after": load_after, "events": len(s.events), "items": len(s.items), "batch": BATCH,
+        "concurrency": args.concurrency, "rounds": args.rounds, "rows": rows, "verification": checks,
+        "breakdown_per_batch": parts, "warnings": s.warnings, "markdown": markdown(rows),
     }
 
 

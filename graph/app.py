@@ -15,7 +15,10 @@ from strawberry.litestar import make_graphql_controller
 from graph.context import http_context
 from graph.health import live, ready
 from graph.metrics import Metrics
-from graph.observability import configure_logging, litestar_logging_config, setup_tracing, strawberry_extensions, tracing_plugins
+from graph.observability import (
+    configure_logging, litestar_logging_config, log_context_extension, request_context_middleware, setup_tracing,
+    strawberry_extensions, tracing_plugins,
+)
 from graph.runtime import Runtime, open_runtime
 from graph.schema import build_schema, guard_extensions
 from models.settings import Settings
@@ -33,6 +36,7 @@ def _graphql_controller(settings: Settings, metrics: Metrics, tracing) -> type:
     extensions = [
         *guard_extensions(max_depth=gql.max_depth, max_tokens=gql.max_tokens, max_aliases=gql.max_aliases),
         metrics.extension(),
+        log_context_extension(lambda ctx: {"tenant_id": ctx.principal.tenant_id if ctx.principal else None}),
         *strawberry_extensions(settings.telemetry, tracing),
     ]
     base = make_graphql_controller(
@@ -74,6 +78,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         route_handlers=[_graphql_controller(settings, metrics, tracing), live, ready, metrics.route()],
         lifespan=[lifespan],
         cors_config=cors,
+        middleware=[request_context_middleware, metrics.middleware],
         plugins=tracing_plugins(tracing),
         logging_config=litestar_logging_config(),
         state=State({"settings": settings, "metrics": metrics}),

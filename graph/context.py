@@ -28,7 +28,6 @@ async def build_context(
     principal = await runtime.services.tenancy.authenticate(bearer(authorization))
     request_id = request_id or uuid.uuid4().hex
     tenant_id = principal.tenant_id if principal else None
-    structlog.contextvars.bind_contextvars(tenant_id=tenant_id, request_id=request_id)
     gql = runtime.settings.graphql
     return RequestContext(
         services=runtime.services,
@@ -52,6 +51,7 @@ async def http_context(request: Request) -> RequestContext:
     return await build_context(
         request.app.state.runtime,
         authorization=headers.get("authorization"),
-        request_id=headers.get("x-request-id"),
+        # The request middleware bound (and echoes) the request id; use the same one.
+        request_id=structlog.contextvars.get_contextvars().get("request_id"),
         user_header=headers.get("x-user-id"),
     )

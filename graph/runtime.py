@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import structlog
@@ -26,13 +28,11 @@ class Runtime:
     vectors: VectorStore
     services: Services
 
-    async def health(self) -> dict[str, bool]:
-        """Return whether each component answers."""
-        return {
-            "mongodb": await mongo_alive(self.mongo),
-            "redis": await self.cache.ping(),
-            "vectors": await self.vectors.ping(),
-        }
+    async def health(self, timeout_s: float = 1.0) -> dict[str, bool]:
+        """Return whether each component answers within timeout_s (a probe must answer fast)."""
+        checks = {"mongodb": mongo_alive(self.mongo), "redis": self.cache.ping(), "vectors": self.vectors.ping()}
+        results = await asyncio.gather(*(_within(c, timeout_s) for c in checks.values()))
+        return dict(zip(checks, results, strict=True))
 
     async def close(self) -> None:
         """Close clients, then stop what we started."""
@@ -40,6 +40,13 @@ class Runtime:
         await self.cache.close()
         await self.mongo.close()
         await self.servers.stop()
+
+
+async def _within(check: Awaitable[bool], timeout_s: float) -> bool:
+    try:
+        return await asyncio.wait_for(check, timeout_s)
+    except TimeoutError:
+        return False
 
 
 async def open_runtime(settings: Settings, *, with_vectors: bool = True) -> Runtime:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import structlog
 import strawberry
+from graphql import GraphQLError
 from strawberry.extensions import (
     MaxAliasesLimiter, MaxTokensLimiter, ParserCache, QueryDepthLimiter, SchemaExtension, ValidationCache,
 )
 from strawberry.scalars import JSON
+from strawberry.types import ExecutionContext
 
+from domain.errors import DomainError
 from domain.tenancy import Scope
 from graph.types.apikey import ApiKey, NewApiKey
 from graph.types.common import ApiKeyScope
@@ -19,6 +23,8 @@ from graph.types.profile import User, UserProfile, load_profile
 from graph.types.scenario import CreateScenarioInput, Scenario, ScenarioConnection, UpdateScenarioInput
 from resolvers import interactions, keys, scenarios
 from resolvers import items as catalogue
+
+log = structlog.get_logger()
 
 
 @strawberry.type
@@ -122,9 +128,21 @@ def guard_extensions(*, max_depth: int = 12, max_tokens: int = 5000, max_aliases
     ]
 
 
+class RecographSchema(strawberry.federation.Schema):
+    """Federation schema that logs refusals (bad input, auth) briefly and only real failures with tracebacks."""
+
+    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
+        unexpected = [e for e in errors if not isinstance(e.original_error, DomainError)]
+        for error in errors:
+            if isinstance(error.original_error, DomainError):
+                log.info("graphql.refused", code=error.original_error.code, message=error.message, path=error.path)
+        if unexpected:
+            super().process_errors(unexpected, execution_context)
+
+
 def build_schema(extensions: Sequence[SchemaExtension | type[SchemaExtension]] = ()) -> strawberry.federation.Schema:
     """Return the federation v2 schema with the given extensions."""
-    return strawberry.federation.Schema(
+    return RecographSchema(
         query=Query, mutation=Mutation, types=[User, Item, Scenario], extensions=list(extensions),
         federation_version="2.7",
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_COMMON = {"env_file": ".env", "extra": "ignore"}
+_COMMON = {"env_file": ".env", "extra": "ignore", "populate_by_name": True}
 
 
 class ServerSettings(BaseSettings):

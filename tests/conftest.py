@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_settings(**server: Any) -> Settings:
+def isolated_settings(**server: Any) -> Settings:
     """Return settings for an in-memory instance that ignores the environment's URLs."""
     base = Settings()
     return base.model_copy(
@@ -76,24 +77,35 @@ class GraphQL:
         return body["data"]
 
 
-@pytest.fixture(scope="session")
-async def served() -> AsyncIterator[Served]:
-    """Serve an in-memory recograph on a loopback port for the whole session."""
-    port = free_port()
-    settings = test_settings(port=port)
-    runtime = await open_runtime(settings)
+@asynccontextmanager
+async def serve_app(settings: Settings, runtime: Runtime) -> AsyncIterator[str]:
+    """Serve the app over real HTTP on the settings' port, in this event loop; yield its base URL."""
+    port = settings.server.port
     server = uvicorn.Server(uvicorn.Config(create_app(settings, runtime=runtime), host="127.0.0.1", port=port,
-                                           log_config=None, lifespan="on"))
+                                           log_config=None, lifespan="on", access_log=False))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
             task.result()
         await asyncio.sleep(0.02)
-    yield Served(url=f"http://127.0.0.1:{port}", runtime=runtime, settings=settings)
-    server.should_exit = True
-    await task
-    await runtime.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture(scope="session")
+async def served() -> AsyncIterator[Served]:
+    """Serve an in-memory recograph on a loopback port for the whole session."""
+    settings = isolated_settings(port=free_port())
+    runtime = await open_runtime(settings)
+    try:
+        async with serve_app(settings, runtime) as url:
+            yield Served(url=url, runtime=runtime, settings=settings)
+    finally:
+        await runtime.close()
 
 
 @pytest.fixture(scope="session")

@@ -164,16 +164,6 @@ async def test_more_than_5000_events_is_refused_whole(gql, shop):
     assert await count(gql, keys.admin, u) is None
 
 
-async def test_exactly_5000_events_are_accepted(gql, shop):
-    keys, s1, _ = shop
-    u = "five-thousand"
-    events = [{"scenarioId": s1, "userId": u, "itemId": "i1" if n % 2 else "i2", "type": "VIEW",
-               "eventId": f"ft-{n}"} for n in range(5000)]
-    res = await record(gql, keys.admin, events)
-    assert res == {"accepted": 5000, "duplicates": 0, "errors": []}
-    assert await count(gql, keys.admin, u) == 5000
-
-
 async def test_empty_batch_is_a_no_op(gql, shop):
     keys, _, _ = shop
     assert await record(gql, keys.admin, []) == {"accepted": 0, "duplicates": 0, "errors": []}

@@ -195,3 +195,29 @@ async def test_scenario_config_schema(gql, admin):
     sources = schema["properties"]["recall"]["items"]["properties"]["source"]["enum"]
     assert {"popular", "trending", "item_cf", "user_cf", "als", "ease", "content", "vector", "fresh",
             "affinity"} <= set(sources)
+
+
+async def test_renaming_to_its_own_name_is_not_a_conflict(gql, admin):
+    sc = await create(gql, admin, name="same-name")
+    up = (await gql.data(UPDATE, {"id": sc["id"], "input": {"name": " same-name "}}, key=admin))["updateScenario"]
+    assert up["name"] == "same-name" and up["configVersion"] == 1
+
+
+async def test_delete_removes_items_it_alone_served_and_its_interactions(gql, admin):
+    upsert = "mutation($s: ID!, $items: [ItemInput!]!) { upsertItems(scenarioId: $s, items: $items) { upserted } }"
+    record = "mutation($e: [InteractionInput!]!) { recordInteractions(events: $e) { accepted errors { field } } }"
+    item = "query($id: ID!) { item(id: $id) { scenarioIds } }"
+    gone = await create(gql, admin, name="cascade-gone")
+    kept = await create(gql, admin, name="cascade-kept")
+    await gql.data(upsert, {"s": gone["id"], "items": [{"id": "c-alone"}, {"id": "c-shared"}]}, key=admin)
+    await gql.data(upsert, {"s": kept["id"], "items": [{"id": "c-shared"}]}, key=admin)
+    await gql.data(record, {"e": [{"scenarioId": gone["id"], "userId": "u", "itemId": "c-alone", "type": "VIEW"}]},
+                   key=admin)
+    assert (await gql.data(DELETE, {"id": gone["id"]}, key=admin))["deleteScenario"] is True
+    assert (await gql.data(item, {"id": "c-alone"}, key=admin))["item"] is None
+    assert (await gql.data(item, {"id": "c-shared"}, key=admin))["item"] == {"scenarioIds": [kept["id"]]}
+    res = (await gql.data(record, {"e": [
+        {"scenarioId": gone["id"], "userId": "u", "itemId": "c-shared", "type": "VIEW"},
+        {"scenarioId": kept["id"], "userId": "u", "itemId": "c-shared", "type": "VIEW"},
+    ]}, key=admin))["recordInteractions"]
+    assert res == {"accepted": 1, "errors": [{"field": "scenarioId"}]}
