@@ -25,10 +25,12 @@ import asyncio
 import contextlib
 import cProfile
 import dataclasses
+import gc
 import io
 import json
 import os
 import pstats
+import random
 import shutil
 import signal
 import socket
@@ -507,12 +509,26 @@ async def breakdown(api: Api, runtime: dict[str, Any], database: str, pids: dict
     timer.wrap(ScenarioService, "get_or_raise", "scenario lookup (Mongo)")
     timer.wrap(CatalogueService, "_mirror", "mirror metadata (Redis)")
     try:
-        out = {case.name: await _break_down(api, here, timer, pids, case, reps) for case in cases}
+        out: dict[str, Any] = {"http_overhead": await _http_overhead(api, pids)}
+        out.update({case.name: await _break_down(api, here, timer, pids, case, reps) for case in cases})
         out["cprofile_recordInteractions"] = await _profile_execute(here, cases[0])
     finally:
         timer.restore()
         await here.close()
     return out
+
+
+async def _http_overhead(api: Api, pids: dict[str, int], requests: int = 200) -> dict[str, float]:
+    """Return serve's wall and CPU ms per request for `{ __typename }`: HTTP, Litestar, context, extensions."""
+    payload = body("{ __typename }", {})
+    await api.post(payload)
+    wall, _, others, _ = await _measure(_repeat(api, payload, requests), pids)
+    return {"requests": requests, "wall_ms": ms(wall / requests), "serve_cpu_ms": ms(others.get("serve", 0.0) / requests)}
+
+
+async def _repeat(api: Api, payload: bytes, times: int) -> None:
+    for _ in range(times):
+        await api.post(payload)
 
 
 Sample = tuple[float | None, float | None, float | None]  # wall, CPU of the process doing it, MongoDB server CPU
@@ -549,14 +565,12 @@ def _median(values: list[float | None]) -> float | None:
 def _rows(case: Case, encode, decode, coercion, http, executed, timer: StepTimer) -> dict[str, Sample]:
     http_wall, _, http_others, _ = http
     wall, cpu, others, _ = executed
-    serve_cpu = http_others.get("serve")
+    serve_cpu = http_others.get("serve")  # /proc ticks: 10 ms resolution
     domain_wall, domain_cpu = timer.wall[case.domain_label], timer.cpu[case.domain_label]
     steps = [k for k in timer.wall if k != case.domain_label]
     return {
         "client: encode the JSON body": (encode, encode, None),
         "HTTP round trip, one request in flight (CPU: serve process)": (http_wall, serve_cpu, http_others.get("mongo")),
-        "  serve CPU outside execute: HTTP, JSON, Litestar, context, metrics, tracing": (
-            None, None if serve_cpu is None else serve_cpu - cpu, None),
         "in-process schema.execute, no HTTP (CPU: this process)": (wall, cpu, others.get("mongo")),
         "  GraphQL layer (execute - domain)": (wall - domain_wall, cpu - domain_cpu, None),
         "    for scale: JSON decode of the body (msgspec, as Litestar)": (decode, decode, None),
@@ -634,7 +648,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def print_breakdown(parts: dict[str, Any]) -> None:
     """Print the per-batch breakdown."""
     for name, part in parts.items():
-        if not isinstance(part, dict):
+        if not isinstance(part, dict) or "rows" not in part:
             continue
         table = Table(title=f"{name}: one batch of {part['rows']:,}, medians")
         table.add_column("step")
@@ -643,6 +657,9 @@ def print_breakdown(parts: dict[str, Any]) -> None:
         for step, values in part["ms"].items():
             table.add_row(step, *("" if v is None else f"{v:.1f}" for v in values))
         console.print(table)
+    overhead = parts["http_overhead"]
+    console.print(f"HTTP + Litestar + context + extensions per request ({{ __typename }} x{overhead['requests']}): "
+                  f"{overhead['wall_ms']} ms wall, {overhead['serve_cpu_ms']} ms serve CPU")
     print("cProfile, one in-process recordInteractions execute, by own time:")
     print("\n".join(parts["cprofile_recordInteractions"]))
 
@@ -672,6 +689,8 @@ async def set_up(args: argparse.Namespace, serve: ServeProcess, client: httpx.As
     scenario_id = created["createScenario"]["id"]
     dataset = read_movielens(args.dataset)
     events = list(islice(rating_events(dataset, scenario_id), args.events))
+    if args.shuffle:
+        random.Random(7).shuffle(events)
     return Setup(
         api=api, runtime=serve.runtime_info(), database=Settings().mongo.database, tenant_id=keys["tenant_id"],
         scenario_id=scenario_id, items=dataset.items, events=events, pids=serve.pids(),
@@ -754,13 +773,14 @@ async def bench(args: argparse.Namespace, serve: ServeProcess) -> dict[str, Any]
         console.print(f"verification: {'[green]ok[/green]' if checks['ok'] else '[red]FAILED[/red]'} "
                       f"users {json.dumps(checks['users'])}, resend {checks['resend']}")
         parts = None
+        gc.collect()
         if args.breakdown_reps > 0:
             parts = await breakdown(s.api, s.runtime, s.database, s.pids, breakdown_cases(s), args.breakdown_reps)
             print_breakdown(parts)
     return {
         "when": datetime.now(UTC).isoformat(), "cpus": os.cpu_count(), "loadavg_before": load_before,
         "loadavg_after": load_after, "events": len(s.events), "items": len(s.items), "batch": BATCH,
-        "concurrency": args.concurrency, "rounds": args.rounds, "rows": rows, "verification": checks,
+        "concurrency": args.concurrency, "rounds": args.rounds, "shuffled": args.shuffle, "rows": rows, "verification": checks,
         "breakdown_per_batch": parts, "warnings": s.warnings, "markdown": markdown(rows),
     }
 
@@ -770,6 +790,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=50_000, help="ratings to send as RATING events (default 50,000)")
     parser.add_argument("--concurrency", type=int, default=2, help="requests / bulk calls in flight on both sides (default 2)")
+    parser.add_argument("--shuffle", action="store_true",
+                        help="shuffle the events (fixed seed): batches then hold many users, as live traffic does")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per comparison (default 4)")
     parser.add_argument("--breakdown-reps", type=int, default=5, help="in-process breakdown repetitions; 0 skips (default 5)")
     parser.add_argument("--dataset", type=Path, default=DATASET, help="a MovieLens-layout directory")

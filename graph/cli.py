@@ -16,11 +16,12 @@ from domain.errors import DomainError
 from domain.tenancy import Scope
 from graph import demo as demo_setup
 from graph.app import create_app
+from graph.observability import configure_logging
 from graph.runtime import Runtime, open_runtime
 from models.embedded import EmbeddedStartError, ServerUnavailable
 from models.settings import Settings
 
-app = typer.Typer(help="recograph: recommendations as a GraphQL subgraph.", no_args_is_help=True)
+app = typer.Typer(help="recograph: recommendations as a GraphQL subgraph.", no_args_is_help=True, pretty_exceptions_show_locals=False)
 tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
 keys_app = typer.Typer(help="List, create, rotate and revoke a tenant's API keys.", no_args_is_help=True)
 demo_app = typer.Typer(help="The MovieLens demo tenant.", no_args_is_help=True)
@@ -30,6 +31,12 @@ app.add_typer(demo_app, name="demo")
 console = Console(stderr=True)
 T = TypeVar("T")
 DEFAULT_DATASET = Path(__file__).resolve().parent.parent / "demo" / "ml-latest-small"
+
+
+@app.callback()
+def main() -> None:
+    """Send logs to stderr as configured, so stdout carries only what a command prints."""
+    configure_logging(Settings().server)
 
 
 def _settings(host: str | None = None, port: int | None = None, data_dir: Path | None = None, in_memory: bool = False) -> Settings:
@@ -62,12 +69,20 @@ async def _with_runtime(settings: Settings, work: Callable[[Runtime], Awaitable[
         await runtime.close()
 
 
+class _Server(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: object) -> None:
+        # uvicorn re-raises a caught SIGTERM/SIGINT after shutting down, which would end the process before the
+        # runtime closes (embedded servers stopped in order, runtime.json removed). Exit normally instead.
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        self._captured_signals.clear()
+
+
 async def serve_runtime(settings: Settings, runtime: Runtime) -> None:
     """Serve HTTP until SIGINT/SIGTERM; the caller closes the runtime."""
     host, port = settings.server.host, settings.server.port
     runtime.servers.set_api_url(f"http://{host}:{port}")
     config = uvicorn.Config(create_app(settings, runtime=runtime), host=host, port=port, log_config=None, lifespan="on")
-    await uvicorn.Server(config).serve()
+    await _Server(config).serve()
 
 
 @app.command()

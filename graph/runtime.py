@@ -25,18 +25,21 @@ class Runtime:
     servers: EmbeddedServers
     mongo: AsyncMongoClient
     cache: RedisCache
-    vectors: VectorStore
+    vectors: VectorStore | None
     services: Services
 
     async def health(self, timeout_s: float = 1.0) -> dict[str, bool]:
         """Return whether each component answers within timeout_s (a probe must answer fast)."""
-        checks = {"mongodb": mongo_alive(self.mongo), "redis": self.cache.ping(), "vectors": self.vectors.ping()}
+        checks = {"mongodb": mongo_alive(self.mongo), "redis": self.cache.ping()}
+        if self.vectors is not None:
+            checks["vectors"] = self.vectors.ping()
         results = await asyncio.gather(*(_within(c, timeout_s) for c in checks.values()))
         return dict(zip(checks, results, strict=True))
 
     async def close(self) -> None:
         """Close clients, then stop what we started."""
-        await self.vectors.close()
+        if self.vectors is not None:
+            await self.vectors.close()
         await self.cache.close()
         await self.mongo.close()
         await self.servers.stop()
