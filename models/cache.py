@@ -144,17 +144,17 @@ class RedisCache:
         return int(raw or 0)
 
     async def erase_user(self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str) -> int:
-        """Delete the user's seen sets and cached state; return how many keys went."""
+        """Delete the user's seen sets and bump their cache version; return how many sets went."""
         keys = [tenant_key(tenant_id, "seen", s, user_id) for s in scenario_ids]
-        keys.append(tenant_key(tenant_id, "uv", user_id))
         try:
             async with self._r.pipeline(transaction=False) as pipe:
-                pipe.delete(*keys)
-                pipe.incr(tenant_key(tenant_id, "uv", user_id))
-                deleted, _ = await pipe.execute()
+                if keys:
+                    pipe.delete(*keys)
+                pipe.incr(tenant_key(tenant_id, "uv", user_id))  # cached lists keyed by the old version go stale
+                results = await pipe.execute()
         except RedisError as exc:
             raise CacheUnavailable(str(exc)) from exc
-        return int(deleted)
+        return int(results[0]) if keys else 0
 
     async def ping(self) -> bool:
         """Return whether Redis answers (never raises)."""
@@ -224,12 +224,11 @@ class InMemoryCache:
         return self.counters.get(tenant_key(tenant_id, "uv", user_id), 0)
 
     async def erase_user(self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str) -> int:
-        """Delete the user's seen sets and cached state; return how many keys went."""
+        """Delete the user's seen sets and bump their cache version; return how many sets went."""
         self._check()
         keys = [tenant_key(tenant_id, "seen", s, user_id) for s in scenario_ids]
         deleted = sum(self.sets.pop(k, None) is not None for k in keys)
         uv = tenant_key(tenant_id, "uv", user_id)
-        deleted += uv in self.counters
         self.counters[uv] = self.counters.get(uv, 0) + 1
         return deleted
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import httpx
+from beanie import init_beanie
 
 from graph.runtime import open_runtime
+from models.documents import DOCUMENTS
 from tests.conftest import free_port, isolated_settings, serve_app
 
 
-async def test_ready_degrades_then_fails_as_servers_stop():
+async def test_ready_degrades_then_fails_as_servers_stop(served):
     settings = isolated_settings(port=free_port())
     runtime = await open_runtime(settings)
     try:
@@ -31,6 +33,8 @@ async def test_ready_degrades_then_fails_as_servers_stop():
             assert live.status_code == 200
     finally:
         await runtime.close()
+        # Beanie binds documents process-wide: point them back at the shared test server.
+        await init_beanie(database=served.runtime.mongo[served.settings.mongo.database], document_models=DOCUMENTS)
 
 
 async def test_metrics_endpoint_counts_operations(served, gql):

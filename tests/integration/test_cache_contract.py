@@ -1,0 +1,82 @@
+"""One contract for the cache: the in-memory fake and RedisCache on a real redis-server behave the same."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from models.cache import CacheUnavailable, InMemoryCache, ItemMeta, RedisCache, tenant_key
+from models.embedded.servers import start_redis
+
+
+@pytest.fixture(scope="module")
+async def redis_url(tmp_path_factory) -> AsyncIterator[str]:
+    home = tmp_path_factory.mktemp("redis")
+    handle = await start_redis(home, home / "redis.log", persist=False)
+    yield handle.url
+    await handle.stop()
+
+
+@pytest.fixture(params=["fake", "redis"])
+async def cache(request, redis_url) -> AsyncIterator[InMemoryCache | RedisCache]:
+    if request.param == "fake":
+        yield InMemoryCache()
+        return
+    real = RedisCache.from_url(redis_url)
+    await real.client.flushdb()
+    yield real
+    await real.close()
+
+
+META = ItemMeta(scenarios=("s1",), categories=("a", "b"), tags=("x",), status="ACTIVE", duration_seconds=90.0)
+
+
+async def test_item_meta_round_trip_and_tenant_isolation(cache):
+    await cache.put_item_meta({"i1": META}, tenant_id="t1")
+    assert await cache.item_meta(["i1", "i2"], tenant_id="t1") == {"i1": META}
+    assert await cache.item_meta(["i1"], tenant_id="t2") == {}
+
+
+async def test_drop_item_meta_one_or_all(cache):
+    await cache.put_item_meta({"i1": META, "i2": META}, tenant_id="t1")
+    await cache.drop_item_meta(["i1"], tenant_id="t1")
+    assert set(await cache.item_meta(["i1", "i2"], tenant_id="t1")) == {"i2"}
+    await cache.drop_item_meta(None, tenant_id="t1")
+    assert await cache.item_meta(["i2"], tenant_id="t1") == {}
+
+
+async def test_seen_sets_and_user_versions(cache):
+    assert await cache.user_version("u1", tenant_id="t1") == 0
+    await cache.record_seen([("s1", "u1", "i1"), ("s1", "u1", "i2"), ("s2", "u1", "i3")], tenant_id="t1")
+    assert await cache.seen("s1", "u1", tenant_id="t1") == {"i1", "i2"}
+    assert await cache.seen("s1", "u1", tenant_id="t2") == set()
+    assert await cache.user_version("u1", tenant_id="t1") == 1
+
+
+async def test_erase_user_removes_seen_and_bumps_version(cache):
+    await cache.record_seen([("s1", "u1", "i1"), ("s2", "u1", "i2"), ("s1", "u2", "i1")], tenant_id="t1")
+    removed = await cache.erase_user("u1", ["s1", "s2"], tenant_id="t1")
+    assert removed == 2  # the two seen sets; the version counter is bumped, not user data
+    assert await cache.seen("s1", "u1", tenant_id="t1") == set()
+    assert await cache.seen("s1", "u2", tenant_id="t1") == {"i1"}
+    assert await cache.user_version("u1", tenant_id="t1") == 2
+    assert await cache.erase_user("u1", ["s1", "s2"], tenant_id="t1") == 0
+
+
+async def test_ping(cache):
+    assert await cache.ping() is True
+
+
+def test_keys_share_the_tenant_hash_slot():
+    assert tenant_key("acme", "seen", "s", "u") == "t:{acme}:seen:s:u"
+
+
+async def test_unreachable_redis_raises_cache_unavailable():
+    from tests.conftest import free_port
+
+    dead = RedisCache.from_url(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    assert await dead.ping() is False
+    with pytest.raises(CacheUnavailable):
+        await dead.item_meta(["x"], tenant_id="t")
+    await dead.close()
