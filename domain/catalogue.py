@@ -275,12 +275,16 @@ class CatalogueService:
         """Return a page of a scenario's items ordered by item id."""
         await self._scenarios.get_or_raise(scenario_id, tenant_id=tenant_id)
         limit = check_first(first, maximum=max_first)
-        query = _filter_query(filters or ItemFilter(), tenant_id=tenant_id, scenario_id=scenario_id)
+        matching = _filter_query(filters or ItemFilter(), tenant_id=tenant_id, scenario_id=scenario_id)
+        query = dict(matching)
         if (start := decode_cursor(after)) is not None:
             query["item_id"] = {"$gt": start}
         docs = await Item.find(query).sort("item_id").limit(limit + 1).to_list()
         nodes = docs[:limit]
-        return Page(nodes=nodes, cursors=[encode_cursor(d.item_id) for d in nodes], has_next=len(docs) > limit)
+        total = lambda: Item.get_pymongo_collection().count_documents(matching)  # noqa: E731
+        return Page(
+            nodes=nodes, cursors=[encode_cursor(d.item_id) for d in nodes], has_next=len(docs) > limit, total=total
+        )
 
 
 def _filter_query(f: ItemFilter, *, tenant_id: str, scenario_id: str) -> dict[str, Any]:

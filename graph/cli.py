@@ -12,7 +12,7 @@ import typer
 import uvicorn
 from rich.console import Console
 
-from domain.errors import DomainError
+from domain.errors import DomainError, NotFound
 from domain.tenancy import Scope
 from graph import demo as demo_setup
 from graph.app import create_app
@@ -150,7 +150,7 @@ def keys_create(tenant: str = typer.Option(..., help="Tenant id."), scope: Scope
 
     async def work(rt: Runtime) -> None:
         if await rt.services.tenancy.get_tenant(tenant_id=tenant) is None:
-            raise typer.BadParameter(f"no tenant {tenant}")
+            raise NotFound(f"no tenant {tenant}", field="--tenant")
         new = await rt.services.tenancy.create_key(scope, tenant_id=tenant)
         print(f"{new.key.id}\t{new.key.scope}\t{new.secret}")
 

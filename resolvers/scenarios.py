@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from domain.scenarios.config import config_json_schema
-from domain.scenarios.service import Page
+from domain.scenarios.service import Page, ScenarioStats
 from models.documents import Scenario
 from resolvers.context import ADMINS, READERS, RequestContext
 
@@ -44,3 +44,9 @@ async def scenario_config_schema(ctx: RequestContext) -> dict:
     """Return the JSON Schema scenario configs are validated against."""
     ctx.require(READERS)
     return config_json_schema()
+
+
+async def scenario_stats(ctx: RequestContext, *, id: str) -> ScenarioStats:
+    """Count what a scenario holds."""
+    tenant_id = ctx.require(READERS).tenant_id
+    return await ctx.services.scenarios.stats(id, tenant_id=tenant_id)

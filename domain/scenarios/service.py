@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,13 @@ class Page:
     nodes: list[Any]
     cursors: list[str]
     has_next: bool
+    total: Callable[[], Awaitable[int]] | None = None  # counted only when a client asks for it
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioStats:
+    items: int
+    interactions: int
 
 
 class ScenarioService:
@@ -106,7 +113,17 @@ class ScenarioService:
             query["_id"] = {"$gt": start}
         docs = await Scenario.find(query).sort("_id").limit(limit + 1).to_list()
         nodes = docs[:limit]
-        return Page(nodes=nodes, cursors=[encode_cursor(s.id) for s in nodes], has_next=len(docs) > limit)
+        total = lambda: Scenario.get_pymongo_collection().count_documents({"tenant_id": tenant_id})  # noqa: E731
+        return Page(nodes=nodes, cursors=[encode_cursor(s.id) for s in nodes], has_next=len(docs) > limit, total=total)
+
+    async def stats(self, scenario_id: str, *, tenant_id: str) -> ScenarioStats:
+        """Count the scenario's items and stored interactions."""
+        scoped = {"tenant_id": tenant_id, "scenarios": scenario_id}
+        items = await Item.get_pymongo_collection().count_documents(scoped)
+        interactions = await Interaction.get_pymongo_collection().count_documents(
+            {"tenant_id": tenant_id, "scenario_id": scenario_id}
+        )
+        return ScenarioStats(items=items, interactions=interactions)
 
     async def ids(self, *, tenant_id: str) -> list[str]:
         """Return every scenario id of the tenant."""

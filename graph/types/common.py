@@ -7,6 +7,7 @@ import enum
 import strawberry
 
 from domain.catalogue import RowError
+from domain.scenarios.service import Page
 
 
 @strawberry.enum(description="How a user interacted with an item.")
@@ -50,6 +51,11 @@ class ApiKeyScope(enum.Enum):
 class PageInfo:
     has_next_page: bool
     end_cursor: str | None
+
+
+async def total_count(page: Page) -> int:
+    """Return the number of nodes matching a list's filter (across all pages)."""
+    return await page.total() if page.total else len(page.nodes)
 
 
 @strawberry.type(description="A problem with one row of a bulk call; `index` is 0-based.")

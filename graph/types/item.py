@@ -9,7 +9,7 @@ from strawberry.scalars import JSON
 
 from domain.catalogue import ItemData, ItemFilter as ItemFilterData, UpsertResult
 from domain.scenarios.service import Page
-from graph.types.common import ItemError, ItemStatus, PageInfo
+from graph.types.common import total_count, ItemError, ItemStatus, PageInfo
 from models.documents import Item as ItemDoc
 from resolvers.items import get_item
 
@@ -54,12 +54,18 @@ class ItemEdge:
 class ItemConnection:
     edges: list[ItemEdge]
     page_info: PageInfo
+    page: strawberry.Private[Page]
+
+    @strawberry.field(description="How many match, across all pages (counted on request).")
+    async def total_count(self) -> int:
+        return await total_count(self.page)
 
     @classmethod
     def from_domain(cls, page: Page) -> ItemConnection:
         """Convert a page of items."""
         edges = [ItemEdge(node=Item.from_domain(n), cursor=c) for n, c in zip(page.nodes, page.cursors)]
-        return cls(edges=edges, page_info=PageInfo(has_next_page=page.has_next, end_cursor=page.cursors[-1] if edges else None))
+        info = PageInfo(has_next_page=page.has_next, end_cursor=page.cursors[-1] if edges else None)
+        return cls(edges=edges, page_info=info, page=page)
 
 
 @strawberry.input

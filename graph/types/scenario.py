@@ -7,10 +7,21 @@ from datetime import datetime
 import strawberry
 from strawberry.scalars import JSON
 
-from domain.scenarios.service import Page
-from graph.types.common import PageInfo, ScenarioTemplate
+from domain.scenarios.service import Page, ScenarioStats
+from graph.types.common import total_count, PageInfo, ScenarioTemplate
 from models.documents import Scenario as ScenarioDoc
-from resolvers.scenarios import get_scenario
+from resolvers.scenarios import get_scenario, scenario_stats
+
+
+@strawberry.type(name="ScenarioStats")
+class ScenarioStatsType:
+    items: int
+    interactions: int
+
+    @classmethod
+    def from_domain(cls, stats: ScenarioStats) -> ScenarioStatsType:
+        """Convert scenario counts."""
+        return cls(items=stats.items, interactions=stats.interactions)
 
 
 @strawberry.federation.type(keys=["id"], description="A configured recommendation surface (a feed, a shop page).")
@@ -22,6 +33,10 @@ class Scenario:
     config_version: int
     created_at: datetime
     updated_at: datetime
+
+    @strawberry.field(description="What the scenario holds now.")
+    async def stats(self, info: strawberry.Info) -> ScenarioStatsType:
+        return ScenarioStatsType.from_domain(await scenario_stats(info.context, id=self.id))
 
     @classmethod
     def from_domain(cls, doc: ScenarioDoc) -> Scenario:
@@ -48,12 +63,18 @@ class ScenarioEdge:
 class ScenarioConnection:
     edges: list[ScenarioEdge]
     page_info: PageInfo
+    page: strawberry.Private[Page]
+
+    @strawberry.field(description="How many match, across all pages (counted on request).")
+    async def total_count(self) -> int:
+        return await total_count(self.page)
 
     @classmethod
     def from_domain(cls, page: Page) -> ScenarioConnection:
         """Convert a page of scenarios."""
         edges = [ScenarioEdge(node=Scenario.from_domain(n), cursor=c) for n, c in zip(page.nodes, page.cursors)]
-        return cls(edges=edges, page_info=PageInfo(has_next_page=page.has_next, end_cursor=page.cursors[-1] if edges else None))
+        info = PageInfo(has_next_page=page.has_next, end_cursor=page.cursors[-1] if edges else None)
+        return cls(edges=edges, page_info=info, page=page)
 
 
 @strawberry.input
