@@ -1,19 +1,20 @@
 """Ingest benchmark: recograph's bulk mutations over HTTP against plain drivers on the same MongoDB server.
 
-Starts `recograph serve` as a separate process on a temporary data dir (so the load generator never shares its
-event loop), creates a tenant with `recograph tenants create`, a CUSTOM scenario over GraphQL, then times, on the
-MovieLens demo data, in batches of 1,000:
+Starts `recograph serve` as a separate process on a temporary data dir with the embedded servers (so the load
+generator never shares its event loop), creates a tenant with `recograph tenants create`, a CUSTOM scenario over
+GraphQL, then times, on the MovieLens demo data, in batches of 1,000:
 
   upsertItems         over HTTP   vs  raw pymongo `bulk_write([UpdateOne(..., upsert=True)])` of the same items
   recordInteractions  over HTTP   vs  Beanie `Interaction.insert_many` of the same interaction documents
 
-Both sides of a pair run in the same process, against the same SecantusDB server (the baseline into a database of
-its own, with the same indexes), with the same number of requests in flight, interleaved in rounds (alternating who
-goes first) so that load from elsewhere on the machine hits both alike. Payloads and documents are prepared before
-the clock starts. Afterwards it checks what was stored (totals, profiles, Redis item metadata and seen sets, a
-resent batch) and, in-process, breaks one 1,000-row batch down into HTTP, GraphQL and domain steps.
+Both sides are driven from this process against the same SecantusDB server (the baseline into a database of its
+own, with the same indexes), with the same number of calls in flight, interleaved in rounds (alternating who goes
+first) so that load from elsewhere on the machine hits both alike. Payloads and documents are prepared before the
+clock starts. Afterwards it checks what was stored (three users' profiles and Redis seen sets, Redis item metadata,
+whole-collection counts, a resent batch) and, in-process, breaks one 1,000-row batch of each mutation down into
+HTTP, GraphQL and domain steps, with the MongoDB server's CPU for each.
 
-    .venv/bin/python bench/ingest.py [--events 50000] [--concurrency 2] [--rounds 4]
+    .venv/bin/python bench/ingest.py [--events 50000] [--concurrency 2] [--rounds 4] [--shuffle]
 
 Writes bench/results/ingest.json and prints a rich table and the same as Markdown.
 """
@@ -54,28 +55,33 @@ import httpx  # noqa: E402
 import msgspec  # noqa: E402
 import structlog  # noqa: E402
 from beanie import init_beanie  # noqa: E402
+from graphql import parse  # noqa: E402
+from graphql.execution.values import get_variable_values  # noqa: E402
 from pymongo import AsyncMongoClient  # noqa: E402
 from redis import asyncio as aioredis  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from domain.catalogue import CatalogueService, ItemData, validate_item  # noqa: E402
+from domain.catalogue import CatalogueService, ItemData  # noqa: E402
 from domain.datasets.movielens import rating_events, read_movielens  # noqa: E402
 from domain.events import EventService, InteractionData, _document  # noqa: E402
 from domain.ids import utcnow  # noqa: E402
 from domain.profiles import ProfileService  # noqa: E402
 from domain.scenarios.service import ScenarioService  # noqa: E402
 from domain.services import Services  # noqa: E402
+from graph.schema import build_schema, guard_extensions  # noqa: E402
 from models.cache import RedisCache, tenant_key  # noqa: E402
 from models.documents import DOCUMENTS, Interaction, Item, composite_id  # noqa: E402
 from models.settings import Settings  # noqa: E402
+from resolvers.context import RequestContext  # noqa: E402
+from resolvers.loaders import make_loaders  # noqa: E402
 
 DATASET = ROOT / "demo" / "ml-latest-small"
 RESULTS = ROOT / "bench" / "results" / "ingest.json"
 BASELINE_DB = "recograph_bench_baseline"
 TARGET = 0.6
 BATCH = 1000
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 CREATE_SCENARIO = "mutation($i: CreateScenarioInput!) { createScenario(input: $i) { id } }"
 UPSERT_ITEMS = (
@@ -111,9 +117,12 @@ class ServeProcess:
     def __init__(self, data_dir: Path, port: int) -> None:
         self.data_dir, self.port = data_dir, port
         self.url = f"http://127.0.0.1:{port}"
-        self.env = {**os.environ, "RECOGRAPH_LOG_LEVEL": "WARNING", "RECOGRAPH_DATA_DIR": str(data_dir)}
+        # Embedded servers only: URLs from the environment would point the bench at other servers.
+        env = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URL", "REDIS_URL", "QDRANT_URL")}
+        self.env = {**env, "RECOGRAPH_LOG_LEVEL": "WARNING", "RECOGRAPH_DATA_DIR": str(data_dir)}
         self.log_path = data_dir / "serve.log"
         self.proc: subprocess.Popen | None = None
+        self._servers: dict[int, str] = {}  # pid -> command line of the servers serve started
 
     def start(self) -> None:
         """Spawn the server."""
@@ -154,7 +163,7 @@ class ServeProcess:
         """Return the pids of serve and of the servers it started."""
         out = {"serve": self.proc.pid}
         for child in _children(self.proc.pid):
-            cmd = _cmdline(child)
+            cmd = self._servers.setdefault(child, _cmdline(child))
             out["mongo" if "secantusd" in cmd else "redis" if "redis-server" in cmd else f"child-{child}"] = child
         return out
 
@@ -166,7 +175,10 @@ class ServeProcess:
 
     def stop(self) -> None:
         """SIGTERM serve (it stops its own servers); kill the whole session if it does not go."""
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is not None:
+            self._stop_leftovers()
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -175,6 +187,25 @@ class ServeProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
+        self._stop_leftovers()
+
+    def _stop_leftovers(self, timeout_s: float = 10.0) -> None:
+        """Stop servers serve left running (own sessions, so killpg misses them) while their data dir exists.
+
+        Redis refuses to exit on SIGTERM when its final save fails, so one whose directory was removed would
+        stay forever: SIGKILL whatever is still there after timeout_s.
+        """
+        left = [pid for pid, cmd in self._servers.items() if cmd and _cmdline(pid) == cmd]
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = [pid for pid in left if _cmdline(pid) == self._servers[pid]]
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _children(pid: int) -> list[int]:
@@ -339,23 +370,11 @@ async def verify(
     api: Api, runtime: dict[str, Any], tenant_id: str, scenario_id: str, events: list[InteractionData],
     items: int, first_batch: bytes, database: str,
 ) -> dict[str, Any]:
-    """Check what was stored against what was sent, from profiles, Redis state and whole-collection counts."""
-    users = [events[0].user_id, events[len(events) // 2].user_id, events[-1].user_id]
-    sent = Counter(e.user_id for e in events)
-    distinct = defaultdict(set)
-    for e in events:
-        distinct[e.user_id].add(e.item_id)
-    checks: dict[str, Any] = {"users": {}}
+    """Check what was stored against what was sent: profiles, Redis state, whole-collection counts, a resend."""
     redis = aioredis.from_url(runtime["redis_url"])
     mongo = AsyncMongoClient(runtime["mongo_url"])
     try:
-        for user in dict.fromkeys(users):
-            profile = (await api.query(PROFILE, {"u": user}))["profile"]
-            seen = await redis.scard(tenant_key(tenant_id, "seen", scenario_id, user))
-            checks["users"][user] = {
-                "sent": sent[user], "interactionCount": profile and profile["interactionCount"],
-                "distinct_items": len(distinct[user]), "redis_seen": seen,
-            }
+        checks: dict[str, Any] = {"users": await _check_users(api, redis, tenant_id, scenario_id, events)}
         checks["redis_item_meta"] = await redis.hlen(tenant_key(tenant_id, "items"))
         checks["mongo_interactions"] = await mongo[database]["interactions"].count_documents({"tenant_id": tenant_id})
         checks["baseline_interactions"] = await mongo[BASELINE_DB]["interactions"].count_documents({})
@@ -365,26 +384,53 @@ async def verify(
     finally:
         await redis.aclose()
         await mongo.close()
-    first = min(BATCH, len(events))
     checks["ok"] = (
         all(u["sent"] == u["interactionCount"] and u["distinct_items"] == u["redis_seen"] for u in checks["users"].values())
         and checks["redis_item_meta"] == items
         and checks["mongo_interactions"] == checks["baseline_interactions"] == len(events)
         and checks["baseline_items"] == items
-        and checks["resend"] == {"accepted": 0, "duplicates": first, "errors": 0}
+        and checks["resend"] == {"accepted": 0, "duplicates": min(BATCH, len(events)), "errors": 0}
     )
     return checks
+
+
+async def _check_users(
+    api: Api, redis: aioredis.Redis, tenant_id: str, scenario_id: str, events: list[InteractionData], wait_s: float = 60.0
+) -> dict[str, dict[str, Any]]:
+    """Compare three users' profile counts and Redis seen sets with what was sent (waiting for a lagging consumer)."""
+    sent, distinct = Counter(e.user_id for e in events), defaultdict(set)
+    for e in events:
+        distinct[e.user_id].add(e.item_id)
+    users = dict.fromkeys([events[0].user_id, events[len(events) // 2].user_id, events[-1].user_id])
+    began = time.monotonic()
+    while True:
+        found = {}
+        for user in users:
+            profile = (await api.query(PROFILE, {"u": user}))["profile"]
+            found[user] = {
+                "sent": sent[user], "interactionCount": profile and profile["interactionCount"],
+                "distinct_items": len(distinct[user]),
+                "redis_seen": await redis.scard(tenant_key(tenant_id, "seen", scenario_id, user)),
+            }
+        settled = all(f["sent"] == f["interactionCount"] for f in found.values())
+        if settled or time.monotonic() - began > wait_s:
+            for f in found.values():
+                f["waited_s"] = round(time.monotonic() - began, 1)
+            return found
+        await asyncio.sleep(0.5)
 
 
 # ---------------------------------------------------------------- where the time goes (in-process)
 
 
 class StepTimer:
-    """Wrap async methods on classes to add up the wall and CPU time (this process) spent in each."""
+    """Wrap async methods on classes to add up wall time, CPU of this process and MongoDB CPU spent in each."""
 
-    def __init__(self) -> None:
+    def __init__(self, pids: dict[str, int]) -> None:
         self.wall: dict[str, float] = defaultdict(float)
         self.cpu: dict[str, float] = defaultdict(float)
+        self.mongo: dict[str, float] = defaultdict(float)
+        self._mongo_pid = {"mongo": pids["mongo"]} if "mongo" in pids else {}
         self._undo: list[tuple[type, str, Any]] = []
         self.missing: list[str] = []
 
@@ -394,23 +440,25 @@ class StepTimer:
         if original is None:
             self.missing.append(f"{owner.__name__}.{name}")
             return
-        wall, cpu = self.wall, self.cpu
+        timer = self
 
         async def timed(*args: Any, **kwargs: Any) -> Any:
-            began, began_cpu = time.perf_counter(), time.process_time()
+            began, began_cpu, before = time.perf_counter(), time.process_time(), cpu_seconds(timer._mongo_pid)
             try:
                 return await original(*args, **kwargs)
             finally:
-                wall[label] += time.perf_counter() - began
-                cpu[label] += time.process_time() - began_cpu
+                after = cpu_seconds(timer._mongo_pid)
+                timer.wall[label] += time.perf_counter() - began
+                timer.cpu[label] += time.process_time() - began_cpu
+                timer.mongo[label] += after.get("mongo", 0.0) - before.get("mongo", 0.0)
 
         setattr(owner, name, timed)
         self._undo.append((owner, name, original))
 
     def reset(self) -> None:
         """Forget the totals so far."""
-        self.wall.clear()
-        self.cpu.clear()
+        for totals in (self.wall, self.cpu, self.mongo):
+            totals.clear()
 
     def restore(self) -> None:
         """Put the original methods back."""
@@ -434,9 +482,6 @@ async def _measure(coro: Awaitable[Any], pids: dict[str, int]) -> tuple[float, f
 
 
 def _coercion_cpu(schema: Any, query: str, variables: dict[str, Any]) -> float:
-    from graphql import parse
-    from graphql.execution.values import get_variable_values
-
     definitions = parse(query).definitions[0].variable_definitions
     began = time.process_time()
     coerced = get_variable_values(schema._schema, definitions, variables)
@@ -466,10 +511,6 @@ class InProcess:
 
 async def in_process(runtime: dict[str, Any], database: str, admin: str) -> InProcess:
     """Bind Beanie to recograph's database and build the services, schema and a request context."""
-    from graph.schema import build_schema, guard_extensions
-    from resolvers.context import RequestContext
-    from resolvers.loaders import make_loaders
-
     mongo = AsyncMongoClient(runtime["mongo_url"], tz_aware=True)
     await init_beanie(database=mongo[database], document_models=DOCUMENTS)
     cache = RedisCache.from_url(runtime["redis_url"])
@@ -502,7 +543,7 @@ class Case:
 async def breakdown(api: Api, runtime: dict[str, Any], database: str, pids: dict[str, int], cases: list[Case], reps: int) -> dict[str, Any]:
     """Split one batch of each mutation into HTTP, GraphQL and domain steps (medians over reps, wall and CPU)."""
     here = await in_process(runtime, database, api.admin)
-    timer = StepTimer()
+    timer = StepTimer(pids)
     timer.wrap(EventService, "record", "domain: EventService.record")
     timer.wrap(EventService, "_scenario_weights", "scenario lookup (Mongo)")
     timer.wrap(CatalogueService, "metas", "item metadata (Redis HMGET + decode)")
@@ -583,8 +624,8 @@ def _rows(case: Case, encode, decode, coercion, http, executed, timer: StepTimer
         "    variable coercion (graphql-core)": (coercion, coercion, None),
         "    rest: Strawberry argument conversion, to_domain, resolver, result": (
             wall - domain_wall - coercion, cpu - domain_cpu - coercion, None),
-        f"  {case.domain_label}": (domain_wall, domain_cpu, None),
-        **{f"    {k}": (timer.wall[k], timer.cpu[k], None) for k in steps},
+        f"  {case.domain_label}": (domain_wall, domain_cpu, timer.mongo[case.domain_label]),
+        **{f"    {k}": (timer.wall[k], timer.cpu[k], timer.mongo[k] if "Mongo" in k else None) for k in steps},
         f"    {case.steps_label}": (
             domain_wall - sum(timer.wall[k] for k in steps), domain_cpu - sum(timer.cpu[k] for k in steps), None),
     }
@@ -763,12 +804,12 @@ def breakdown_cases(s: Setup) -> list[Case]:
 
 
 async def bench(args: argparse.Namespace, serve: ServeProcess) -> dict[str, Any]:
-    """Run everything against a started server; return the results."""
+    """Run everything against a started server; return the results (written before the breakdown runs)."""
     limits = httpx.Limits(max_connections=max(4, args.concurrency), max_keepalive_connections=max(4, args.concurrency))
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         s = await set_up(args, serve, client)
         console.print(f"tenant {s.tenant_id}, scenario {s.scenario_id}: {len(s.items):,} items, {len(s.events):,} events, "
-                      f"batches of {BATCH:,}, {args.concurrency} in flight, {args.rounds} rounds")
+                      f"batches of {BATCH:,}, {args.concurrency} in flight, {args.rounds} rounds, shuffled: {args.shuffle}")
         load_before = os.getloadavg()
         pairs, tallies, first_batch = await run_comparisons(s, args)
         load_after = os.getloadavg()
@@ -780,17 +821,28 @@ async def bench(args: argparse.Namespace, serve: ServeProcess) -> dict[str, Any]
             and not tallies["items"].errors and not tallies["events"].errors and not tallies["events"].duplicates
         console.print(f"verification: {'[green]ok[/green]' if checks['ok'] else '[red]FAILED[/red]'} "
                       f"users {json.dumps(checks['users'])}, resend {checks['resend']}")
-        parts = None
-        gc.collect()
+        results = {
+            "when": datetime.now(UTC).isoformat(), "cpus": os.cpu_count(), "loadavg_before": load_before,
+            "loadavg_after": load_after, "events": len(s.events), "items": len(s.items), "batch": BATCH,
+            "concurrency": args.concurrency, "rounds": args.rounds, "shuffled": args.shuffle, "rows": rows,
+            "verification": checks, "breakdown_per_batch": None, "warnings": s.warnings, "markdown": markdown(rows),
+        }
+        write_results(args.output, results)
         if args.breakdown_reps > 0:
-            parts = await breakdown(s.api, s.runtime, s.database, s.pids, breakdown_cases(s), args.breakdown_reps)
-            print_breakdown(parts)
-    return {
-        "when": datetime.now(UTC).isoformat(), "cpus": os.cpu_count(), "loadavg_before": load_before,
-        "loadavg_after": load_after, "events": len(s.events), "items": len(s.items), "batch": BATCH,
-        "concurrency": args.concurrency, "rounds": args.rounds, "shuffled": args.shuffle, "rows": rows, "verification": checks,
-        "breakdown_per_batch": parts, "warnings": s.warnings, "markdown": markdown(rows),
-    }
+            gc.collect()
+            try:
+                results["breakdown_per_batch"] = await breakdown(s.api, s.runtime, s.database, s.pids, breakdown_cases(s), args.breakdown_reps)
+                print_breakdown(results["breakdown_per_batch"])
+            except Exception as exc:  # noqa: BLE001 - the breakdown is diagnostic; keep the comparison
+                results["warnings"].append(f"breakdown failed: {exc!r}")
+            write_results(args.output, results)
+    return results
+
+
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    """Write the results as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -825,8 +877,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(f"kept {data_dir}")
         else:
             shutil.rmtree(data_dir, ignore_errors=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2, default=str))
     for warning in results["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(f"\nwrote {args.output}\n")

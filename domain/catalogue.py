@@ -19,6 +19,7 @@ from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
 from domain.errors import BadInput
+from domain.hotcache import HotCache
 from domain.ids import check_first, decode_cursor, encode_cursor, utcnow
 from domain.scenarios.service import Page, ScenarioService
 from models.cache import Cache, CacheUnavailable, ItemMeta, meta_from_item
@@ -142,6 +143,7 @@ class CatalogueService:
     def __init__(self, cache: Cache, scenarios: ScenarioService) -> None:
         self._cache = cache
         self._scenarios = scenarios
+        self._hot: HotCache[Item] = HotCache()  # items shown in every list: keep MongoDB off the request path
 
     async def upsert(self, items: Sequence[ItemData], *, tenant_id: str, scenario_id: str) -> UpsertResult:
         """Insert or update items under a scenario; bad rows are reported, good rows stored."""
@@ -159,6 +161,7 @@ class CatalogueService:
                 seen.add(data.id)
                 accepted.append(data)
         if accepted:
+            self._hot.drop((tenant_id, d.id) for d in accepted)
             new = await self._write(accepted, tenant_id=tenant_id, scenario_id=scenario_id, now=now)
             await self._mirror(accepted, new, tenant_id=tenant_id, scenario_id=scenario_id)
         result.upserted = len(accepted)
@@ -224,6 +227,7 @@ class CatalogueService:
         await self._scenarios.get_or_raise(scenario_id, tenant_id=tenant_id)
         col = Item.get_pymongo_collection()
         keys = [composite_id(tenant_id, i) for i in dict.fromkeys(ids)]
+        self._hot.drop((tenant_id, i) for i in ids)
         result = await col.update_many(
             {"_id": {"$in": keys}, "tenant_id": tenant_id, "scenarios": scenario_id},
             {"$pull": {"scenarios": scenario_id}},
@@ -235,11 +239,17 @@ class CatalogueService:
             log.warning("cache.unavailable", op="items.delete", error=str(exc))
         return result.modified_count
 
+    def forget_cached(self, *, tenant_id: str) -> None:
+        """Drop the tenant's items from the in-process cache (after a bulk change such as deleting a scenario)."""
+        self._hot.drop_where(lambda key: key[0] == tenant_id)
+
     async def get_many(self, ids: Sequence[str], *, tenant_id: str) -> list[Item | None]:
-        """Return items in the order of ids, None for missing ones (one query)."""
-        keys = [composite_id(tenant_id, i) for i in dict.fromkeys(ids)]
-        found = await Item.find({"_id": {"$in": keys}, "tenant_id": tenant_id}).to_list()
-        by_id = {doc.item_id: doc for doc in found}
+        """Return items in the order of ids, None for missing ones (hot cache, then one query)."""
+        by_id = {i: doc for i in dict.fromkeys(ids) if (doc := self._hot.get((tenant_id, i))) is not None}
+        if missing := [composite_id(tenant_id, i) for i in dict.fromkeys(ids) if i not in by_id]:
+            for doc in await Item.find({"_id": {"$in": missing}, "tenant_id": tenant_id}).to_list():
+                by_id[doc.item_id] = doc
+                self._hot.put((tenant_id, doc.item_id), doc)
         return [by_id.get(i) for i in ids]
 
     async def metas(self, ids: Sequence[str], *, tenant_id: str) -> dict[str, ItemMeta]:

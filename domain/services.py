@@ -8,6 +8,7 @@ from domain.catalogue import CatalogueService
 from domain.events import EventService
 from domain.privacy import PrivacyService
 from domain.profiles import ProfileService
+from domain.recommend.service import EngineSource, RecommendationService
 from domain.scenarios.service import ScenarioService
 from domain.tenancy import TenancyService
 from models.cache import Cache
@@ -22,13 +23,14 @@ class Services:
     profiles: ProfileService
     events: EventService
     privacy: PrivacyService
+    recommendations: RecommendationService
 
     @classmethod
-    def build(cls, *, cache: Cache, vectors: VectorStore | None) -> Services:
+    def build(cls, *, cache: Cache, vectors: VectorStore | None, engines: EngineSource | None = None) -> Services:
         """Wire every service over the given stores (MongoDB is reached through Beanie)."""
         scenarios = ScenarioService(cache)
         catalogue = CatalogueService(cache, scenarios)
-        profiles = ProfileService()
+        profiles = ProfileService(cache)
         return cls(
             tenancy=TenancyService(),
             scenarios=scenarios,
@@ -36,4 +38,5 @@ class Services:
             profiles=profiles,
             events=EventService(cache, scenarios, catalogue, profiles),
             privacy=PrivacyService(cache, vectors, scenarios, profiles),
+            recommendations=RecommendationService(cache, scenarios, profiles, engines),
         )

@@ -20,8 +20,9 @@ from graph.types.common import ApiKeyScope
 from graph.types.interaction import IngestResult, InteractionInput
 from graph.types.item import Item, ItemConnection, ItemFilter, ItemInput, UpsertItemsResult
 from graph.types.profile import User, UserProfile, load_profile
+from graph.types.recommendation import RecommendationList
 from graph.types.scenario import CreateScenarioInput, Scenario, ScenarioConnection, UpdateScenarioInput
-from resolvers import interactions, keys, scenarios
+from resolvers import interactions, keys, recommendations, scenarios
 from resolvers import items as catalogue
 
 log = structlog.get_logger()
@@ -60,6 +61,24 @@ class Query:
     @strawberry.field(description="The JSON Schema that scenario configs are validated against.")
     async def scenario_config_schema(self, info: strawberry.Info) -> JSON:
         return await scenarios.scenario_config_schema(info.context)
+
+    @strawberry.field(description="A user's recommendations in a scenario; an unknown user gets cold-start items.")
+    async def recommendations(
+        self, info: strawberry.Info, scenario_id: strawberry.ID, user_id: strawberry.ID, first: int | None = 20,
+        after: str | None = None, context: JSON | None = None, exclude_seen: bool = True, debug: bool = False,
+    ) -> RecommendationList:
+        page = await recommendations.recommend(
+            info.context, scenario_id=scenario_id, user_id=user_id, first=first, after=after, context=context,
+            exclude_seen=exclude_seen, debug=debug,
+        )
+        return RecommendationList.from_domain(page)
+
+    @strawberry.field(description="Items similar to an item, within a scenario.")
+    async def similar_items(
+        self, info: strawberry.Info, scenario_id: strawberry.ID, item_id: strawberry.ID, first: int | None = 20
+    ) -> RecommendationList:
+        page = await recommendations.similar_items(info.context, scenario_id=scenario_id, item_id=item_id, first=first)
+        return RecommendationList.from_domain(page)
 
     @strawberry.field(description="Your tenant's live API keys (admin).")
     async def api_keys(self, info: strawberry.Info) -> list[ApiKey]:

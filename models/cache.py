@@ -8,7 +8,7 @@ Callers treat `CacheUnavailable` as "degraded": the record of truth is MongoDB.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,6 +44,10 @@ class ItemMeta:
         return cls(tuple(s), tuple(c), tuple(t), st, d)
 
 
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def tenant_key(tenant_id: str, *parts: str) -> str:
     """Return a key in the tenant's hash slot."""
     return ":".join(("t", "{" + tenant_id + "}", *parts))
@@ -57,8 +61,19 @@ class Cache(Protocol):
     async def seen(self, scenario_id: str, user_id: str, *, tenant_id: str) -> set[str]: ...
     async def user_version(self, user_id: str, *, tenant_id: str) -> int: ...
     async def erase_user(self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str) -> int: ...
+    async def add_label_scores(self, deltas: Mapping[str, Mapping[str, float]], *, tenant_id: str) -> None: ...
+    async def label_scores(self, user_ids: Sequence[str], *, tenant_id: str) -> dict[str, dict[str, float]]: ...
+    async def get_blob(self, *parts: str, tenant_id: str) -> str | None: ...
+    async def put_blob(self, *parts: str, value: str, ttl_s: int, tenant_id: str) -> None: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
+
+
+# One call per user adds all of a batch's label deltas (HINCRBYFLOAT takes one field at a time).
+_ADD_SCORES = """
+for i = 1, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
 
 
 class RedisCache:
@@ -66,6 +81,7 @@ class RedisCache:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._r = client
+        self._add_scores = client.register_script(_ADD_SCORES)
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 1.0) -> RedisCache:
@@ -144,17 +160,57 @@ class RedisCache:
         return int(raw or 0)
 
     async def erase_user(self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str) -> int:
-        """Delete the user's seen sets and bump their cache version; return how many sets went."""
+        """Delete the user's seen sets and preference scores, bump their cache version; return how many keys went."""
         keys = [tenant_key(tenant_id, "seen", s, user_id) for s in scenario_ids]
+        keys.append(tenant_key(tenant_id, "prefs", user_id))
         try:
             async with self._r.pipeline(transaction=False) as pipe:
-                if keys:
-                    pipe.delete(*keys)
+                pipe.delete(*keys)
                 pipe.incr(tenant_key(tenant_id, "uv", user_id))  # cached lists keyed by the old version go stale
                 results = await pipe.execute()
         except RedisError as exc:
             raise CacheUnavailable(str(exc)) from exc
-        return int(results[0]) if keys else 0
+        return int(results[0])
+
+    async def add_label_scores(self, deltas: Mapping[str, Mapping[str, float]], *, tenant_id: str) -> None:
+        """Add per-user preference deltas (label -> amount) to each user's score hash."""
+        if not deltas:
+            return
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for user_id, labels in deltas.items():
+                    args = [x for label, amount in labels.items() for x in (label, repr(float(amount)))]
+                    await self._add_scores(keys=[tenant_key(tenant_id, "prefs", user_id)], args=args, client=pipe)
+                await pipe.execute()
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
+
+    async def label_scores(self, user_ids: Sequence[str], *, tenant_id: str) -> dict[str, dict[str, float]]:
+        """Return each user's preference scores (label -> stored score); users without any are left out."""
+        users = list(dict.fromkeys(user_ids))
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for user_id in users:
+                    pipe.hgetall(tenant_key(tenant_id, "prefs", user_id))
+                rows = await pipe.execute()
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
+        return {u: {_text(k): float(v) for k, v in row.items()} for u, row in zip(users, rows, strict=True) if row}
+
+    async def get_blob(self, *parts: str, tenant_id: str) -> str | None:
+        """Return a cached string (served lists, cached answers) or None."""
+        try:
+            raw = await self._r.get(tenant_key(tenant_id, *parts))
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    async def put_blob(self, *parts: str, value: str, ttl_s: int, tenant_id: str) -> None:
+        """Store a string that expires after ttl_s seconds."""
+        try:
+            await self._r.set(tenant_key(tenant_id, *parts), value, ex=ttl_s)
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
 
     async def ping(self) -> bool:
         """Return whether Redis answers (never raises)."""
@@ -175,6 +231,8 @@ class InMemoryCache:
     items: dict[str, dict[str, str]] = field(default_factory=dict)
     sets: dict[str, set[str]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    blobs: dict[str, str] = field(default_factory=dict)
+    prefs: dict[str, dict[str, float]] = field(default_factory=dict)
     up: bool = True
 
     def _check(self) -> None:
@@ -224,13 +282,38 @@ class InMemoryCache:
         return self.counters.get(tenant_key(tenant_id, "uv", user_id), 0)
 
     async def erase_user(self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str) -> int:
-        """Delete the user's seen sets and bump their cache version; return how many sets went."""
+        """Delete the user's seen sets and preference scores, bump their cache version; return how many keys went."""
         self._check()
         keys = [tenant_key(tenant_id, "seen", s, user_id) for s in scenario_ids]
         deleted = sum(self.sets.pop(k, None) is not None for k in keys)
+        deleted += self.prefs.pop(tenant_key(tenant_id, "prefs", user_id), None) is not None
         uv = tenant_key(tenant_id, "uv", user_id)
         self.counters[uv] = self.counters.get(uv, 0) + 1
         return deleted
+
+    async def add_label_scores(self, deltas: Mapping[str, Mapping[str, float]], *, tenant_id: str) -> None:
+        """Add per-user preference deltas."""
+        self._check()
+        for user_id, labels in deltas.items():
+            scores = self.prefs.setdefault(tenant_key(tenant_id, "prefs", user_id), {})
+            for label, amount in labels.items():
+                scores[label] = scores.get(label, 0.0) + float(amount)
+
+    async def label_scores(self, user_ids: Sequence[str], *, tenant_id: str) -> dict[str, dict[str, float]]:
+        """Return each user's preference scores; users without any are left out."""
+        self._check()
+        found = {u: self.prefs.get(tenant_key(tenant_id, "prefs", u)) for u in user_ids}
+        return {u: dict(v) for u, v in found.items() if v}
+
+    async def get_blob(self, *parts: str, tenant_id: str) -> str | None:
+        """Return a cached string or None (expiry is not modelled)."""
+        self._check()
+        return self.blobs.get(tenant_key(tenant_id, *parts))
+
+    async def put_blob(self, *parts: str, value: str, ttl_s: int, tenant_id: str) -> None:
+        """Store a string."""
+        self._check()
+        self.blobs[tenant_key(tenant_id, *parts)] = value
 
     async def ping(self) -> bool:
         """Return whether the fake is up."""

@@ -109,7 +109,7 @@ class Interaction(Document):
 
 
 class UserProfile(Document):
-    """Aggregates kept current on ingest; preference scores are stored time-shifted (see domain.profiles)."""
+    """Counters and recent items kept current on ingest; preference scores live in Redis (see domain.profiles)."""
 
     id: str = Field(alias="_id")
     tenant_id: str
@@ -117,8 +117,6 @@ class UserProfile(Document):
     interaction_count: int = 0
     counts_by_type: dict[str, int] = Field(default_factory=dict)
     counts_by_scenario: dict[str, int] = Field(default_factory=dict)
-    category_scores: dict[str, float] = Field(default_factory=dict)
-    tag_scores: dict[str, float] = Field(default_factory=dict)
     recent: list[dict[str, Any]] = Field(default_factory=list)
     first_seen: datetime | None = None
     last_seen: datetime | None = None
@@ -136,7 +134,10 @@ class ModelVersion(Document):
     version: int
     status: str = "training"
     metrics: dict[str, float] = Field(default_factory=dict)
-    artifact: str | None = None
+    artifact: str | None = None  # path relative to the models dir, so pods may mount it anywhere
+    spaces: dict[str, str] = Field(default_factory=dict)  # embedding kind -> the vector space of this version
+    job_id: str | None = None
+    error: str | None = None
     created_at: datetime
     activated_at: datetime | None = None
 
@@ -177,6 +178,13 @@ class Job(Document):
     attempts: int = 0
     error: str | None = None
     result: dict[str, Any] | None = None
+    stage: str | None = None
+    # The same work on the same target (`kind:scenario`) is queued or running at most once: `active` is true while
+    # QUEUED or RUNNING, and a unique index over active jobs' keys refuses a second one.
+    key: str | None = None
+    active: bool = False
+    time_limit_s: float | None = None
+    duration_s: float | None = None
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -186,6 +194,10 @@ class Job(Document):
         indexes = [
             IndexModel([("tenant_id", ASCENDING), ("created_at", DESCENDING)]),
             IndexModel([("tenant_id", ASCENDING), ("scenario_id", ASCENDING), ("kind", ASCENDING)]),
+            IndexModel(
+                [("tenant_id", ASCENDING), ("key", ASCENDING)], name="one_active_job_per_key", unique=True,
+                partialFilterExpression={"active": True},
+            ),
         ]
 
 

@@ -84,6 +84,24 @@ class TelemetrySettings(BaseSettings):
     tracing: bool = Field(True, validation_alias=AliasChoices("RECOGRAPH_TRACING"), description="Set up OpenTelemetry.")
 
 
+class TrainingSettings(BaseSettings):
+    """Training jobs and the models serving loads."""
+
+    model_config = SettingsConfigDict(env_prefix="RECOGRAPH_", **_COMMON)
+
+    models_dir: Path | None = Field(
+        None, description="Model artifacts; unset: <data_dir>/models (a temporary directory in memory mode). "
+        "API pods and workers must share it (a volume) when they run apart.",
+    )
+    train_time_limit_s: float = Field(1800.0, description="A training attempt running longer is stopped and FAILED.")
+    job_max_tries: int = Field(3, description="Attempts of a job whose stores were briefly unreachable.")
+    models_refresh_s: float = Field(
+        30.0, description="How often serving re-checks active model versions (in case a swap notice was missed)."
+    )
+    catalogue_refresh_s: float = Field(10.0, description="How often serving checks a loaded scenario's items for changes.")
+    max_loaded_scenarios: int = Field(200, description="Most scenario models held in memory; least recently used go.")
+
+
 class Settings(BaseSettings):
     """All settings, one section per concern."""
 
@@ -95,6 +113,7 @@ class Settings(BaseSettings):
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     graphql: GraphQLSettings = Field(default_factory=GraphQLSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
 
     @property
     def embedded(self) -> bool:

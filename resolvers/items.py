@@ -17,6 +17,12 @@ async def get_item(ctx: RequestContext, *, id: str) -> Item | None:
     return await ctx.loaders.items.load(id)
 
 
+async def get_items(ctx: RequestContext, *, ids: Sequence[str]) -> list[Item | None]:
+    """Return the caller's items in the order of ids, None for missing ones (one batch)."""
+    ctx.require(ANYONE)
+    return list(await ctx.loaders.items.load_many(list(ids)))
+
+
 async def list_items(
     ctx: RequestContext, *, scenario_id: str, filters: ItemFilter | None, first: int | None, after: str | None
 ) -> Page:

@@ -37,7 +37,9 @@ async def update_scenario(ctx: RequestContext, *, id: str, name: str | None, con
 async def delete_scenario(ctx: RequestContext, *, id: str) -> bool:
     """Delete a scenario and what belongs to it alone."""
     tenant_id = ctx.require(ADMINS).tenant_id
-    return await ctx.services.scenarios.delete(id, tenant_id=tenant_id)
+    deleted = await ctx.services.scenarios.delete(id, tenant_id=tenant_id)
+    ctx.services.catalogue.forget_cached(tenant_id=tenant_id)
+    return deleted
 
 
 async def scenario_config_schema(ctx: RequestContext) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 from strawberry.scalars import JSON
@@ -12,6 +13,10 @@ from domain.scenarios.service import Page
 from graph.types.common import total_count, ItemError, ItemStatus, PageInfo
 from models.documents import Item as ItemDoc
 from resolvers.items import get_item
+from resolvers.recommendations import similar_items
+
+if TYPE_CHECKING:
+    from graph.types.recommendation import RecommendationList
 
 
 @strawberry.federation.type(keys=["id"], description="A catalogue item; `id` is the client's own id.")
@@ -26,6 +31,16 @@ class Item:
     scenario_ids: list[strawberry.ID]
     created_at: datetime
     updated_at: datetime
+
+    @strawberry.field(description="Items similar to this one in a scenario (default: the item's first scenario).")
+    async def similar(
+        self, info: strawberry.Info, scenario_id: strawberry.ID | None = None, first: int | None = 20
+    ) -> Annotated[RecommendationList, strawberry.lazy("graph.types.recommendation")]:
+        from graph.types.recommendation import RecommendationList
+
+        scenario = scenario_id or (self.scenario_ids[0] if self.scenario_ids else "")
+        page = await similar_items(info.context, scenario_id=scenario, item_id=self.id, first=first)
+        return RecommendationList.from_domain(page)
 
     @classmethod
     def from_domain(cls, doc: ItemDoc) -> Item:

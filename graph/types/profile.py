@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 
@@ -11,6 +12,10 @@ from graph.types.common import InteractionType
 from graph.types.item import Item
 from resolvers.items import get_item
 from resolvers.profiles import get_profile
+from resolvers.recommendations import recommend
+
+if TYPE_CHECKING:
+    from graph.types.recommendation import RecommendationList
 
 
 @strawberry.type
@@ -82,6 +87,15 @@ class User:
     async def profile(self, info: strawberry.Info) -> UserProfile | None:
         """The user's profile in this tenant, or null for a user never seen."""
         return await load_profile(info, str(self.id))
+
+    @strawberry.field(description="The user's recommendations in a scenario.")
+    async def recommendations(
+        self, info: strawberry.Info, scenario_id: strawberry.ID, first: int | None = 20, after: str | None = None
+    ) -> Annotated[RecommendationList, strawberry.lazy("graph.types.recommendation")]:
+        from graph.types.recommendation import RecommendationList
+
+        page = await recommend(info.context, scenario_id=scenario_id, user_id=str(self.id), first=first, after=after)
+        return RecommendationList.from_domain(page)
 
     @classmethod
     def resolve_reference(cls, id: strawberry.ID) -> User:

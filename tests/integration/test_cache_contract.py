@@ -80,3 +80,19 @@ async def test_unreachable_redis_raises_cache_unavailable():
     with pytest.raises(CacheUnavailable):
         await dead.item_meta(["x"], tenant_id="t")
     await dead.close()
+
+
+async def test_blobs_are_per_tenant(cache):
+    await cache.put_blob("served", "r1", value='["a"]', ttl_s=60, tenant_id="t1")
+    assert await cache.get_blob("served", "r1", tenant_id="t1") == '["a"]'
+    assert await cache.get_blob("served", "r1", tenant_id="t2") is None
+
+
+async def test_label_scores_add_up_per_user_and_tenant(cache):
+    await cache.add_label_scores({"u1": {"c:Drama": 1.5, "t:funny": 2.0}, "u2": {"c:Drama": 1.0}}, tenant_id="t1")
+    await cache.add_label_scores({"u1": {"c:Drama": 0.25}}, tenant_id="t1")
+    scores = await cache.label_scores(["u1", "u2", "u3"], tenant_id="t1")
+    assert scores == {"u1": {"c:Drama": 1.75, "t:funny": 2.0}, "u2": {"c:Drama": 1.0}}
+    assert await cache.label_scores(["u1"], tenant_id="t2") == {}
+    assert await cache.erase_user("u1", [], tenant_id="t1") == 1
+    assert await cache.label_scores(["u1"], tenant_id="t1") == {}

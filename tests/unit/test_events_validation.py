@@ -13,7 +13,7 @@ from domain.errors import BadInput
 from domain.events import InteractionData, check_event
 from domain.ids import check_first, decode_cursor, encode_cursor
 from domain.profiles import (
-    EPOCH, HALF_LIFE_SECONDS, ProfileEvent, escape_key, event_weight, profile_updates, shifted, unescape_key, view,
+    EPOCH, HALF_LIFE_SECONDS, ProfileEvent, event_weight, label_deltas, profile_updates, shifted, view,
 )
 from models.cache import ItemMeta
 
@@ -107,19 +107,7 @@ def test_first_problem_is_reported_in_field_order():
     assert field(type="RATING", value=None, timestamp=NOW + timedelta(hours=1)) == "value"
 
 
-# --- profile keys and decay -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["plain", "a.b", "$where", "100%", "%2E", "%24", "a.$b.%c", "%", "..", "日本"])
-def test_escape_key_round_trips_and_is_mongo_safe(name):
-    escaped = escape_key(name)
-    assert "." not in escaped and not escaped.startswith("$")
-    assert unescape_key(escaped) == name
-
-
-def test_escape_keeps_distinct_names_distinct():
-    names = ["a.b", "a%2Eb", "a%b", "a$b", "a%24b"]
-    assert len({escape_key(n) for n in names}) == len(names)
+# --- profile decay -----------------------------------------------------------------------------------------
 
 
 def test_shifted_doubles_every_half_life():
@@ -149,12 +137,11 @@ def test_event_weight_uses_scenario_weights_then_defaults():
     assert event_weight(pevent("WATCH", 30), {"WATCH": 4}) == pytest.approx(4.0)  # duration unknown
 
 
-def doc_from_updates(events: list[ProfileEvent], weights=None) -> SimpleNamespace:
-    """Apply the $inc/$min/$max/$push of profile_updates to an empty document, as MongoDB would."""
-    (op,) = profile_updates(events, weights or {}, tenant_id="t")
+def doc_from_updates(events: list[ProfileEvent], weights=None) -> tuple[SimpleNamespace, dict[str, float]]:
+    """Apply profile_updates to an empty document as MongoDB would, and sum the label deltas as Redis would."""
+    (op,) = profile_updates(events, tenant_id="t")
     update = op._doc
-    doc = {"interaction_count": 0, "counts_by_type": {}, "counts_by_scenario": {}, "category_scores": {},
-           "tag_scores": {}, "recent": []}
+    doc = {"interaction_count": 0, "counts_by_type": {}, "counts_by_scenario": {}, "recent": []}
     for path, amount in update["$inc"].items():
         head, _, rest = path.partition(".")
         if rest:
@@ -163,15 +150,16 @@ def doc_from_updates(events: list[ProfileEvent], weights=None) -> SimpleNamespac
             doc[head] += amount
     push = update["$push"]["recent"]
     doc["recent"] = sorted(push["$each"], key=lambda r: r["t"])[push["$slice"]:]
-    return SimpleNamespace(user_id="u", first_seen=update["$min"]["first_seen"], last_seen=update["$max"]["last_seen"],
-                           **doc)
+    profile = SimpleNamespace(user_id="u", first_seen=update["$min"]["first_seen"],
+                              last_seen=update["$max"]["last_seen"], **doc)
+    return profile, label_deltas(events, {"s": weights or {}})["u"]
 
 
 def test_decayed_scores_read_at_last_activity():
     half = timedelta(seconds=HALF_LIFE_SECONDS)
     later = NOW + half
     events = [pevent("LIKE", ts=NOW, categories=("old",)), pevent("LIKE", ts=later, categories=("new",))]
-    p = view(doc_from_updates(events))
+    p = view(*doc_from_updates(events))
     scores = dict(p.top_categories)
     # Read at the last activity: the newer like counts fully, the one a half-life older counts half.
     assert scores["new"] == pytest.approx(4.0, rel=1e-9)
@@ -180,13 +168,13 @@ def test_decayed_scores_read_at_last_activity():
     assert p.first_seen == NOW and p.last_seen == later
 
 
-def test_view_orders_preferences_drops_non_positive_and_unescapes():
+def test_view_orders_preferences_and_drops_non_positive():
     events = [
         pevent("LIKE", categories=("x", "a.b")), pevent("LIKE", categories=("x",)),
         pevent("VIEW", categories=("y",)), pevent("DISLIKE", categories=("z",)),
         pevent("VIEW", categories=("$w",), tags=("t.1",)),
     ]
-    p = view(doc_from_updates(events))
+    p = view(*doc_from_updates(events))
     assert [k for k, _ in p.top_categories] == ["x", "a.b", "$w", "y"]
     assert [k for k, _ in p.top_tags] == ["t.1"]
     assert p.interaction_count == 5
@@ -195,14 +183,14 @@ def test_view_orders_preferences_drops_non_positive_and_unescapes():
 
 def test_view_returns_recent_newest_first_and_keeps_50():
     events = [pevent(item=f"i{n}", ts=NOW + timedelta(seconds=n)) for n in range(60)]
-    p = view(doc_from_updates(events))
+    p = view(*doc_from_updates(events))
     assert [r["i"] for r in p.recent] == [f"i{n}" for n in range(59, 9, -1)]
 
 
 def test_view_top_limits_the_lists():
     events = [pevent("LIKE", categories=(f"c{n}",)) for n in range(15)]
-    assert len(view(doc_from_updates(events)).top_categories) == 10
-    assert len(view(doc_from_updates(events), top=3).top_categories) == 3
+    assert len(view(*doc_from_updates(events)).top_categories) == 10
+    assert len(view(*doc_from_updates(events), top=3).top_categories) == 3
 
 
 # --- cursors and page sizes -----------------------------------------------------------------------------------

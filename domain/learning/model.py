@@ -1,0 +1,87 @@
+"""A scenario's trained model: everything the recall sources read, in the catalogue's item index space."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from domain.learning.content import ContentModel
+from domain.learning.factors import Factors
+from domain.learning.tables import NeighbourTable
+from domain.recommend.base import CatalogueView
+
+
+@dataclass
+class ScenarioModel:
+    """Trained arrays of one scenario version; the optional parts exist when the config's sources need them."""
+
+    scenario_id: str
+    version: int
+    trained_at: datetime
+    newest_event: datetime  # newest interaction time: the time reference of decay, trending and freshness
+    catalogue: CatalogueView  # the index space of every array below
+    user_ids: list[str]
+    history_indptr: np.ndarray  # int64 (users + 1): each user's positive training items, oldest first
+    history_items: np.ndarray  # int32
+    counts: np.ndarray  # float32: users per item, all time
+    popularity: np.ndarray  # float32: decayed share of events, shrunk toward the all-time share
+    trending: np.ndarray | None = None  # float32: rise over the recent baseline, 0 when not rising
+    item_cf: NeighbourTable | None = None
+    ease: NeighbourTable | None = None
+    item_users: sp.csr_matrix | None = None  # items x users, for user-CF at request time
+    als: Factors | None = None
+    content: ContentModel | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # settings trained with, sizes and timings (JSON)
+    user_index: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.user_index = {u: i for i, u in enumerate(self.user_ids)}
+
+    def user_history(self, user_id: str) -> list[str]:
+        """Return the user's training items, oldest first ([] for unknown users)."""
+        row = self.user_index.get(user_id)
+        if row is None:
+            return []
+        items = self.history_items[self.history_indptr[row] : self.history_indptr[row + 1]]
+        return [self.catalogue.item_ids[i] for i in items]
+
+    def user_row(self, row: int) -> np.ndarray:
+        """Return a user's training item indexes by user row, oldest first."""
+        return np.asarray(self.history_items[self.history_indptr[row] : self.history_indptr[row + 1]])
+
+    def item_embedding(self, item_id: str) -> np.ndarray | None:
+        """Return the item's content embedding, or None when unknown, untrained or without usable text."""
+        i = self.catalogue.index.get(item_id)
+        if i is None or self.content is None:
+            return None
+        vector = np.asarray(self.content.embeddings[i])
+        return vector if np.any(vector) else None
+
+    def embed_items(self, items: Iterable[Mapping[str, Any]]) -> np.ndarray | None:
+        """Return content embeddings for item documents not seen in training (None when content is untrained)."""
+        return None if self.content is None else self.content.embed(items)
+
+    def save(self, path: Path) -> None:
+        """Write the model as a directory of .npy and .json files, atomically (tmp dir + rename)."""
+        from domain.learning.storage import save_model
+
+        save_model(self, Path(path))
+
+    @classmethod
+    def load(cls, path: Path) -> ScenarioModel:
+        """Read a saved model; large arrays are memory-mapped."""
+        from domain.learning.storage import load_model
+
+        return load_model(cls, Path(path))
+
+    def nbytes(self) -> int:
+        """Return the bytes held by the model's arrays (item metadata and id strings not counted)."""
+        from domain.learning.storage import model_arrays
+
+        return int(sum(a.nbytes for a in model_arrays(self).values()))

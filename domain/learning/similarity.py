@@ -1,0 +1,56 @@
+"""Co-occurrence models on sparse matrices: item-item cosine neighbours, EASE, and the item -> users index that
+user-based CF reads at request time."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from domain.learning.tables import NeighbourTable, expand_rows, remap_columns, top_k_table
+
+ITEM_CF_SHRINK = 10.0  # damps similarities resting on a handful of co-occurrences
+EASE_NEIGHBORS = 200  # the dense EASE matrix is pruned to each item's strongest contributions
+EASE_HARD_CAP = 10000  # an items x items float32 inverse beyond this needs GBs and minutes; prune further
+MAX_USERS_PER_ITEM = 500  # user-CF reads the most recent users of each item only, bounding request cost
+
+
+def item_cf(binary: sp.csr_matrix, k: int) -> NeighbourTable:
+    """Return each item's top-k neighbours by shrunk cosine similarity of their user sets."""
+    items_users = binary.T.tocsr()
+    counts = np.asarray(binary.sum(axis=0)).ravel()
+    norms = np.sqrt(counts)
+
+    def block(start: int, stop: int) -> np.ndarray:
+        co = (items_users[start:stop] @ binary).toarray()
+        co[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        return co / (norms[start:stop, None] * norms[None, :] + ITEM_CF_SHRINK)
+
+    return top_k_table(binary.shape[1], binary.shape[1], k, block)
+
+
+def ease(matrix: sp.csr_matrix, lam: float, max_items: int, k: int = EASE_NEIGHBORS) -> tuple[NeighbourTable, int]:
+    """Fit EASE on the most popular items and return its pruned table (all items' rows) and the items kept."""
+    counts = np.asarray((matrix > 0).sum(axis=0)).ravel()
+    n = int(min(max_items, EASE_HARD_CAP, np.count_nonzero(counts)))
+    vocab = np.argsort(-counts, kind="stable")[:n]
+    sub = matrix[:, vocab]
+    gram = (sub.T @ sub).toarray().astype(np.float32)
+    gram[np.diag_indices(n)] += lam
+    inv = np.linalg.inv(gram)
+    weights = inv / -np.diag(inv)[None, :]  # B[i, j]: how much item i predicts item j
+    weights[np.diag_indices(n)] = 0.0
+    table = top_k_table(n, n, k, lambda start, stop: weights[start:stop])
+    return expand_rows(remap_columns(table, vocab), vocab, matrix.shape[1]), n
+
+
+def item_users(history_indptr: np.ndarray, history_items: np.ndarray, history_times: np.ndarray,
+               n_items: int) -> sp.csr_matrix:
+    """Return items x users (1 = the user has the item), keeping each item's most recent users only."""
+    users = np.repeat(np.arange(len(history_indptr) - 1), np.diff(history_indptr))
+    order = np.lexsort((history_times, history_items))
+    items, users = history_items[order], users[order]
+    # Position within the item's run, counted from its newest pair: keep the newest MAX_USERS_PER_ITEM.
+    run_ends = np.searchsorted(items, items, side="right")
+    keep = run_ends - np.arange(len(items)) <= MAX_USERS_PER_ITEM
+    return sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (items[keep], users[keep])),
+                         shape=(n_items, len(history_indptr) - 1))

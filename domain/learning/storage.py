@@ -1,0 +1,165 @@
+"""A ScenarioModel on disk: one directory of .npy arrays (no pickles) and JSON metadata, replaced atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from domain.learning.content import ContentModel
+from domain.learning.factors import Factors
+from domain.learning.tables import NeighbourTable
+from domain.recommend.base import CatalogueView
+
+if TYPE_CHECKING:
+    from domain.learning.model import ScenarioModel
+
+FORMAT = 1
+META, CATALOGUE, USERS, VOCABULARY = "meta.json", "catalogue.json", "users.json", "vocabulary.json"
+# Small arrays are read into memory; the rest are memory-mapped (pages load as requests touch them).
+EAGER = frozenset({"catalogue.published_at", "catalogue.active", "history.indptr", "als.gram", "content.idf"})
+
+
+def model_arrays(model: ScenarioModel) -> dict[str, np.ndarray]:
+    """Return every array of the model by its file name stem."""
+    out = {"catalogue.published_at": model.catalogue.published_at, "catalogue.active": model.catalogue.active,
+           "history.indptr": model.history_indptr, "history.items": model.history_items,
+           "counts": model.counts, "popularity": model.popularity}
+    if model.trending is not None:
+        out["trending"] = model.trending
+    for name in ("item_cf", "ease"):
+        if (table := getattr(model, name)) is not None:
+            out[f"{name}.neighbors"], out[f"{name}.scores"] = table.neighbors, table.scores
+    if model.item_users is not None:
+        out["item_users.indptr"], out["item_users.indices"] = model.item_users.indptr, model.item_users.indices
+    if model.als is not None:
+        out["als.item_factors"], out["als.gram"] = model.als.item_factors, model.als.gram
+    if (content := model.content) is not None:
+        out["content.embeddings"], out["content.idf"] = content.embeddings, content.idf
+        out["content.components"] = content.components
+    return out
+
+
+def save_model(model: ScenarioModel, path: Path) -> None:
+    """Write into a temporary sibling directory, then swap it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.mkdir()
+    try:
+        _write(model, tmp)
+        _swap(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write(model: ScenarioModel, root: Path) -> None:
+    for name, array in model_arrays(model).items():
+        np.save(root / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+    _dump(root / META, _meta(model))
+    cat = model.catalogue
+    _dump(root / CATALOGUE, {"item_ids": cat.item_ids, "titles": cat.titles, "categories": cat.categories,
+                             "tags": cat.tags, "attributes": cat.attributes})
+    _dump(root / USERS, model.user_ids)
+    if model.content is not None:
+        _dump(root / VOCABULARY, model.content.vocabulary)
+
+
+def _meta(model: ScenarioModel) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "format": FORMAT, "scenario_id": model.scenario_id, "version": model.version,
+        "trained_at": model.trained_at.isoformat(), "newest_event": model.newest_event.isoformat(),
+        "info": model.info,
+    }
+    if model.item_users is not None:
+        meta["item_users_shape"] = list(model.item_users.shape)
+    if model.als is not None:
+        meta["als"] = {"regularization": model.als.regularization, "confidence": model.als.confidence}
+    return meta
+
+
+def _dump(path: Path, value: Any) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        json.dump(value, fh, default=str, separators=(",", ":"))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _swap(tmp: Path, path: Path) -> None:
+    if not path.exists():
+        os.rename(tmp, path)
+        return
+    old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
+    os.rename(path, old)
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_model(cls: type[ScenarioModel], path: Path) -> ScenarioModel:
+    """Read a directory written by save_model."""
+    meta = _read(path / META)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: unsupported model format {meta.get('format')!r}")
+    arrays = {p.name[: -len(".npy")]: _array(p) for p in path.glob("*.npy")}
+    return cls(
+        scenario_id=meta["scenario_id"], version=int(meta["version"]),
+        trained_at=datetime.fromisoformat(meta["trained_at"]), newest_event=datetime.fromisoformat(meta["newest_event"]),
+        catalogue=_catalogue(_read(path / CATALOGUE), arrays), user_ids=_read(path / USERS),
+        history_indptr=arrays["history.indptr"], history_items=arrays["history.items"], counts=arrays["counts"],
+        popularity=arrays["popularity"], trending=arrays.get("trending"), item_cf=_table(arrays, "item_cf"),
+        ease=_table(arrays, "ease"), item_users=_item_users(arrays, meta), als=_factors(arrays, meta),
+        content=_content(arrays, path), info=meta.get("info", {}),
+    )
+
+
+def _read(path: Path) -> Any:
+    with path.open(encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _array(path: Path) -> np.ndarray:
+    eager = path.name[: -len(".npy")] in EAGER
+    return np.load(path, mmap_mode=None if eager else "r", allow_pickle=False)
+
+
+def _catalogue(raw: dict[str, Any], arrays: dict[str, np.ndarray]) -> CatalogueView:
+    return CatalogueView(
+        item_ids=raw["item_ids"], titles=raw["titles"], categories=[tuple(c) for c in raw["categories"]],
+        tags=[tuple(t) for t in raw["tags"]], attributes=raw["attributes"],
+        published_at=np.asarray(arrays["catalogue.published_at"]), active=np.asarray(arrays["catalogue.active"]),
+    )
+
+
+def _table(arrays: dict[str, np.ndarray], name: str) -> NeighbourTable | None:
+    if f"{name}.neighbors" not in arrays:
+        return None
+    return NeighbourTable(arrays[f"{name}.neighbors"], arrays[f"{name}.scores"])
+
+
+def _item_users(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> sp.csr_matrix | None:
+    if "item_users.indptr" not in arrays:
+        return None
+    indices = np.asarray(arrays["item_users.indices"])
+    data = np.ones(len(indices), dtype=np.float32)
+    return sp.csr_matrix((data, indices, np.asarray(arrays["item_users.indptr"])), shape=tuple(meta["item_users_shape"]))
+
+
+def _factors(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Factors | None:
+    if "als.item_factors" not in arrays:
+        return None
+    return Factors(item_factors=arrays["als.item_factors"], gram=arrays["als.gram"],
+                   regularization=float(meta["als"]["regularization"]), confidence=float(meta["als"]["confidence"]))
+
+
+def _content(arrays: dict[str, np.ndarray], path: Path) -> ContentModel | None:
+    if "content.embeddings" not in arrays:
+        return None
+    return ContentModel(embeddings=arrays["content.embeddings"], vocabulary=_read(path / VOCABULARY),
+                        idf=arrays["content.idf"], components=arrays["content.components"])

@@ -1,0 +1,117 @@
+"""Train a scenario's model: only what its recall sources need, plus popularity (the last-resort fallback)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from domain.learning.content import item_tokens, train_content
+from domain.learning.data import Interactions, TrainingData, build_interactions
+from domain.learning.factors import train_als
+from domain.learning.model import ScenarioModel
+from domain.learning.popularity import decayed_popularity, trending_scores
+from domain.learning.similarity import ease, item_cf, item_users
+from domain.recommend.base import CatalogueView
+
+__all__ = ["TrainingData", "train_scenario_model"]
+
+CONTENT_DIM = 64
+Progress = Callable[[float, str], None]
+
+
+class _Steps:
+    """Report progress between training steps and record each step's seconds."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self._progress, self._total, self._done = progress, max(total, 1), 0
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, work: Callable[[], Any]) -> Any:
+        if self._progress is not None:
+            self._progress(self._done / self._total, name)
+        start = time.perf_counter()
+        result = work()
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+        self._done += 1
+        return result
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress(1.0, "done")
+
+
+def train_scenario_model(data: TrainingData, config: Mapping, *, scenario_id: str, version: int,
+                         progress: Progress | None = None) -> ScenarioModel:
+    """Train what the config's recall sources need from the interactions and item documents."""
+    sources = _sources(config)
+    steps = _Steps(progress, 3 + sum(name in sources for name in ("item_cf", "ease", "als", "user_cf", "content")))
+    catalogue = steps.run("catalogue", lambda: CatalogueView.from_items(data.items))
+    inter = steps.run("interactions", lambda: build_interactions(data, catalogue, config["interactionWeights"]))
+    now = inter.newest if np.isfinite(inter.newest) else time.time()
+    model = steps.run("popularity", lambda: _base_model(inter, catalogue, config, sources, now, scenario_id, version))
+    _train_sources(model, inter, data, sources, steps)
+    model.info = {"seconds": steps.seconds, "users": len(inter.user_ids), "items": len(catalogue),
+                  "pairs": int(inter.strength.nnz), "sources": sorted(sources), **model.info}
+    steps.finish()
+    return model
+
+
+def _sources(config: Mapping) -> dict[str, Mapping[str, Any]]:
+    """Return the params of each recall source the config uses (fallback sources included)."""
+    sources = {s["source"]: s.get("params") or {} for s in config["recall"]}
+    for name in config.get("fallback", {}).get("sources", ()):
+        sources.setdefault(name, {})
+    if "vector" in sources:
+        sources.setdefault("content", {})  # the user vector lives in the content embedding space
+    return sources
+
+
+def _base_model(inter: Interactions, catalogue: CatalogueView, config: Mapping, sources: Mapping[str, Mapping],
+                now: float, scenario_id: str, version: int) -> ScenarioModel:
+    popularity_cfg = config.get("popularity", {})
+    half_life = sources.get("popular", {}).get("halfLifeHours") or popularity_cfg.get("halfLifeHours", 72.0)
+    counts = np.asarray((inter.strength > 0).sum(axis=0)).ravel().astype(np.float32)
+    model = ScenarioModel(
+        scenario_id=scenario_id, version=version, trained_at=datetime.now(UTC),
+        newest_event=datetime.fromtimestamp(now, UTC), catalogue=catalogue, user_ids=inter.user_ids,
+        history_indptr=inter.history_indptr, history_items=inter.history_items, counts=counts,
+        popularity=decayed_popularity(inter.event_items, inter.event_times, counts, now, half_life),
+        info={"popularityHalfLifeHours": half_life},
+    )
+    if "trending" in sources:
+        window = sources["trending"].get("windowHours") or popularity_cfg.get("trendingWindowHours", 24.0)
+        model.trending = trending_scores(inter.event_items, inter.event_times, len(catalogue), now, window)
+        model.info["trendingWindowHours"] = window
+    return model
+
+
+def _train_sources(model: ScenarioModel, inter: Interactions, data: TrainingData,
+                   sources: Mapping[str, Mapping[str, Any]], steps: _Steps) -> None:
+    n_items = len(model.catalogue)
+    if "item_cf" in sources:
+        k = int(sources["item_cf"].get("neighbors", 50))
+        model.item_cf = steps.run("item_cf", lambda: item_cf(inter.binary(), k))
+    if "ease" in sources:
+        params = sources["ease"]
+        model.ease, kept = steps.run("ease", lambda: ease(inter.binary(), float(params.get("lambda", 500.0)),
+                                                          int(params.get("maxItems", 20000))))
+        model.info["easeItems"] = kept
+    if "als" in sources:
+        params = sources["als"]
+        model.als = steps.run("als", lambda: train_als(
+            inter.strength, factors=int(params.get("factors", 64)), iterations=int(params.get("iterations", 15)),
+            regularization=float(params.get("regularization", 0.01))))
+    if "user_cf" in sources:
+        model.item_users = steps.run("user_cf", lambda: item_users(
+            inter.history_indptr, inter.history_items, inter.history_times, n_items))
+    if "content" in sources:
+        model.content = steps.run("content", lambda: train_content(_documents(data.items), CONTENT_DIM))
+
+
+def _documents(items: list[dict]) -> list[list[str]]:
+    return [item_tokens(i.get("title"), i.get("categories") or (), i.get("tags") or (), i.get("attributes") or {})
+            for i in items]

@@ -1,0 +1,362 @@
+"""The serving copy of every scenario's model: one Engine per (tenant, scenario), swapped atomically.
+
+An Engine is built from the scenario's active model version (loaded from its artifact, off the event loop), the
+scenario config, and a live view of the scenario's items. Readers take the Engine reference from a dict, so a swap
+(load the new model fully, then replace the reference) never shows them half a model.
+
+What keeps each part current:
+- model: a swap notice on Redis pub/sub (`recograph:models`) from whichever process trained it, and a re-check of
+  the active versions in MongoDB every `refresh_s` in case a notice was missed (another pod converges either way);
+- config: the scenario's `config_version`, re-read at most every `config_ttl_s` on use; a change rebuilds the
+  Engine over the same model (cheap);
+- items: a fingerprint of the scenario's items (count and newest `updated_at`, one aggregate) checked every
+  `catalogue_refresh_s`; a change reloads the item view. Polling needs nothing from the write path, works for
+  writes from any process, and costs one indexed aggregate per loaded scenario per period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+from domain.errors import NotFound
+from domain.learning.model import ScenarioModel
+from domain.recommend.base import CatalogueView
+from domain.recommend.engine import Engine
+from models.documents import Item, ModelVersion, Scenario
+from models.vectors import VectorStore
+
+log = structlog.get_logger()
+
+CHANNEL = "recograph:models"
+MODEL_KIND = "scenario"
+CATALOGUE_FIELDS = {"_id": 0, "item_id": 1, "title": 1, "categories": 1, "tags": 1, "attributes": 1,
+                    "published_at": 1, "status": 1}
+Key = tuple[str, str]
+
+
+class SwapChannel:
+    """Model swap notices on Redis pub/sub: the trainer publishes, every API process listens."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    async def publish(self, tenant_id: str, scenario_id: str, version: int) -> None:
+        """Announce that a version became active."""
+        notice = {"tenant_id": tenant_id, "scenario_id": scenario_id, "version": version}
+        await self._redis.publish(CHANNEL, json.dumps(notice))
+
+    async def listen(self, handle: Callable[[str, str, int], Awaitable[Any]], *, retry_s: float = 2.0) -> None:
+        """Call handle(tenant_id, scenario_id, version) for each notice until cancelled; resubscribe after errors."""
+        while True:
+            try:
+                await self._listen_once(handle)
+            except (RedisError, OSError) as exc:
+                log.warning("models.channel_lost", error=str(exc), retry_s=retry_s)
+                await asyncio.sleep(retry_s)
+
+    async def _listen_once(self, handle: Callable[[str, str, int], Awaitable[Any]]) -> None:
+        async with self._redis.pubsub() as pubsub:
+            await pubsub.subscribe(CHANNEL)
+            while True:
+                # A short read timeout keeps the client's socket timeout from tearing down an idle subscription.
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None and (notice := _notice(message.get("data"))) is not None:
+                    await handle(*notice)
+
+
+def _notice(raw: Any) -> tuple[str, str, int] | None:
+    try:
+        data = json.loads(raw)
+        return str(data["tenant_id"]), str(data["scenario_id"]), int(data["version"])
+    except (TypeError, ValueError, KeyError):
+        log.warning("models.bad_notice", raw=str(raw)[:200])
+        return None
+
+
+class TenantVectors:
+    """The Engine's VectorSearch over one tenant's points in the vector store."""
+
+    def __init__(self, store: VectorStore, tenant_id: str) -> None:
+        self._store = store
+        self._tenant_id = tenant_id
+
+    async def search(
+        self, space: str, vector: Sequence[float], *, limit: int, exclude_ids: Collection[str] = ()
+    ) -> list[tuple[str, float]]:
+        """Return the tenant's nearest item ids with their scores, best first."""
+        hits = await self._store.search(space, vector, tenant_id=self._tenant_id, limit=limit, exclude_ids=exclude_ids)
+        return [(hit.id, hit.score) for hit in hits]
+
+
+@dataclass(frozen=True)
+class Served:
+    """What serves one scenario now; replaced whole, never changed in place."""
+
+    engine: Engine
+    model: ScenarioModel | None
+    version: int | None
+    space: str | None
+    config_version: int
+    catalogue: CatalogueView
+    fingerprint: tuple
+    config_checked: float
+    catalogue_checked: float
+    version_checked: float
+
+
+class ModelRegistry:
+    """One Engine per (tenant, scenario), loaded lazily, bounded in number (least recently used go first)."""
+
+    def __init__(
+        self, *, vectors: VectorStore | None, models_dir: Path | None, channel: SwapChannel | None = None,
+        config_ttl_s: float = 1.0, refresh_s: float = 30.0, catalogue_refresh_s: float = 10.0, max_loaded: int = 200,
+    ) -> None:
+        self._vectors = vectors
+        self._models_dir = models_dir
+        self._channel = channel
+        self._config_ttl = config_ttl_s
+        self._refresh_s = refresh_s
+        self._catalogue_refresh_s = catalogue_refresh_s
+        self._max_loaded = max_loaded
+        self._served: OrderedDict[Key, Served] = OrderedDict()
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._tasks: list[asyncio.Task] = []
+
+    async def get(self, tenant_id: str, scenario_id: str) -> Engine:
+        """Return the scenario's Engine (untrained until a version is active); NotFound for a missing scenario."""
+        key = (tenant_id, scenario_id)
+        served = self._served.get(key)
+        if served is None or time.monotonic() - served.config_checked > self._config_ttl:
+            served = await self._current(key)
+        self._served.move_to_end(key)
+        return served.engine
+
+    def version(self, tenant_id: str, scenario_id: str) -> int | None:
+        """Return the model version served for the scenario now (None: untrained or not loaded)."""
+        served = self._served.get((tenant_id, scenario_id))
+        return served.version if served else None
+
+    def loaded(self) -> list[Key]:
+        """Return the (tenant, scenario) pairs held in memory."""
+        return list(self._served)
+
+    async def swap(self, tenant_id: str, scenario_id: str, version: int) -> bool:
+        """Serve `version` if the scenario is loaded here and the version is active; return whether it swapped."""
+        key = (tenant_id, scenario_id)
+        if key not in self._served or self._served[key].version == version:
+            return False
+        async with self._lock(key):
+            doc = await ModelVersion.find_one(
+                {"tenant_id": tenant_id, "scenario_id": scenario_id, "kind": MODEL_KIND, "version": version}
+            )
+            if doc is None or doc.status != "active" or key not in self._served:
+                return False
+            return await self._reload(key, doc)
+
+    async def load_active(self) -> int:
+        """Load the most recently activated models, up to the bound; return how many are served."""
+        # Process-wide warm-up at startup: it reads every tenant's active versions, newest first.
+        cursor = ModelVersion.get_pymongo_collection().find(
+            {"status": "active", "kind": MODEL_KIND}, {"tenant_id": 1, "scenario_id": 1}
+        ).sort([("activated_at", -1)]).limit(self._max_loaded)
+        for doc in await cursor.to_list(None):
+            try:
+                await self.get(doc["tenant_id"], doc["scenario_id"])
+            except NotFound:
+                continue  # the scenario was deleted; its versions are left for cleanup
+        log.info("models.loaded", scenarios=len(self._served))
+        return len(self._served)
+
+    def start(self) -> None:
+        """Start loading active models, listening for swap notices and re-checking what is served."""
+        self._tasks.append(asyncio.create_task(self._guard(self.load_active(), "load_active")))
+        self._tasks.append(asyncio.create_task(self._maintain()))
+        if self._channel is not None:
+            self._tasks.append(asyncio.create_task(self._channel.listen(self._on_notice)))
+
+    async def close(self) -> None:
+        """Stop the background tasks and forget the models."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._served.clear()
+
+    async def refresh(self) -> None:
+        """Re-check each loaded scenario whose checks are due: active version and items."""
+        now = time.monotonic()
+        for key, served in list(self._served.items()):
+            try:
+                if now - served.version_checked >= self._refresh_s:
+                    await self._check_version(key)
+                if now - served.catalogue_checked >= self._catalogue_refresh_s:
+                    await self._check_catalogue(key)
+            except Exception:  # noqa: BLE001 - one scenario's failure must not stop the others' refresh
+                log.exception("models.refresh_failed", tenant_id=key[0], scenario_id=key[1])
+
+    async def _maintain(self) -> None:
+        period = max(min(self._refresh_s, self._catalogue_refresh_s), 0.05)
+        while True:
+            await asyncio.sleep(period)
+            await self.refresh()
+
+    async def _guard(self, work: Awaitable[Any], name: str) -> None:
+        try:
+            await work
+        except Exception:  # noqa: BLE001 - a warm-up failure leaves lazy loading to do the work
+            log.exception("models.task_failed", task=name)
+
+    async def _on_notice(self, tenant_id: str, scenario_id: str, version: int) -> None:
+        try:
+            await self.swap(tenant_id, scenario_id, version)
+        except Exception:  # noqa: BLE001 - keep listening; the periodic re-check retries
+            log.exception("models.swap_failed", tenant_id=tenant_id, scenario_id=scenario_id, version=version)
+
+    def _lock(self, key: Key) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def _current(self, key: Key) -> Served:
+        """Load the scenario, or rebuild its Engine when the config changed; drop it when it is gone."""
+        async with self._lock(key):
+            scenario = await Scenario.find_one({"_id": key[1], "tenant_id": key[0]})
+            if scenario is None:
+                self._forget(key)
+                raise NotFound(f"no scenario {key[1]}", field="scenarioId")
+            served = self._served.get(key)
+            if served is None:
+                return await self._load(key, scenario)
+            if served.config_version != scenario.config_version:
+                served = replace(served, engine=self._engine(key, scenario, served.model, served.catalogue, served.space),
+                                 config_version=scenario.config_version)
+            served = replace(served, config_checked=time.monotonic())
+            self._served[key] = served
+            return served
+
+    async def _load(self, key: Key, scenario: Scenario) -> Served:
+        doc = await _active_version(*key)
+        model = await self._read_model(doc)
+        catalogue, fingerprint = await _catalogue(*key)
+        space = doc.spaces.get("content") if doc is not None and model is not None else None
+        now = time.monotonic()
+        served = Served(
+            engine=self._engine(key, scenario, model, catalogue, space), model=model,
+            version=doc.version if doc is not None and model is not None else None, space=space,
+            config_version=scenario.config_version, catalogue=catalogue, fingerprint=fingerprint,
+            config_checked=now, catalogue_checked=now, version_checked=now,
+        )
+        self._keep(key, served)
+        return served
+
+    async def _reload(self, key: Key, doc: ModelVersion) -> bool:
+        """Load doc's model and its items fully, then replace what serves the scenario."""
+        scenario = await Scenario.find_one({"_id": key[1], "tenant_id": key[0]})
+        model = await self._read_model(doc)
+        if scenario is None or model is None:
+            return False
+        catalogue, fingerprint = await _catalogue(*key)
+        space = doc.spaces.get("content")
+        now = time.monotonic()
+        self._keep(key, Served(
+            engine=self._engine(key, scenario, model, catalogue, space), model=model, version=doc.version,
+            space=space, config_version=scenario.config_version, catalogue=catalogue, fingerprint=fingerprint,
+            config_checked=now, catalogue_checked=now, version_checked=now,
+        ))
+        log.info("models.swapped", tenant_id=key[0], scenario_id=key[1], version=doc.version)
+        return True
+
+    async def _read_model(self, doc: ModelVersion | None) -> ScenarioModel | None:
+        if doc is None or doc.artifact is None or self._models_dir is None:
+            return None
+        path = self._models_dir / doc.artifact
+        try:
+            return await asyncio.to_thread(ScenarioModel.load, path)
+        except (OSError, ValueError) as exc:
+            # Serve untrained rather than fail; the periodic re-check tries again.
+            log.error("models.load_failed", path=str(path), error=str(exc), scenario_id=doc.scenario_id)
+            return None
+
+    def _engine(
+        self, key: Key, scenario: Scenario, model: ScenarioModel | None, catalogue: CatalogueView, space: str | None
+    ) -> Engine:
+        vectors = TenantVectors(self._vectors, key[0]) if self._vectors is not None and space else None
+        return Engine(scenario.config, model, catalogue=catalogue, vectors=vectors, content_space=space)
+
+    async def _check_version(self, key: Key) -> None:
+        doc = await _active_version(*key)
+        served = self._served.get(key)
+        if served is None:
+            return
+        if doc is not None and doc.version != served.version:
+            async with self._lock(key):
+                await self._reload(key, doc)
+        elif key in self._served:
+            self._served[key] = replace(self._served[key], version_checked=time.monotonic())
+
+    async def _check_catalogue(self, key: Key) -> None:
+        fingerprint = await _fingerprint(*key)
+        served = self._served.get(key)
+        if served is None:
+            return
+        if fingerprint == served.fingerprint:
+            self._served[key] = replace(served, catalogue_checked=time.monotonic())
+            return
+        async with self._lock(key):
+            await self._refresh_catalogue(key)
+
+    async def _refresh_catalogue(self, key: Key) -> None:
+        scenario = await Scenario.find_one({"_id": key[1], "tenant_id": key[0]})
+        served = self._served.get(key)
+        if scenario is None or served is None:
+            self._forget(key)
+            return
+        catalogue, fingerprint = await _catalogue(*key)
+        engine = self._engine(key, scenario, served.model, catalogue, served.space)
+        self._served[key] = replace(served, engine=engine, catalogue=catalogue, fingerprint=fingerprint,
+                                    config_version=scenario.config_version, catalogue_checked=time.monotonic())
+        log.info("models.catalogue_refreshed", tenant_id=key[0], scenario_id=key[1], items=len(catalogue))
+
+    def _keep(self, key: Key, served: Served) -> None:
+        self._served[key] = served
+        self._served.move_to_end(key)
+        while len(self._served) > self._max_loaded:
+            old, _ = self._served.popitem(last=False)
+            self._locks.pop(old, None)
+
+    def _forget(self, key: Key) -> None:
+        self._served.pop(key, None)
+
+
+async def _active_version(tenant_id: str, scenario_id: str) -> ModelVersion | None:
+    return await ModelVersion.find(
+        {"tenant_id": tenant_id, "scenario_id": scenario_id, "kind": MODEL_KIND, "status": "active"}
+    ).sort([("version", -1)]).first_or_none()
+
+
+async def _catalogue(tenant_id: str, scenario_id: str) -> tuple[CatalogueView, tuple]:
+    """Load the scenario's items as a view, with the fingerprint they were read at."""
+    fingerprint = await _fingerprint(tenant_id, scenario_id)
+    docs = await Item.get_pymongo_collection().find(
+        {"tenant_id": tenant_id, "scenarios": scenario_id}, CATALOGUE_FIELDS, batch_size=20_000
+    ).sort([("item_id", 1)]).to_list(None)
+    return CatalogueView.from_items(docs), fingerprint
+
+
+async def _fingerprint(tenant_id: str, scenario_id: str) -> tuple:
+    """Return (count, newest update) of the scenario's items: any upsert or removal changes it."""
+    cursor = await Item.get_pymongo_collection().aggregate([
+        {"$match": {"tenant_id": tenant_id, "scenarios": scenario_id}},
+        {"$group": {"_id": None, "n": {"$sum": 1}, "last": {"$max": "$updated_at"}}},
+    ])
+    rows = await cursor.to_list(None)
+    return (rows[0]["n"], rows[0]["last"]) if rows else (0, None)

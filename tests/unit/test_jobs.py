@@ -1,0 +1,169 @@
+"""JobService on the embedded MongoDB: lifecycle, idempotent submission, throttled progress, tenant isolation."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from domain.errors import Unavailable
+from domain.ids import new_id, utcnow
+from domain.jobs import JobService, JobStatus
+from models.documents import Job
+
+
+class RecordingQueue:
+    """A JobQueue that records what was queued (and can be made unreachable)."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[str, str, tuple]] = []
+        self.down = False
+
+    async def enqueue(self, function: str, job_id: str, args) -> None:
+        if self.down:
+            raise RedisConnectionError("queue is down")
+        await asyncio.sleep(0)  # let concurrent submissions interleave
+        self.queued.append((function, job_id, tuple(args)))
+
+
+@pytest.fixture
+async def queue(served) -> RecordingQueue:  # `served` initialises Beanie on the embedded MongoDB
+    return RecordingQueue()
+
+
+@pytest.fixture
+async def jobs(queue) -> JobService:
+    return JobService(queue, progress_interval_s=0.2)
+
+
+def tenant() -> str:
+    return new_id("tn")
+
+
+async def test_submit_creates_a_queued_job_and_queues_it_under_its_id(jobs, queue):
+    t = tenant()
+    job = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_1", time_limit_s=60)
+    assert job.status == JobStatus.QUEUED and job.active and job.progress == 0 and job.attempts == 0
+    assert queue.queued == [("scenarios.train", job.id, (t, "sc_1", job.id))]
+    stored = await jobs.get(job.id, tenant_id=t)
+    assert stored is not None and stored.time_limit_s == 60 and stored.key == "train:sc_1"
+
+
+async def test_the_same_work_is_never_queued_twice_at_once(jobs, queue):
+    t = tenant()
+    first = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_1")
+    again = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_1")
+    assert again.id == first.id
+    await jobs.mark_running(first.id, tenant_id=t, attempt=1)
+    running = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_1")
+    assert running.id == first.id and running.status == JobStatus.RUNNING
+    other = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_2")
+    assert other.id != first.id
+    assert [q[1] for q in queue.queued] == [first.id, other.id]
+
+
+async def test_concurrent_submissions_share_one_job(jobs, queue):
+    t = tenant()
+    submitted = await asyncio.gather(
+        *(jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_1") for _ in range(6))
+    )
+    assert len({job.id for job in submitted}) == 1
+    assert len(queue.queued) == 1
+
+
+async def test_a_finished_job_lets_the_next_one_start(jobs):
+    t = tenant()
+    first = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_1")
+    await jobs.mark_running(first.id, tenant_id=t, attempt=1)
+    done = await jobs.succeed(first.id, tenant_id=t, result={"version": 1})
+    assert done.status == JobStatus.SUCCEEDED and done.progress == 1 and not done.active
+    assert done.result == {"version": 1} and done.duration_s is not None and done.finished_at is not None
+    second = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_1")
+    assert second.id != first.id and second.status == JobStatus.QUEUED
+
+
+async def test_another_tenants_job_is_invisible_and_does_not_block(jobs):
+    mine, theirs = tenant(), tenant()
+    job = await jobs.submit("train", "scenarios.train", tenant_id=mine, scenario_id="sc_1")
+    assert await jobs.get(job.id, tenant_id=theirs) is None
+    assert await jobs.mark_running(job.id, tenant_id=theirs, attempt=1) is None
+    assert await jobs.fail(job.id, tenant_id=theirs, error="x") is None
+    assert (await jobs.get(job.id, tenant_id=mine)).status == JobStatus.QUEUED
+    their_job = await jobs.submit("train", "scenarios.train", tenant_id=theirs, scenario_id="sc_1")
+    assert their_job.id != job.id
+    assert [j.id for j in await jobs.list(tenant_id=theirs)] == [their_job.id]
+
+
+async def test_running_counts_attempts_and_keeps_the_first_start(jobs):
+    t = tenant()
+    job = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_1")
+    first = await jobs.mark_running(job.id, tenant_id=t, attempt=1)
+    assert first.status == JobStatus.RUNNING and first.attempts == 1 and first.started_at is not None
+    back = await jobs.requeue(job.id, tenant_id=t, error="retrying after: mongo away")
+    assert back.status == JobStatus.QUEUED and back.active and back.error == "retrying after: mongo away"
+    second = await jobs.mark_running(job.id, tenant_id=t, attempt=2)
+    assert second.attempts == 2 and second.started_at == first.started_at
+    done = await jobs.succeed(job.id, tenant_id=t)
+    assert done.error is None
+
+
+async def test_failed_and_cancelled_jobs_do_not_run(jobs):
+    t = tenant()
+    failing = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_1")
+    failed = await jobs.fail(failing.id, tenant_id=t, error="ValueError: no data")
+    assert failed.status == JobStatus.FAILED and failed.error == "ValueError: no data" and not failed.active
+    assert await jobs.mark_running(failing.id, tenant_id=t, attempt=1) is None
+    queued = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_1")
+    cancelled = await jobs.cancel(queued.id, tenant_id=t)
+    assert cancelled.status == JobStatus.CANCELLED and not cancelled.active
+    assert await jobs.mark_running(queued.id, tenant_id=t, attempt=1) is None
+    assert await jobs.cancel(queued.id, tenant_id=t) is None  # only a QUEUED job can be cancelled
+
+
+async def test_progress_is_throttled(jobs):
+    t = tenant()
+    job = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_1")
+    await jobs.mark_running(job.id, tenant_id=t, attempt=1)
+    for step in range(1, 11):
+        await jobs.progress(job.id, tenant_id=t, fraction=step / 10, stage=f"step {step}")
+    stored = await jobs.get(job.id, tenant_id=t)
+    assert stored.progress == 0.1 and stored.stage == "step 1"  # the rest fell within the interval
+    await asyncio.sleep(0.25)
+    await jobs.progress(job.id, tenant_id=t, fraction=1.5, stage="late")
+    stored = await jobs.get(job.id, tenant_id=t)
+    assert stored.progress == 1.0 and stored.stage == "late"
+
+
+async def test_a_job_whose_worker_died_is_abandoned(jobs):
+    t = tenant()
+    job = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_1", time_limit_s=60)
+    await jobs.mark_running(job.id, tenant_id=t, attempt=1)
+    long_ago = utcnow() - timedelta(hours=1)
+    await Job.get_pymongo_collection().update_one({"_id": job.id}, {"$set": {"started_at": long_ago}})
+    assert await jobs.active_for("train", "sc_1", tenant_id=t) is None
+    abandoned = await jobs.get(job.id, tenant_id=t)
+    assert abandoned.status == JobStatus.FAILED and "abandoned" in abandoned.error
+    fresh = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_1")
+    assert fresh.id != job.id
+
+
+async def test_an_unreachable_queue_fails_the_job_and_says_so(jobs, queue):
+    t = tenant()
+    queue.down = True
+    with pytest.raises(Unavailable):
+        await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_1")
+    [job] = await jobs.list(tenant_id=t)
+    assert job.status == JobStatus.FAILED and "could not queue" in job.error
+    queue.down = False
+    assert (await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_1")).id != job.id
+
+
+async def test_list_is_newest_first_and_filters(jobs):
+    t = tenant()
+    a = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_a")
+    await asyncio.sleep(0.005)
+    b = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_b")
+    assert [j.id for j in await jobs.list(tenant_id=t)] == [b.id, a.id]
+    assert [j.id for j in await jobs.list(tenant_id=t, scenario_id="sc_a")] == [a.id]
