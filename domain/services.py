@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from domain.catalogue import CatalogueService
 from domain.events import EventService
+from domain.jobs import JobQueue, JobService
+from domain.learning.service import LearningConfig, TrainingService
 from domain.privacy import PrivacyService
 from domain.profiles import ProfileService
 from domain.recommend.service import EngineSource, RecommendationService
@@ -24,11 +26,18 @@ class Services:
     events: EventService
     privacy: PrivacyService
     recommendations: RecommendationService
+    jobs: JobService
+    training: TrainingService
 
     @classmethod
-    def build(cls, *, cache: Cache, vectors: VectorStore | None, engines: EngineSource | None = None) -> Services:
-        """Wire every service over the given stores (MongoDB is reached through Beanie)."""
+    def build(
+        cls, *, cache: Cache, vectors: VectorStore | None, engines: EngineSource | None = None,
+        queue: JobQueue | None = None, learning: LearningConfig | None = None,
+    ) -> Services:
+        """Wire every service over the given stores (MongoDB is reached through Beanie); jobs are submitted to
+        `queue` and trained as `learning` says (without them, submitting or training is refused)."""
         scenarios = ScenarioService(cache)
+        jobs = JobService(queue)
         catalogue = CatalogueService(cache, scenarios)
         profiles = ProfileService(cache)
         return cls(
@@ -39,4 +48,6 @@ class Services:
             events=EventService(cache, scenarios, catalogue, profiles),
             privacy=PrivacyService(cache, vectors, scenarios, profiles),
             recommendations=RecommendationService(cache, scenarios, profiles, engines),
+            jobs=jobs,
+            training=TrainingService(jobs, scenarios, vectors=vectors, config=learning),
         )

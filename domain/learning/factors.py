@@ -34,10 +34,10 @@ def train_als(strength: sp.csr_matrix, *, factors: int, iterations: int, regular
     """Fit ALS on users x items confidences (the summed interaction weights)."""
     from implicit.cpu.als import AlternatingLeastSquares  # imported here: it loads OpenMP and BLAS checks
 
-    model = AlternatingLeastSquares(factors=factors, regularization=regularization, iterations=iterations,
-                                    alpha=alpha, random_state=SEED, calculate_training_loss=False)
     # implicit runs its own threads; a multi-threaded BLAS underneath would oversubscribe the cores.
     with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(factors=factors, regularization=regularization, iterations=iterations,
+                                        alpha=alpha, random_state=SEED, calculate_training_loss=False)
         model.fit(strength.astype(np.float32).tocsr(), show_progress=False)
     items = np.ascontiguousarray(model.item_factors, dtype=np.float32)
     median = float(np.median(strength.data)) if strength.nnz else 1.0

@@ -2,21 +2,16 @@
 new model version (artifact on disk, metadata in MongoDB, item embeddings in the vector store) and make it the one
 served.
 
-Fitting is CPU-bound, so it runs in a process pool of one worker, never on the serving event loop; the child cannot
-reach MongoDB, so it reports progress through a multiprocessing queue that the parent relays to the job. A failed
-or timed-out training leaves the previous active version serving.
+Fitting is CPU-bound, so it runs in a child process (domain.learning.process), never on the serving event loop.
+A failed or timed-out training leaves the previous active version serving.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import queue as queue_errors
 import shutil
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +26,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from domain.errors import NotFound, Unavailable
 from domain.ids import new_id, utcnow
 from domain.jobs import JobService
-from domain.learning.train import TrainingData, train_scenario_model
+from domain.learning.process import TrainingProcess, TrainingTimeout
+from domain.learning.train import TrainingData
 from domain.scenarios.service import ScenarioService
 from models.documents import Interaction, Item, Job, ModelVersion, Scenario
 from models.vectors import VectorPoint, VectorStore, VectorStoreError
@@ -44,6 +40,7 @@ MODEL_KIND = "scenario"  # model_versions kind: one ScenarioModel holding every 
 KEEP_RETIRED = 2  # retired versions whose artifacts stay on disk (rollback, a lagging pod)
 BATCH = 20_000  # documents per MongoDB round trip when loading
 UPSERT_CHUNK = 2_000
+LOADED = 0.35  # share of a job's progress spent loading from MongoDB (measured: about a third of the time)
 ITEM_FIELDS = {"_id": 0, "item_id": 1, "title": 1, "categories": 1, "tags": 1, "attributes": 1, "published_at": 1,
                "status": 1}
 EVENT_FIELDS = {"_id": 0, "user_id": 1, "item_id": 1, "type": 1, "value": 1, "ts": 1}
@@ -54,10 +51,6 @@ Report = Callable[[float, str], Awaitable[None]]
 
 class Retryable(Exception):
     """The attempt failed because a store or the training process was briefly unavailable; try again later."""
-
-
-class TrainingTimeout(Exception):
-    """The training process ran past the time limit and was stopped."""
 
 
 class SwapTarget(Protocol):
@@ -78,26 +71,29 @@ class LearningConfig:
     notifier: SwapNotifier | None = None  # every other API process
 
 
-def artifact_path(models_dir: Path, relative: str) -> Path:
-    """Return the directory of an artifact stored relative to the models dir."""
-    return models_dir / relative
+async def load_training_data(
+    *, tenant_id: str, scenario_id: str, expected: int = 0, report: Report | None = None
+) -> TrainingData:
+    """Read the scenario's items and interactions: only the fields training uses, in large batches.
 
-
-async def load_training_data(*, tenant_id: str, scenario_id: str) -> TrainingData:
-    """Read the scenario's items and interactions (only the fields training uses, in large batches)."""
+    Columns are built batch by batch, so the event loop (which also serves requests) is never held for long.
+    """
     items = await Item.get_pymongo_collection().find(
         {"tenant_id": tenant_id, "scenarios": scenario_id}, ITEM_FIELDS, batch_size=BATCH
     ).to_list(None)
-    events = await Interaction.get_pymongo_collection().find(
+    cursor = Interaction.get_pymongo_collection().find(
         {"tenant_id": tenant_id, "scenario_id": scenario_id}, EVENT_FIELDS, batch_size=BATCH
-    ).to_list(None)
+    )
+    columns: dict[str, list] = {"user_id": [], "item_id": [], "type": [], "value": [], "ts": []}
+    while batch := await cursor.to_list(BATCH):
+        for name, column in columns.items():
+            column.extend(e.get(name) for e in batch)
+        if report is not None and expected:
+            await report(min(len(columns["ts"]) / expected, 1.0), f"loading interactions ({len(columns['ts']):,})")
     return TrainingData(
-        items=items,
-        user_ids=[e["user_id"] for e in events],
-        item_ids=[e["item_id"] for e in events],
-        types=[e["type"] for e in events],
-        values=[e.get("value") for e in events],
-        timestamps=np.fromiter((e["ts"].timestamp() for e in events), dtype=np.float64, count=len(events)),
+        items=items, user_ids=columns["user_id"], item_ids=columns["item_id"], types=columns["type"],
+        values=columns["value"],
+        timestamps=np.fromiter((t.timestamp() for t in columns["ts"]), dtype=np.float64, count=len(columns["ts"])),
     )
 
 
@@ -112,9 +108,7 @@ class TrainingService:
         self._scenarios = scenarios
         self._vectors = vectors
         self._config = config
-        self._pool: ProcessPoolExecutor | None = None
-        self._progress: Any = None  # the pool's multiprocessing queue
-        self._fit_lock = asyncio.Lock()
+        self._process = TrainingProcess()
 
     async def submit(self, scenario_id: str, *, tenant_id: str) -> Job:
         """Queue a training of the scenario, or return the one already queued or running."""
@@ -169,8 +163,12 @@ class TrainingService:
         scenario = await Scenario.find_one({"_id": scenario_id, "tenant_id": tenant_id})
         if scenario is None:
             raise NotFound(f"scenario {scenario_id} no longer exists", field="scenarioId")
+        self._process.warm()  # its imports take seconds: let them run while MongoDB is read
         await report(0.01, "loading data")
-        data = await load_training_data(tenant_id=tenant_id, scenario_id=scenario_id)
+        data = await load_training_data(
+            tenant_id=tenant_id, scenario_id=scenario_id, expected=await _expected_events(tenant_id, scenario_id),
+            report=_scaled(report, 0.01, LOADED),
+        )
         seconds = {"load": time.perf_counter() - started}
         version = await self._new_version(job_id, tenant_id=tenant_id, scenario_id=scenario_id)
         try:
@@ -186,8 +184,13 @@ class TrainingService:
         seconds: dict[str, float],
     ) -> dict[str, Any]:
         """Fit and save in the child, store the embeddings, then activate the version and tell serving."""
-        await report(0.1, "training")
-        outcome = await self._fit(data, scenario, version, config, _scaled(report, 0.1, 0.85))
+        await report(LOADED, "training")
+        path = config.models_dir / (version.artifact or "")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        outcome = await self._process.fit(
+            data, dict(scenario.config), scenario_id=scenario.id, version=version.version, path=path,
+            time_limit_s=config.time_limit_s, report=_scaled(report, LOADED, 0.85),
+        )
         seconds.update(train=outcome["train_s"], save=outcome["save_s"], child=outcome["child_s"])
         mark = time.perf_counter()
         await report(0.86, "storing vectors")
@@ -201,60 +204,9 @@ class TrainingService:
         await self._prune(version, config)
         return outcome
 
-    async def _fit(
-        self, data: TrainingData, scenario: Scenario, version: ModelVersion, config: LearningConfig, report: Report
-    ) -> dict[str, Any]:
-        """Train and save the model in the child process within the time limit."""
-        path = artifact_path(config.models_dir, version.artifact or "")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        async with self._fit_lock:  # one child: a second training waits instead of competing for the cores
-            pool = self._pool_or_new()
-            _drain(self._progress)
-            future = pool.submit(_fit_in_child, data, dict(scenario.config), scenario.id, version.version, str(path))
-            relay = asyncio.create_task(self._relay(report))
-            try:
-                return await asyncio.wait_for(asyncio.wrap_future(future), config.time_limit_s)
-            except TimeoutError:
-                self._stop_pool()
-                raise TrainingTimeout(f"training ran longer than the {config.time_limit_s:g} s limit") from None
-            except (asyncio.CancelledError, BrokenProcessPool):
-                self._stop_pool()
-                raise
-            finally:
-                relay.cancel()
-
-    async def _relay(self, report: Report) -> None:
-        """Forward the child's latest progress to the job about four times a second."""
-        while True:
-            await asyncio.sleep(0.25)
-            if (latest := _drain(self._progress)) is not None:
-                await report(*latest)
-
-    def _pool_or_new(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # forkserver/spawn: forking a process that runs threads (Mongo, Redis clients) is unsafe.
-            context = multiprocessing.get_context("forkserver" if sys.platform == "linux" else "spawn")
-            self._progress = context.Queue()
-            self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=context, initializer=_init_child, initargs=(self._progress,)
-            )
-        return self._pool
-
-    def _stop_pool(self) -> None:
-        """Kill the training process (a timed-out or abandoned fit must not keep the cores busy)."""
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        # The executor has no public way to stop a running task (3.14 adds kill_workers): terminate its processes.
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-
     async def close(self) -> None:
         """Stop the training process, if any."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        await self._process.close()
 
     def _reporter(self, job_id: str, tenant_id: str) -> Report:
         async def report(fraction: float, stage: str) -> None:
@@ -347,13 +299,13 @@ class TrainingService:
              "status": "retired", "artifact": {"$ne": None}}
         ).sort([("version", -1)]).to_list()
         for old in retired[KEEP_RETIRED:]:
-            await asyncio.to_thread(shutil.rmtree, artifact_path(config.models_dir, old.artifact or ""), True)
+            await asyncio.to_thread(shutil.rmtree, config.models_dir / (old.artifact or ""), True)
             await ModelVersion.get_pymongo_collection().update_one({"_id": old.id}, {"$set": {"artifact": None}})
 
     @staticmethod
     async def _discard(version: ModelVersion, config: LearningConfig, exc: BaseException) -> None:
         """Mark a version that never became active as failed and delete its files."""
-        await asyncio.to_thread(shutil.rmtree, artifact_path(config.models_dir, version.artifact or ""), True)
+        await asyncio.to_thread(shutil.rmtree, config.models_dir / (version.artifact or ""), True)
         await ModelVersion.get_pymongo_collection().update_one(
             {"_id": version.id, "tenant_id": version.tenant_id, "status": "training"},
             {"$set": {"status": "failed", "artifact": None, "error": _message(exc)}},
@@ -369,6 +321,14 @@ async def _active_version(tenant_id: str, scenario_id: str) -> ModelVersion | No
     return await ModelVersion.find(
         {"tenant_id": tenant_id, "scenario_id": scenario_id, "kind": MODEL_KIND, "status": "active"}
     ).sort([("version", -1)]).first_or_none()
+
+
+async def _expected_events(tenant_id: str, scenario_id: str) -> int:
+    """Return how many interactions the last version trained on: the scale of the loading progress (0: unknown)."""
+    latest = await ModelVersion.find(
+        {"tenant_id": tenant_id, "scenario_id": scenario_id, "kind": MODEL_KIND, "metrics.interactions": {"$gt": 0}}
+    ).sort([("version", -1)]).first_or_none()
+    return int(latest.metrics["interactions"]) if latest else 0
 
 
 def _payload(item: Mapping[str, Any] | None, version: ModelVersion) -> dict[str, Any]:
@@ -399,61 +359,6 @@ def _scaled(report: Report, low: float, high: float) -> Report:
     return scaled
 
 
-def _drain(progress: Any) -> tuple[float, str] | None:
-    """Return the newest message on the progress queue (older ones are superseded), or None."""
-    latest = None
-    while progress is not None:
-        try:
-            latest = progress.get_nowait()
-        except (queue_errors.Empty, OSError, ValueError):
-            break
-    return latest
-
-
 def _message(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if isinstance(exc, (NotFound, TrainingTimeout, Retryable)) else f"{type(exc).__name__}: {text}"
-
-
-# --- in the child process ---------------------------------------------------------------------------------------
-
-_child_progress: Any = None
-_child_last = 0.0
-
-
-def _init_child(progress: Any) -> None:
-    global _child_progress
-    _child_progress = progress
-
-
-def _child_report(fraction: float, stage: str) -> None:
-    global _child_last
-    now = time.monotonic()
-    if now - _child_last >= 0.1 or fraction >= 1.0:  # the parent reads four times a second: send no more
-        _child_last = now
-        _child_progress.put((float(fraction), str(stage)))
-
-
-def _fit_in_child(data: TrainingData, config: dict, scenario_id: str, version: int, path: str) -> dict[str, Any]:
-    """Train, save the artifact, and return timings, size and the item embeddings (as ids and a float32 matrix)."""
-    started = time.perf_counter()
-    model = train_scenario_model(data, config, scenario_id=scenario_id, version=version, progress=_child_report)
-    trained = time.perf_counter()
-    model.save(Path(path))
-    saved = time.perf_counter()
-    embeddings = _embeddings(model)
-    return {
-        "train_s": trained - started, "save_s": saved - trained, "child_s": time.perf_counter() - started,
-        "model_bytes": int(model.nbytes()), "embeddings": embeddings,
-        "embeddings_count": 0 if embeddings is None else len(embeddings[0]),
-    }
-
-
-def _embeddings(model: Any) -> tuple[list[str], np.ndarray] | None:
-    ids, rows = [], []
-    for item_id in model.catalogue.item_ids:
-        vector = model.item_embedding(item_id)
-        if vector is not None:
-            ids.append(item_id)
-            rows.append(np.asarray(vector, dtype=np.float32))
-    return (ids, np.vstack(rows)) if rows else None

@@ -10,7 +10,7 @@ from domain.learning.tables import NeighbourTable, expand_rows, remap_columns, t
 
 ITEM_CF_SHRINK = 10.0  # damps similarities resting on a handful of co-occurrences
 EASE_NEIGHBORS = 200  # the dense EASE matrix is pruned to each item's strongest contributions
-EASE_HARD_CAP = 10000  # an items x items float32 inverse beyond this needs GBs and minutes; prune further
+EASE_HARD_CAP = 6000  # an items x items inverse beyond this needs GBs and minutes: prune to it whatever the config
 MAX_USERS_PER_ITEM = 500  # user-CF reads the most recent users of each item only, bounding request cost
 
 
@@ -36,8 +36,9 @@ def ease(matrix: sp.csr_matrix, lam: float, max_items: int, k: int = EASE_NEIGHB
     sub = matrix[:, vocab]
     gram = (sub.T @ sub).toarray().astype(np.float32)
     gram[np.diag_indices(n)] += lam
-    inv = np.linalg.inv(gram)
-    weights = inv / -np.diag(inv)[None, :]  # B[i, j]: how much item i predicts item j
+    weights = np.linalg.inv(gram)
+    del gram
+    weights /= -np.diag(weights).copy()[None, :]  # B[i, j]: how much item i predicts item j
     weights[np.diag_indices(n)] = 0.0
     table = top_k_table(n, n, k, lambda start, stop: weights[start:stop])
     return expand_rows(remap_columns(table, vocab), vocab, matrix.shape[1]), n

@@ -6,18 +6,19 @@ Every reranker returns a new `Ranked` whose idx, scores, sources and source_scor
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from domain.recommend.base import REGISTRY, Ranked, StageContext
+from domain.recommend.base import REGISTRY, CatalogueView, Ranked, StageContext
+from domain.recommend.columns import lazy_column
 
 MMR_WINDOW = 3  # MMR picks one page out of the first MMR_WINDOW pages of candidates
 DEFAULT_HALF_LIFE_HOURS = 48.0  # when neither the stage nor the config's freshness section names one
 MAX_CAPPED_PAGES = 10  # category caps apply to the first pages only; deeper pages are rarely served
 PINNED = ("pinned",)
+_TITLE_BIT = -(1 << 62)  # marks title groups so they never meet an item index (those are >= 0)
 
 
 def normalise(scores: np.ndarray) -> np.ndarray:
@@ -46,9 +47,9 @@ class MMR:
         """Return the list with its first page chosen for relevance and diversity."""
         n = len(ranked.idx)
         picks = min(max(ctx.request.limit, 1), n)
-        window = min(n, MMR_WINDOW * picks)
         if picks <= 1:
             return ranked
+        window = min(n, MMR_WINDOW * picks)
         top = ranked.idx[:window]
         if ctx.params["by"] == "embedding" and ctx.embeddings is not None:
             similarity = embedding_similarity(ctx.embeddings[top])
@@ -61,18 +62,20 @@ class MMR:
 
 def mmr_order(relevance: np.ndarray, similarity: np.ndarray, lam: float, picks: int) -> np.ndarray:
     """Return the positions of `picks` items chosen greedily by MMR."""
-    # Scaled once up front so that each step is three small numpy calls (a page of 200 stays near 1 ms).
-    value = lam * np.asarray(relevance, dtype=np.float64)
-    redundancy = (1.0 - lam) * np.asarray(similarity, dtype=np.float64)
-    penalty = np.zeros(len(value))
+    relevance = np.asarray(relevance, dtype=np.float64)
+    if lam >= 1.0:
+        return np.argsort(-relevance, kind="stable")[:picks]
+    # argmax is unchanged by dividing the gain by (1 - lambda), which leaves three numpy calls a step.
+    value = relevance * (lam / (1.0 - lam))
+    closest = np.zeros(len(value))
     gain = np.empty(len(value))
     order = np.empty(picks, dtype=np.int64)
     for step in range(picks):
-        np.subtract(value, penalty, out=gain)
+        np.subtract(value, closest, out=gain)
         best = int(np.argmax(gain))  # ties go to the better-ranked item
         order[step] = best
         value[best] = -np.inf
-        np.maximum(penalty, redundancy[best], out=penalty)
+        np.maximum(closest, similarity[best], out=closest)
     return order
 
 
@@ -88,16 +91,20 @@ def category_similarity(categories: Sequence[tuple[str, ...]]) -> np.ndarray:
     incidence[rows, cols] = 1.0
     shared = incidence @ incidence.T
     sizes = incidence.sum(axis=1)
-    union = sizes[:, None] + sizes[None, :] - shared
-    return np.divide(shared, union, out=np.zeros_like(shared), where=union > 0)
+    union = np.add.outer(sizes, sizes)
+    union -= shared
+    np.maximum(union, 1.0, out=union)  # an empty union has nothing shared either: 0 / 1
+    shared /= union
+    return shared
 
 
 def embedding_similarity(vectors: np.ndarray) -> np.ndarray:
     """Return the pairwise cosine similarity of vectors, clipped to [0, 1] (0 for zero vectors)."""
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
-    return np.clip(unit @ unit.T, 0.0, 1.0)
+    unit = np.divide(vectors, np.maximum(norms, 1e-12), out=np.empty_like(vectors))
+    cosine = unit @ unit.T
+    return np.clip(cosine, 0.0, 1.0, out=cosine)
 
 
 @REGISTRY.reranker
@@ -149,6 +156,8 @@ class CategoryCap:
         """Return the list with over-cap items pushed to later pages."""
         categories = [ctx.catalogue.categories[i] for i in ranked.idx.tolist()]
         order = cap_order(categories, max(ctx.request.limit, 1), int(ctx.params["maxPerCategory"]))
+        if order == list(range(len(order))):
+            return ranked
         return ranked.take(order)
 
 
@@ -266,21 +275,33 @@ class Dedupe:
 
     def rerank(self, ranked: Ranked, ctx: StageContext) -> Ranked:
         """Return the list without later duplicates."""
-        rows = ranked.idx.tolist()
+        keys = ranked.idx
         if ctx.params["by"] == "title":
-            titles = ctx.catalogue.titles
-            keys: list[Any] = [title_key(titles[i]) or i for i in rows]
-        else:
-            keys = rows
-        first: dict[Any, int] = {}
-        for pos, key in enumerate(keys):
-            first.setdefault(key, pos)
-        if len(first) == len(rows):
+            keys = lazy_column(ctx.catalogue, "dedupe.title", np.int64).take(keys, _title_groups(ctx.catalogue))
+        _, first = np.unique(keys, return_index=True)
+        if len(first) == len(keys):
             return ranked
-        return ranked.take(sorted(first.values()))
+        return ranked.take(np.sort(first))
 
 
-@functools.lru_cache(maxsize=65536)
+def _title_groups(catalogue: CatalogueView) -> Callable[[np.ndarray], list[int]]:
+    """Return a function giving each item a key shared by equal normalised titles (its own index without one)."""
+    titles = catalogue.titles
+
+    def compute(rows: np.ndarray) -> list[int]:
+        return [_title_group(titles[i], i) for i in rows.tolist()]
+
+    return compute
+
+
+def _title_group(title: str | None, index: int) -> int:
+    key = title_key(title)
+    if key is None:
+        return index
+    # The string's hash as the group id: among a catalogue's titles a collision is about 1e-9 likely.
+    return hash(key) | _TITLE_BIT
+
+
 def title_key(title: str | None) -> str | None:
     """Return a title with case and whitespace normalised, or None when there is none."""
     if not title:

@@ -1,21 +1,23 @@
-"""Evaluating compiled business rules: operands, three-valued tests and value semantics.
+"""Evaluating compiled business rules: operands, three-valued tests, vectorised routes and kept answers.
 
-The language and its meaning are documented in `domain.recommend.rules`, which parses text into these nodes.
-A node answers for all candidates at once with a `Truth` (true mask, unknown mask); unknown comes only from a
-request context key that is absent, so a rule never empties a feed for a request that lacks context.
+The language and its meaning are documented in `domain.recommend.rules`, which parses text into these nodes, and
+`rule_values` defines how two plain values compare. A node answers for all candidates at once with a `Truth`
+(true mask, unknown mask); unknown comes only from a request context key that is absent, so a rule never empties
+a feed for a request that lacks context. Subtrees that read the item alone are wrapped in `Cached` and answered
+once per catalogue item.
 """
 
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from domain.recommend.columns import lazy_column
 from domain.recommend.rule_values import PAIRWISE, between, dig, is_number, membership, present, to_epoch
 
 if TYPE_CHECKING:
@@ -46,59 +48,64 @@ class Column:
 
 
 class RuleScope:
-    """The candidates one evaluation covers, with each field's values gathered once for all rules."""
+    """The candidates one evaluation covers. Field values come from per-catalogue columns (gathered once per
+    item), so a request reads them with numpy indexing."""
 
     def __init__(self, idx: np.ndarray, catalogue: CatalogueView, context: Mapping[str, Any], now: float) -> None:
         self.idx = np.asarray(idx, dtype=np.int64)
-        self.rows: list[int] = self.idx.tolist()
         self.catalogue = catalogue
         self.context = context
         self.now = float(now)
         self._columns: dict[str, list[Any]] = {}
-        self._numbers: dict[str, np.ndarray] = {}
-        self._published: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.idx)
 
     def published(self) -> np.ndarray:
         """Return the candidates' publish times (epoch seconds, NaN when unknown)."""
-        if self._published is None:
-            self._published = self.catalogue.published_at[self.idx]
-        return self._published
+        return self.catalogue.published_at[self.idx]
 
     def column(self, key: str) -> list[Any]:
-        """Return one field's values for the candidates (None where absent)."""
+        """Return one field's values for the candidates as a list (None where absent)."""
         values = self._columns.get(key)
         if values is None:
-            values = self._columns[key] = self._gather(key)
+            values = self._columns[key] = self.objects(key).tolist()
         return values
+
+    def objects(self, key: str, idx: np.ndarray | None = None) -> np.ndarray:
+        """Return one field's values for the candidates (or for idx) as an object array."""
+        catalogue = self.catalogue
+
+        def compute(rows: np.ndarray) -> np.ndarray:
+            return np.fromiter(gather(catalogue, key, rows), dtype=object, count=len(rows))
+
+        return lazy_column(catalogue, ("field", key), object).take(self.idx if idx is None else idx, compute)
 
     def numbers(self, key: str) -> np.ndarray:
         """Return one field's values as float64 (NaN where the value is not a number)."""
         if key == "publishedAt":
             return self.published()
-        values = self._numbers.get(key)
-        if values is None:
-            nan = math.nan
-            values = np.array([v if is_number(v) else nan for v in self.column(key)], dtype=np.float64)
-            self._numbers[key] = values
-        return values
 
-    def _gather(self, key: str) -> list[Any]:
-        rows = self.rows
-        if key in _SIMPLE_FIELDS:
-            source = getattr(self.catalogue, _SIMPLE_FIELDS[key])
-            return [source[i] for i in rows]
-        if key == "publishedAt":
-            return [None if math.isnan(t) else t for t in self.published().tolist()]
-        if key == "status":
-            return ["ACTIVE" if a else "INACTIVE" for a in self.catalogue.active[self.idx].tolist()]
-        path = key.split(".")[1:]
-        attributes = self.catalogue.attributes
-        if len(path) == 1:
-            return [attributes[i].get(path[0]) for i in rows]
-        return [dig(attributes[i], path) for i in rows]
+        def compute(rows: np.ndarray) -> list[float]:
+            return [v if is_number(v) else math.nan for v in self.objects(key, rows).tolist()]
+
+        return lazy_column(self.catalogue, ("number", key), np.float64).take(self.idx, compute)
+
+
+def gather(catalogue: CatalogueView, key: str, rows: np.ndarray) -> list[Any]:
+    """Return a field's values for catalogue rows (None where absent)."""
+    if key in _SIMPLE_FIELDS:
+        source = getattr(catalogue, _SIMPLE_FIELDS[key])
+        return [source[i] for i in rows.tolist()]
+    if key == "publishedAt":
+        return [None if math.isnan(t) else t for t in catalogue.published_at[rows].tolist()]
+    if key == "status":
+        return ["ACTIVE" if a else "INACTIVE" for a in catalogue.active[rows].tolist()]
+    path = key.split(".")[1:]
+    attributes = catalogue.attributes
+    if len(path) == 1:
+        return [attributes[i].get(path[0]) for i in rows.tolist()]
+    return [dig(attributes[i], path) for i in rows.tolist()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +122,10 @@ class Truth:
 class Node(Protocol):
     def truth(self, scope: RuleScope) -> Truth: ...
 
+    def static(self) -> bool:
+        """Return whether the answer depends on the item alone (not on the request's context or time)."""
+        ...
+
 
 class Operand(Protocol):
     pos: int
@@ -125,7 +136,7 @@ class Operand(Protocol):
 @dataclass(frozen=True, slots=True)
 class Literal:
     value: Any  # lists are tuples; durations are seconds
-    pos: int
+    pos: int = field(compare=False, repr=False)
 
     def resolve(self, scope: RuleScope) -> Any:
         return self.value
@@ -134,7 +145,7 @@ class Literal:
 @dataclass(frozen=True, slots=True)
 class ContextRef:
     path: tuple[str, ...]
-    pos: int
+    pos: int = field(compare=False, repr=False)
 
     def resolve(self, scope: RuleScope) -> Any:
         value = dig(scope.context, self.path)
@@ -146,7 +157,7 @@ class ContextRef:
 @dataclass(frozen=True, slots=True)
 class ItemField:
     key: str  # id, title, categories, tags, publishedAt, status or attributes.<path>
-    pos: int
+    pos: int = field(compare=False, repr=False)
 
     def resolve(self, scope: RuleScope) -> Column:
         return Column(scope.column(self.key))
@@ -159,26 +170,31 @@ class Compare:
     right: Operand
 
     def truth(self, scope: RuleScope) -> Truth:
-        a, b = self.left.resolve(scope), self.right.resolve(scope)
-        if a is MISSING or b is MISSING:
+        b = self.right.resolve(scope)
+        if b is MISSING:
             return _unknown(scope)
-        if isinstance(a, Column) and not isinstance(b, Column) and isinstance(self.left, ItemField):
-            fast = _against_scalar(self.op, self.left.key, a, b, scope)
+        if isinstance(self.left, ItemField) and not isinstance(b, Column):
+            fast = _against_scalar(self.op, self.left.key, b, scope)
             if fast is not None:
                 return Truth(fast)
+        a = self.left.resolve(scope)
+        if a is MISSING:
+            return _unknown(scope)
         return Truth(broadcast(PAIRWISE[self.op], len(scope), a, b))
 
+    def static(self) -> bool:
+        return _item_only(self.left, self.right)
 
-def _against_scalar(op: str, key: str, column: Column, value: Any, scope: RuleScope) -> np.ndarray | None:
+
+def _against_scalar(op: str, key: str, value: Any, scope: RuleScope) -> np.ndarray | None:
     """Return the mask of `field op value` by a vectorised route, or None when there is none."""
-    n = len(scope)
     if is_number(value) and op in _NUMPY_OPS:
         return _NUMPY_OPS[op](scope.numbers(key), value)
     if op == "in":
-        return np.fromiter(map(membership(value), column.values), dtype=bool, count=n)
+        return np.fromiter(map(membership(value), scope.column(key)), dtype=bool, count=len(scope))
     if isinstance(value, str) and op in ("==", "!="):
-        # A string equals only a string, so plain == per value already has the rules' meaning.
-        same = np.fromiter(map(operator.eq, column.values, repeat(value)), dtype=bool, count=n)
+        # A string equals only a string, so numpy's element-wise == already has the rules' meaning.
+        same = np.asarray(scope.objects(key) == value, dtype=bool)
         return same if op == "==" else ~same
     return None
 
@@ -198,6 +214,9 @@ class Between:
             numbers = scope.numbers(self.value.key)
             return Truth((numbers >= low) & (numbers <= high))
         return Truth(broadcast(between, len(scope), *values))
+
+    def static(self) -> bool:
+        return _item_only(self.value, self.low, self.high)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +239,9 @@ class Within:
 
         return Truth(broadcast(inside, len(scope), value))
 
+    def static(self) -> bool:
+        return False
+
 
 @dataclass(frozen=True, slots=True)
 class Exists:
@@ -230,6 +252,9 @@ class Exists:
         if value is MISSING:
             return Truth(np.zeros(len(scope), dtype=bool))
         return Truth(broadcast(present, len(scope), value))
+
+    def static(self) -> bool:
+        return _item_only(self.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +267,9 @@ class Truthy:
             return _unknown(scope)
         return Truth(broadcast(bool, len(scope), value))
 
+    def static(self) -> bool:
+        return _item_only(self.value)
+
 
 @dataclass(frozen=True, slots=True)
 class Not:
@@ -250,6 +278,9 @@ class Not:
     def truth(self, scope: RuleScope) -> Truth:
         inner = self.node.truth(scope)
         return Truth(inner.false(), inner.unknown)
+
+    def static(self) -> bool:
+        return self.node.static()
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +295,9 @@ class And:
             return Truth(true)
         return Truth(true, ~(true | a.false() | b.false()))
 
+    def static(self) -> bool:
+        return self.left.static() and self.right.static()
+
 
 @dataclass(frozen=True, slots=True)
 class Or:
@@ -276,6 +310,44 @@ class Or:
         if a.unknown is None and b.unknown is None:
             return Truth(true)
         return Truth(true, ~(true | (a.false() & b.false())))
+
+    def static(self) -> bool:
+        return self.left.static() and self.right.static()
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """A test on the item alone, answered once per catalogue item and kept (see domain.recommend.columns)."""
+
+    node: Node
+    # repr, not the node itself: True == 1 in Python, but `x == true` and `x == 1` are different tests. Equal
+    # tests written in different rules (or places) share one column.
+    key: str
+
+    def truth(self, scope: RuleScope) -> Truth:
+        def compute(rows: np.ndarray) -> np.ndarray:
+            # Static tests never see the context, so they are never unknown.
+            return self.node.truth(RuleScope(rows, scope.catalogue, scope.context, scope.now)).true
+
+        return Truth(lazy_column(scope.catalogue, ("rule", self.key), bool).take(scope.idx, compute))
+
+    def static(self) -> bool:
+        return True
+
+
+def cache_static(node: Node) -> Node:
+    """Return node with its largest item-only subtrees wrapped in Cached."""
+    if node.static():
+        return Cached(node, repr(node))
+    if isinstance(node, Not):
+        return Not(cache_static(node.node))
+    if isinstance(node, (And, Or)):
+        return type(node)(cache_static(node.left), cache_static(node.right))
+    return node
+
+
+def _item_only(*operands: Operand) -> bool:
+    return not any(isinstance(o, ContextRef) for o in operands)
 
 
 def _unknown(scope: RuleScope) -> Truth:

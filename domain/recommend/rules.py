@@ -2,7 +2,8 @@
 
 The `rules` filter keeps an item only when every expression of the scenario holds. An expression is read by a
 tokenizer and a recursive-descent parser (never `eval`), compiled once per text (`compile_rule` is cached) and
-evaluated over a whole candidate array at once (`rule_eval`). Config validation calls `check_rule(text)`.
+evaluated over a whole candidate array at once (`rule_eval`). Tests that depend on the item alone are answered
+once per item and catalogue and kept (`columns`). Config validation calls `check_rule(text)`.
 
 Examples:
     publishedAt within 72h
@@ -71,6 +72,7 @@ from domain.recommend.rule_eval import (
     RuleScope,
     Truthy,
     Within,
+    cache_static,
 )
 from domain.recommend.rule_values import to_epoch
 
@@ -145,7 +147,7 @@ class CompiledRule:
 @functools.lru_cache(maxsize=1024)
 def compile_rule(text: str) -> CompiledRule:
     """Parse a rule into a CompiledRule, or raise RuleError; cached by text so requests never re-parse."""
-    return CompiledRule(text, _Parser(text).parse())
+    return CompiledRule(text, cache_static(_Parser(text).parse()))
 
 
 def check_rule(text: str) -> None:

@@ -21,6 +21,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from domain.errors import BadInput
+from domain.recommend.rules import RuleError, check_rule
 from domain.scenarios.stages import (
     FALLBACK_SOURCES,
     FILTER_PARAMS,
@@ -283,6 +284,7 @@ def _describe(error: ValidationError) -> Iterator[Problem]:
 
 
 def _semantic_problems(config: dict[str, Any]) -> Iterator[Problem]:
+    yield from _rule_problems(config)
     for section, key in _UNIQUE_STAGES:
         yield from _duplicates(config.get(section, []), (section,), key)
     for index, stage in enumerate(config.get("rerank", [])):
@@ -290,6 +292,18 @@ def _semantic_problems(config: dict[str, Any]) -> Iterator[Problem]:
             pins = stage.get("params", {}).get("pins", [])
             yield from _duplicates(pins, ("rerank", index, "params", "pins"), "position")
             yield from _duplicates(pins, ("rerank", index, "params", "pins"), "itemId")
+
+
+def _rule_problems(config: dict[str, Any]) -> Iterator[Problem]:
+    """Report business rules that do not parse, at the exact expression."""
+    for index, entry in enumerate(config.get("filters", [])):
+        if entry.get("name") != "rules":
+            continue
+        for j, text in enumerate((entry.get("params") or {}).get("expressions", [])):
+            try:
+                check_rule(text)
+            except RuleError as exc:
+                yield ("filters", index, "params", "expressions", j), str(exc)
 
 
 def _duplicates(entries: list[dict[str, Any]], path: Path, key: str) -> Iterator[Problem]:

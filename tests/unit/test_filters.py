@@ -69,6 +69,15 @@ def test_availability_drops_inactive_expired_and_out_of_stock() -> None:
     assert mask.tolist() == [True, False, False, True, False, True, False, False, False, True, True]
 
 
+def test_availability_is_judged_at_each_request_time() -> None:
+    catalogue = items({"item_id": "sale", "attributes": {"expiresAt": (NOW + timedelta(hours=1)).isoformat()}})
+    idx = np.array([0])
+    later = StageContext(request=RecRequest(user_id="u1", limit=10, now=NOW + timedelta(hours=2)),
+                         catalogue=catalogue, params={}, config=NEWS)
+    assert AvailabilityFilter().keep(idx, context(catalogue)).tolist() == [True]
+    assert AvailabilityFilter().keep(idx, later).tolist() == [False]
+
+
 def test_availability_follows_candidate_order() -> None:
     catalogue = items({"item_id": "a"}, {"item_id": "b", "status": "INACTIVE"}, {"item_id": "c"})
     mask = AvailabilityFilter().keep(np.array([1, 2, 1, 0]), context(catalogue))
@@ -109,6 +118,14 @@ def test_blocklist_drops_items_and_categories() -> None:
     params = {"itemIds": ["banned", "not-in-catalogue"], "categories": ["adult"]}
     mask = BlocklistFilter().keep(np.array([3, 2, 1, 0]), context(catalogue, params))
     assert mask.tolist() == [True, False, False, True]
+
+
+def test_blocklist_answers_follow_the_params() -> None:
+    catalogue = items({"item_id": "a", "categories": ["x"]}, {"item_id": "b", "categories": ["y"]})
+    idx = np.array([0, 1])
+    assert BlocklistFilter().keep(idx, context(catalogue, {"categories": ["x"]})).tolist() == [False, True]
+    assert BlocklistFilter().keep(idx, context(catalogue, {"categories": ["y"]})).tolist() == [True, False]
+    assert BlocklistFilter().keep(idx, context(catalogue, {"itemIds": ["b"]})).tolist() == [True, False]
 
 
 def test_empty_blocklist_keeps_everything() -> None:

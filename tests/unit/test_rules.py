@@ -119,6 +119,26 @@ def test_context_exists_is_false_when_absent() -> None:
     assert holds("context.region exists", {"region": "EU"}) == [T, T, T, T]
 
 
+def test_answers_kept_per_catalogue_fill_in_as_candidates_arrive() -> None:
+    rule = compile_rule("attributes.price between 10 and 50 or 'news' in categories")
+    first = rule.evaluate(np.array([2, 0]), CATALOGUE, {}, NOW.timestamp())
+    again = rule.evaluate(np.array([3, 0, 1, 2, 0]), CATALOGUE, {}, NOW.timestamp())
+    assert first.tolist() == [T, T]
+    assert again.tolist() == [T, T, T, T, T]
+    assert holds("attributes.price between 10 and 50 and not 'news' in categories") == [T, F, F, T]
+
+
+def test_tests_that_look_alike_to_python_keep_separate_answers() -> None:
+    # True == 1 in Python, so a cache keyed on the parsed tests themselves would mix these two up.
+    flags = CatalogueView.from_items([{"item_id": "t", "attributes": {"x": True}},
+                                      {"item_id": "one", "attributes": {"x": 1}}])
+    idx = np.arange(2)
+    assert compile_rule("attributes.x == true").evaluate(idx, flags, {}, 0.0).tolist() == [T, F]
+    assert compile_rule("attributes.x == 1").evaluate(idx, flags, {}, 0.0).tolist() == [F, T]
+    assert compile_rule("attributes.x in [1]").evaluate(idx, flags, {}, 0.0).tolist() == [F, T]
+    assert compile_rule("attributes.x in [true]").evaluate(idx, flags, {}, 0.0).tolist() == [T, F]
+
+
 def test_compiled_rules_are_cached_by_text() -> None:
     assert compile_rule("publishedAt within 7d") is compile_rule("publishedAt within 7d")
 

@@ -289,3 +289,13 @@ def test_build_config_refuses_unknown_template_and_non_object_overrides() -> Non
     with pytest.raises(BadInput) as caught:
         build_config("CUSTOM", ["recall"])  # type: ignore[arg-type]
     assert caught.value.field == "input.config"
+
+
+def test_a_rule_that_does_not_parse_is_refused_at_its_path():
+    from domain.errors import BadInput
+    from domain.scenarios.config import build_config
+
+    bad = {"filters": [{"name": "seen"}, {"name": "rules", "params": {"expressions": ["publishedAt within 72h", "price >> 3"]}}]}
+    with pytest.raises(BadInput) as caught:
+        build_config("CUSTOM", bad)
+    assert caught.value.field == "input.config.filters.1.params.expressions.1"

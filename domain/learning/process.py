@@ -1,0 +1,159 @@
+"""The training process: a pool of one child process that fits and saves models off the serving event loop.
+
+The child cannot reach MongoDB or the job record, so it reports progress through a multiprocessing queue; the
+parent relays the newest message a few times a second. A fit past its time limit (or abandoned by a cancelled
+job) kills the child, and the next fit starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import queue as queue_errors
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from domain.learning.train import TrainingData, train_scenario_model
+
+Report = Callable[[float, str], Awaitable[None]]
+RELAY_S = 0.25  # how often the parent forwards the child's progress
+
+
+class TrainingTimeout(Exception):
+    """The training process ran past the time limit and was stopped."""
+
+
+class TrainingProcess:
+    """Fit scenario models in one child process, one fit at a time."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self._progress: Any = None  # the pool's multiprocessing queue
+        self._lock = asyncio.Lock()
+
+    def warm(self) -> None:
+        """Start the child now (imports take seconds) so that it is ready when the data is."""
+        self._pool_or_new().submit(_ready)
+
+    async def fit(
+        self, data: TrainingData, config: dict, *, scenario_id: str, version: int, path: Path, time_limit_s: float,
+        report: Report,
+    ) -> dict[str, Any]:
+        """Train and save the model at path in the child; return timings, size and item embeddings."""
+        async with self._lock:  # a second training waits instead of competing for the cores
+            pool = self._pool_or_new()
+            _drain(self._progress)  # left by a fit that was killed
+            future = pool.submit(_fit_in_child, data, config, scenario_id, version, str(path))
+            relay = asyncio.create_task(self._relay(report))
+            try:
+                return await asyncio.wait_for(asyncio.wrap_future(future), time_limit_s)
+            except TimeoutError:
+                self._kill()
+                raise TrainingTimeout(f"training ran longer than the {time_limit_s:g} s limit") from None
+            except (asyncio.CancelledError, BrokenProcessPool):
+                self._kill()
+                raise
+            finally:
+                relay.cancel()
+
+    async def close(self) -> None:
+        """Stop the child: at once when it is fitting (that job is re-run by the next worker), else when idle."""
+        if self._lock.locked():
+            self._kill()
+        pool, progress, self._pool, self._progress = self._pool, self._progress, None, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        if progress is not None:
+            progress.close()
+
+    async def _relay(self, report: Report) -> None:
+        while True:
+            await asyncio.sleep(RELAY_S)
+            if (latest := _drain(self._progress)) is not None:
+                await report(*latest)
+
+    def _pool_or_new(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # forkserver/spawn: forking a process that runs threads (Mongo, Redis clients) is unsafe.
+            context = multiprocessing.get_context("forkserver" if sys.platform == "linux" else "spawn")
+            self._progress = context.Queue()
+            self._pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=context, initializer=_init_child, initargs=(self._progress,)
+            )
+        return self._pool
+
+    def _kill(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # The executor cannot stop a running task (3.14 adds terminate_workers): terminate its process directly.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _drain(progress: Any) -> tuple[float, str] | None:
+    """Return the newest message on the progress queue (older ones are superseded), or None."""
+    latest = None
+    while progress is not None:
+        try:
+            latest = progress.get_nowait()
+        except (queue_errors.Empty, OSError, ValueError):
+            break
+    return latest
+
+
+# --- in the child process ---------------------------------------------------------------------------------------
+
+_child_progress: Any = None
+_child_last = 0.0
+
+
+def _init_child(progress: Any) -> None:
+    global _child_progress
+    _child_progress = progress
+
+
+def _ready() -> bool:
+    return True
+
+
+def _child_report(fraction: float, stage: str) -> None:
+    global _child_last
+    now = time.monotonic()
+    if now - _child_last >= RELAY_S / 2 or fraction >= 1.0:  # the parent keeps only the newest: send no more
+        _child_last = now
+        _child_progress.put((float(fraction), str(stage)))
+
+
+def _fit_in_child(data: TrainingData, config: dict, scenario_id: str, version: int, path: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    model = train_scenario_model(data, config, scenario_id=scenario_id, version=version, progress=_child_report)
+    trained = time.perf_counter()
+    model.save(Path(path))
+    saved = time.perf_counter()
+    embeddings = _embeddings(model)
+    return {
+        "train_s": trained - started, "save_s": saved - trained, "child_s": time.perf_counter() - started,
+        "model_bytes": int(model.nbytes()), "embeddings": embeddings,
+        "embeddings_count": 0 if embeddings is None else len(embeddings[0]),
+        "steps": dict(model.info.get("seconds") or {}),
+    }
+
+
+def _embeddings(model: Any) -> tuple[list[str], np.ndarray] | None:
+    """Return the items that have an embedding and their vectors as one float32 matrix, or None."""
+    ids, rows = [], []
+    for item_id in model.catalogue.item_ids:
+        vector = model.item_embedding(item_id)
+        if vector is not None:
+            ids.append(item_id)
+            rows.append(np.asarray(vector, dtype=np.float32))
+    return (ids, np.vstack(rows)) if rows else None

@@ -1,0 +1,127 @@
+"""What a recall source reads for one request, and the helpers every source shares."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from domain.learning.model import ScenarioModel
+from domain.recommend.base import Candidates, CatalogueView, RecRequest
+from domain.recommend.recall.index import CatalogueIndex
+
+HISTORY_CAP = 200  # the most recent items that personal sources read; older ones weigh HISTORY_FLOOR at most
+HISTORY_HALF_LIFE = 5.0  # items back from the newest at which an item's weight halves
+HISTORY_FLOOR = 0.05  # the long-term taste still counts a little, however old
+
+
+class VectorSearch(Protocol):
+    async def search(self, space: str, vector: Sequence[float], *, limit: int,
+                     exclude_ids: Collection[str] = ()) -> list[tuple[str, float]]:
+        """Return the (item id, cosine score) of the nearest items in a space, best first."""
+        ...
+
+
+class Recall(Protocol):
+    """A recall source: a class with a `name`, registered in REGISTRY as kind "recall"."""
+
+    name: ClassVar[str]
+
+    async def recall(self, ctx: RecallContext, limit: int) -> Candidates:
+        """Return up to `limit` candidates (catalogue indexes, higher score better) for the request in ctx."""
+        ...
+
+
+def recency_weights(n: int) -> np.ndarray:
+    """Return weights for n history items, oldest first: 1 for the newest, halving every HISTORY_HALF_LIFE."""
+    back = np.arange(n - 1, -1, -1, dtype=np.float32)
+    return (HISTORY_FLOOR + (1.0 - HISTORY_FLOOR) * np.exp2(-back / HISTORY_HALF_LIFE)).astype(np.float32)
+
+
+@dataclass
+class RecallContext:
+    """One request as the recall sources see it; `params` is set per source."""
+
+    request: RecRequest
+    index: CatalogueIndex
+    model: ScenarioModel | None
+    config: Mapping[str, Any]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    vectors: VectorSearch | None = None
+    content_space: str | None = None
+
+    @property
+    def catalogue(self) -> CatalogueView:
+        return self.index.catalogue
+
+    @cached_property
+    def history(self) -> np.ndarray:
+        """Return the request history as catalogue indexes, oldest first (unknown items skipped)."""
+        recent = self.request.history[-HISTORY_CAP:]
+        return self.catalogue.indexes(recent)
+
+    @cached_property
+    def history_model(self) -> np.ndarray:
+        """Return the request history as model indexes, oldest first (items unknown to the model skipped)."""
+        if self.model is None:
+            return np.empty(0, dtype=np.int64)
+        return self.model.catalogue.indexes(self.request.history[-HISTORY_CAP:])
+
+    @cached_property
+    def excluded(self) -> np.ndarray:
+        """Return a bool mask over the catalogue: items the request excludes or the catalogue cannot serve."""
+        mask = ~np.asarray(self.catalogue.active, dtype=bool)
+        mask[self.catalogue.indexes(self.request.exclude)] = True
+        return mask
+
+    @cached_property
+    def blocked(self) -> np.ndarray:
+        """Return `excluded` plus the recent history: what a look-alike search must not return."""
+        mask = self.excluded.copy()
+        mask[self.history] = True
+        return mask
+
+    @cached_property
+    def recent_ids(self) -> tuple[str, ...]:
+        """Return the recent history's ids: what a vector search skips in the store itself."""
+        return tuple(self.request.history[-HISTORY_CAP:])
+
+    def seeds(self, count: int | None = None, *, model_space: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Return the newest `count` history items (all when None) and their recency weights."""
+        history = self.history_model if model_space else self.history
+        weights = recency_weights(len(history))
+        if count is not None:
+            history, weights = history[-count:], weights[-count:]
+        return history, weights
+
+    def top(self, scores: np.ndarray, limit: int, *, model_space: bool = True) -> Candidates:
+        """Return the `limit` best positive scores as catalogue candidates, excluded items skipped."""
+        scores = self._in_catalogue(scores) if model_space else np.asarray(scores, dtype=np.float32)
+        scores = np.where(self.excluded, 0.0, scores)
+        return top_candidates(scores, limit)
+
+    def _in_catalogue(self, scores: np.ndarray) -> np.ndarray:
+        if self.index.to_model is None:
+            return np.asarray(scores, dtype=np.float32)
+        return self.index.model_scores(scores)
+
+
+def top_candidates(scores: np.ndarray, limit: int) -> Candidates:
+    """Return the `limit` best positive entries of a dense score vector, best first (ties by index)."""
+    positive = np.flatnonzero(scores > 0)
+    if len(positive) > limit:
+        part = np.argpartition(-scores[positive], limit - 1)[:limit]
+        positive = positive[part]
+    order = np.lexsort((positive, -scores[positive]))
+    idx = positive[order]
+    return Candidates(idx.astype(np.int64), scores[idx].astype(np.float32))
+
+
+def from_ranked(idx: np.ndarray, scores: np.ndarray, excluded: np.ndarray, limit: int) -> Candidates:
+    """Return the first `limit` of an already ranked list that are not excluded."""
+    keep = ~excluded[idx]
+    idx, scores = idx[keep][:limit], scores[keep][:limit]
+    return Candidates(idx.astype(np.int64), scores.astype(np.float32))

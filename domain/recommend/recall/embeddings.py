@@ -1,0 +1,99 @@
+"""Embedding sources over the content space: `content` (neighbours of the latest items) and `vector` (the user's
+recency-weighted profile vector). Both ask the vector store when there is one, else search the engine's copy of
+the embeddings exhaustively; an exact store gives the same ranking either way."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from domain.recommend.base import REGISTRY, Candidates
+from domain.recommend.recall.context import RecallContext, top_candidates
+
+CONTENT_SEEDS = 5  # the latest items whose look-alikes are recalled
+OVERFETCH = 2
+
+
+async def nearest(ctx: RecallContext, vectors: np.ndarray, limit: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Return, per query vector, (catalogue indexes, cosine scores) of the nearest allowed items, best first."""
+    if ctx.vectors is None or not ctx.content_space:
+        return _exhaustive(ctx, vectors, limit)
+    found = await asyncio.gather(*(_search(ctx, v, limit) for v in vectors))
+    return list(found)
+
+
+async def _search(ctx: RecallContext, vector: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    # The store skips the recent history; other exclusions (usually older history) are removed here, so ask for
+    # more than needed. An exact store then gives the same ranking as the in-memory search.
+    hits = await ctx.vectors.search(ctx.content_space, vector.tolist(), limit=limit * OVERFETCH,  # type: ignore[union-attr]
+                                    exclude_ids=ctx.recent_ids)
+    index = ctx.catalogue.index
+    pairs = [(index[i], s) for i, s in hits if i in index]
+    idx = np.array([p[0] for p in pairs], dtype=np.int64)
+    scores = np.array([p[1] for p in pairs], dtype=np.float32)
+    keep = ~ctx.blocked[idx] if len(idx) else np.ones(0, dtype=bool)
+    return idx[keep][:limit], scores[keep][:limit]
+
+
+def _exhaustive(ctx: RecallContext, vectors: np.ndarray, limit: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    embeddings = ctx.index.embeddings
+    assert embeddings is not None
+    scores = np.asarray(embeddings) @ vectors.T.astype(np.float32)  # items x queries, one BLAS call
+    allowed = np.flatnonzero(~ctx.blocked)
+    scores = scores[allowed]
+    out = []
+    for column in scores.T:
+        top = np.argpartition(-column, limit - 1)[:limit] if len(column) > limit else np.arange(len(column))
+        order = np.lexsort((allowed[top], -column[top]))
+        out.append((allowed[top[order]], column[top[order]]))
+    return out
+
+
+def _seed_vectors(ctx: RecallContext, count: int | None) -> tuple[np.ndarray, np.ndarray]:
+    embeddings = ctx.index.embeddings
+    if embeddings is None:
+        return np.empty((0, 0), np.float32), np.empty(0, np.float32)
+    items, weights = ctx.seeds(model_space=False)
+    vectors = np.asarray(embeddings[items])
+    usable = np.any(vectors != 0, axis=1)
+    vectors, weights = vectors[usable], weights[usable]
+    if count is not None:
+        vectors, weights = vectors[-count:], weights[-count:]
+    return vectors, weights
+
+
+@REGISTRY.recall
+class ContentSource:
+    """Items that look like the user's latest items (title, categories, tags, attributes)."""
+
+    name = "content"
+
+    async def recall(self, ctx: RecallContext, limit: int) -> Candidates:
+        vectors, weights = _seed_vectors(ctx, CONTENT_SEEDS)
+        if len(vectors) == 0:
+            return Candidates.empty()
+        found = await nearest(ctx, vectors, limit)
+        best = np.zeros(len(ctx.catalogue), dtype=np.float32)
+        for (idx, scores), weight in zip(found, weights, strict=True):
+            np.maximum.at(best, idx, np.maximum(scores, 0.0) * weight)
+        return top_candidates(best, limit)
+
+
+@REGISTRY.recall
+class VectorSource:
+    """Approximate nearest items to the user's embedding (the recency-weighted mean of their items')."""
+
+    name = "vector"
+
+    async def recall(self, ctx: RecallContext, limit: int) -> Candidates:
+        vectors, weights = _seed_vectors(ctx, None)
+        if len(vectors) == 0:
+            return Candidates.empty()
+        user = weights @ vectors
+        norm = float(np.linalg.norm(user))
+        if norm < 1e-9:
+            return Candidates.empty()
+        [(idx, scores)] = await nearest(ctx, (user / norm)[None, :], limit)
+        keep = scores > 0
+        return Candidates(idx[keep], scores[keep])

@@ -1,0 +1,126 @@
+"""Lookups built once per engine (model + live catalogue) so that each request reads arrays, not documents."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from domain.learning.model import ScenarioModel
+from domain.recommend.base import CatalogueView
+
+PER_LABEL = 1000  # items kept per category/tag list, most popular first
+MISMATCH = 0.25  # score factor for an item whose attribute contradicts the request context
+
+
+@dataclass
+class CatalogueIndex:
+    """The serving catalogue with the model's item scores translated into its index space."""
+
+    catalogue: CatalogueView
+    to_catalogue: np.ndarray | None  # model index -> catalogue index (-1: gone); None when the same view
+    to_model: np.ndarray | None  # catalogue index -> model index (-1: unknown to the model)
+    popularity: np.ndarray  # float32 per catalogue item (0 for items newer than the model)
+    popular_order: np.ndarray  # catalogue indexes, most popular first (active items only)
+    newest_order: np.ndarray  # catalogue indexes with a publish time, newest first
+    newest_times: np.ndarray  # their publish times, descending
+    by_category: dict[str, np.ndarray]
+    by_tag: dict[str, np.ndarray]
+    embeddings: np.ndarray | None  # content embeddings per catalogue item (rows of zeros when unknown)
+
+    @classmethod
+    def build(cls, model: ScenarioModel | None, catalogue: CatalogueView | None) -> CatalogueIndex:
+        """Index the live catalogue (or the model's own) against the model."""
+        view = catalogue if catalogue is not None else (model.catalogue if model else CatalogueView.from_items([]))
+        to_cat, to_model = _mappings(model, view)
+        popularity = _translate(model.popularity if model else None, to_model, len(view))
+        active = np.flatnonzero(view.active)
+        order = active[np.argsort(-popularity[active], kind="stable")]
+        dated = np.flatnonzero(np.isfinite(view.published_at) & view.active)
+        newest = dated[np.argsort(-view.published_at[dated], kind="stable")]
+        rank = np.empty(len(view), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        return cls(
+            catalogue=view, to_catalogue=to_cat, to_model=to_model, popularity=popularity, popular_order=order,
+            newest_order=newest, newest_times=view.published_at[newest],
+            by_category=_by_label(view.categories, order), by_tag=_by_label(view.tags, order),
+            embeddings=_embeddings(model, view, to_model),
+        )
+
+    def model_scores(self, scores: np.ndarray | None) -> np.ndarray:
+        """Return a per-model-item array translated into catalogue space (0 for unknown items)."""
+        return _translate(scores, self.to_model, len(self.catalogue))
+
+    def context_fit(self, idx: np.ndarray, context: Mapping[str, Any]) -> np.ndarray:
+        """Return a score factor per item: MISMATCH where an item attribute contradicts the request context."""
+        factor = np.ones(len(idx), dtype=np.float32)
+        if not context:
+            return factor
+        attributes = self.catalogue.attributes
+        for k, i in enumerate(idx):
+            if _contradicts(attributes[i], context):
+                factor[k] = MISMATCH
+        return factor
+
+
+def _contradicts(attributes: Mapping[str, Any], context: Mapping[str, Any]) -> bool:
+    for key, wanted in context.items():
+        have = attributes.get(key)
+        if have is None or isinstance(wanted, (dict, list)):
+            continue
+        matches = wanted in have if isinstance(have, (list, tuple)) else have == wanted
+        if not matches:
+            return True
+    return False
+
+
+def _mappings(model: ScenarioModel | None, view: CatalogueView) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if model is None:
+        return None, np.full(len(view), -1, dtype=np.int64)
+    if model.catalogue is view or model.catalogue.item_ids == view.item_ids:
+        return None, None
+    to_cat = np.array([view.index.get(i, -1) for i in model.catalogue.item_ids], dtype=np.int64)
+    to_model = np.array([model.catalogue.index.get(i, -1) for i in view.item_ids], dtype=np.int64)
+    return to_cat, to_model
+
+
+def _translate(values: np.ndarray | None, to_model: np.ndarray | None, n: int) -> np.ndarray:
+    if values is None:
+        return np.zeros(n, dtype=np.float32)
+    if to_model is None:
+        return np.asarray(values, dtype=np.float32)
+    out = np.zeros(n, dtype=np.float32)
+    known = to_model >= 0
+    out[known] = np.asarray(values)[to_model[known]]
+    return out
+
+
+def _by_label(labels: Sequence[tuple[str, ...]], popular_order: np.ndarray) -> dict[str, np.ndarray]:
+    lists: dict[str, list[int]] = defaultdict(list)
+    for i in popular_order:
+        for label in labels[i]:
+            if len(lists[label]) < PER_LABEL:
+                lists[label].append(int(i))
+    return {label: np.array(items, dtype=np.int64) for label, items in lists.items()}
+
+
+def _embeddings(model: ScenarioModel | None, view: CatalogueView, to_model: np.ndarray | None) -> np.ndarray | None:
+    if model is None or model.content is None:
+        return None
+    if to_model is None:
+        return model.content.embeddings
+    out = np.zeros((len(view), model.content.dim), dtype=np.float32)
+    known = to_model >= 0
+    out[known] = model.content.embeddings[to_model[known]]
+    new = np.flatnonzero(~known)
+    if len(new):  # items added after training embed into the same space
+        out[new] = model.content.embed(_documents(view, new))
+    return out
+
+
+def _documents(view: CatalogueView, idx: np.ndarray) -> list[dict[str, Any]]:
+    return [{"title": view.titles[i], "categories": view.categories[i], "tags": view.tags[i],
+             "attributes": view.attributes[i]} for i in idx]

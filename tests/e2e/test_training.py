@@ -1,0 +1,174 @@
+"""Training over GraphQL: trainScenario queues a job that trains in a child process, stores a version, fills the
+vector space and swaps the serving copy; job(id) shows how it went; failures keep the previous version serving."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from domain.learning.service import TrainingService
+from models.documents import ModelVersion
+from tests.conftest import new_tenant
+
+pytestmark = pytest.mark.slow
+
+CREATE = "mutation($input: CreateScenarioInput!) { createScenario(input: $input) { id } }"
+UPSERT = "mutation($s: ID!, $items: [ItemInput!]!) { upsertItems(scenarioId: $s, items: $items) { upserted } }"
+RECORD = "mutation($events: [InteractionInput!]!) { recordInteractions(events: $events) { accepted errors { index } } }"
+TRAIN = "mutation($s: ID!) { trainScenario(scenarioId: $s) { id kind scenarioId status attempts timeLimitSeconds } }"
+JOB = """query($id: ID!) { job(id: $id) { id kind scenarioId status progress stage attempts error createdAt startedAt
+  finishedAt durationSeconds result } }"""
+CATEGORIES = ("comedy", "drama", "sport", "music", "travel")
+
+
+def error(body: dict) -> dict:
+    assert len(body.get("errors") or []) == 1, body
+    return body["errors"][0]
+
+
+async def shop(gql, key: str, name: str, *, users: int = 40, items: int = 60) -> str:
+    """Create a VLOG scenario with items and a few hundred interactions; return its id."""
+    sid = (await gql.data(CREATE, {"input": {"name": name, "template": "VLOG"}}, key=key))["createScenario"]["id"]
+    catalogue = [{"id": f"v{i}", "title": f"Clip {i} about {CATEGORIES[i % 5]}", "categories": [CATEGORIES[i % 5]],
+                  "tags": [f"t{i % 7}"], "attributes": {"durationSeconds": 60}} for i in range(items)]
+    assert (await gql.data(UPSERT, {"s": sid, "items": catalogue}, key=key))["upsertItems"]["upserted"] == items
+    start = datetime.now(UTC) - timedelta(days=3)
+    events = [
+        {"scenarioId": sid, "userId": f"u{u}", "itemId": f"v{(u * 3 + k * (u % 5 + 1)) % items}", "type": kind,
+         "value": 45.0 if kind == "WATCH" else None, "timestamp": (start + timedelta(minutes=u * 13 + k)).isoformat()}
+        for u in range(users) for k, kind in enumerate(("WATCH", "LIKE", "VIEW", "WATCH", "SHARE", "VIEW", "WATCH", "LIKE"))
+    ]
+    result = (await gql.data(RECORD, {"events": events}, key=key))["recordInteractions"]
+    assert result["errors"] == [] and result["accepted"] == len(events)
+    return sid
+
+
+async def finished(gql, key: str, job_id: str, timeout_s: float = 30.0) -> dict:
+    """Poll job(id) until it is no longer QUEUED or RUNNING; fail after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = (await gql.data(JOB, {"id": job_id}, key=key))["job"]
+        if job["status"] not in ("QUEUED", "RUNNING"):
+            return job
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish within {timeout_s} s: {job}")
+
+
+async def train(gql, key: str, sid: str) -> dict:
+    job = (await gql.data(TRAIN, {"s": sid}, key=key))["trainScenario"]
+    return await finished(gql, key, job["id"])
+
+
+async def active_versions(tenant_id: str, sid: str) -> list[int]:
+    docs = await ModelVersion.find({"tenant_id": tenant_id, "scenario_id": sid, "status": "active"}).to_list()
+    return [d.version for d in docs]
+
+
+@pytest.fixture(scope="module")
+async def owner(served):
+    return await new_tenant(served, "trainer")
+
+
+@pytest.fixture(scope="module")
+async def trained(served, gql, owner):
+    """A scenario trained once, with its first job."""
+    sid = await shop(gql, owner.admin, "feed")
+    first = (await gql.data(TRAIN, {"s": sid}, key=owner.admin))["trainScenario"]
+    again = (await gql.data(TRAIN, {"s": sid}, key=owner.admin))["trainScenario"]
+    return sid, first, again, await finished(gql, owner.admin, first["id"])
+
+
+async def test_train_scenario_queues_one_job_and_it_succeeds(trained, owner):
+    sid, first, again, job = trained
+    assert first["status"] in ("QUEUED", "RUNNING") and first["kind"] == "train" and first["scenarioId"] == sid
+    assert first["timeLimitSeconds"] > 0
+    assert again["id"] == first["id"]  # the same training is never queued twice at once
+    assert job["status"] == "SUCCEEDED", job
+    assert job["progress"] == 1.0 and job["error"] is None and job["attempts"] == 1 and job["stage"] == "done"
+    assert job["durationSeconds"] > 0 and job["startedAt"] and job["finishedAt"] >= job["startedAt"]
+    result = job["result"]
+    assert result["version"] == 1 and result["interactions"] == 320 and result["users"] == 40 and result["items"] == 60
+    assert result["modelBytes"] > 0 and result["seconds"]["total"] < 30
+
+
+async def test_the_version_is_stored_active_and_served(served, trained, owner):
+    sid, *_ = trained
+    assert await active_versions(owner.tenant_id, sid) == [1]
+    version = await ModelVersion.find_one({"tenant_id": owner.tenant_id, "scenario_id": sid, "version": 1})
+    assert (served.runtime.models_dir / version.artifact).is_dir()
+    assert version.metrics["interactions"] == 320 and version.metrics["model_bytes"] > 0
+    space = version.spaces["content"]
+    assert await served.runtime.vectors.count(space, tenant_id=owner.tenant_id) == version.metrics["embeddings"] > 0
+    registry = served.runtime.registry
+    engine = await registry.get(owner.tenant_id, sid)
+    assert registry.version(owner.tenant_id, sid) == 1 and engine.model.version == 1
+
+
+async def test_retraining_swaps_the_serving_copy_atomically(served, gql, trained, owner):
+    sid, *_ = trained
+    registry = served.runtime.registry
+    before = await registry.get(owner.tenant_id, sid)
+    job = await train(gql, owner.admin, sid)
+    assert job["status"] == "SUCCEEDED" and job["result"]["version"] == 2
+    assert await active_versions(owner.tenant_id, sid) == [2]
+    assert registry.version(owner.tenant_id, sid) == 2  # swapped before the job reported success
+    after = await registry.get(owner.tenant_id, sid)
+    assert after is not before and after.model.version == 2
+    versions = {d.version: d for d in await ModelVersion.find({"tenant_id": owner.tenant_id, "scenario_id": sid}).to_list()}
+    assert versions[1].status == "retired"
+    assert versions[2].spaces["content"] != versions[1].spaces["content"]  # new vectors were written beside the old
+
+
+async def test_a_failed_training_keeps_the_previous_version(served, gql, trained, owner, monkeypatch):
+    sid, *_ = trained
+
+    async def refuse(self, version, data, embeddings):
+        raise RuntimeError("vector write refused")
+
+    monkeypatch.setattr(TrainingService, "_store_vectors", refuse)
+    job = await train(gql, owner.admin, sid)
+    assert job["status"] == "FAILED" and job["error"] == "RuntimeError: vector write refused", job
+    assert job["progress"] < 1 and job["finishedAt"]
+    assert await active_versions(owner.tenant_id, sid) == [2]
+    failed = await ModelVersion.find_one({"tenant_id": owner.tenant_id, "scenario_id": sid, "version": 3})
+    assert failed.status == "failed" and failed.artifact is None and "vector write refused" in failed.error
+    assert served.runtime.registry.version(owner.tenant_id, sid) == 2
+
+
+async def test_a_training_past_its_time_limit_is_stopped(served, gql, trained, owner, monkeypatch):
+    sid, *_ = trained
+    training = served.runtime.services.training
+    monkeypatch.setattr(training, "_config", replace(training._config, time_limit_s=0.05))
+    job = await train(gql, owner.admin, sid)
+    assert job["status"] == "FAILED" and "limit" in job["error"], job
+    monkeypatch.undo()
+    again = await train(gql, owner.admin, sid)  # a fresh training process replaces the stopped one
+    assert again["status"] == "SUCCEEDED" and again["result"]["version"] == 5
+    assert served.runtime.registry.version(owner.tenant_id, sid) == 5
+
+
+async def test_a_scenario_without_interactions_trains_an_untrained_feed(served, gql, owner):
+    sid = (await gql.data(CREATE, {"input": {"name": "empty", "template": "VLOG"}}, key=owner.admin))["createScenario"]["id"]
+    items = [{"id": f"e{i}", "title": f"Item {i}", "categories": ["news"]} for i in range(5)]
+    await gql.data(UPSERT, {"s": sid, "items": items}, key=owner.admin)
+    job = await train(gql, owner.admin, sid)
+    assert job["status"] == "SUCCEEDED", job
+    assert job["result"]["interactions"] == 0 and job["result"]["items"] == 5
+
+
+async def test_jobs_are_tenant_scoped_and_need_the_right_key(served, gql, trained, owner):
+    sid, first, *_ = trained
+    other = await new_tenant(served, "not-the-trainer")
+    assert (await gql.data(JOB, {"id": first["id"]}, key=other.admin))["job"] is None
+    assert (await gql.data(JOB, {"id": "job_missing"}, key=owner.admin))["job"] is None
+    refused = error(await gql(TRAIN, {"s": sid}, key=other.admin))
+    assert refused["extensions"] == {"code": "NOT_FOUND", "field": "scenarioId"}
+    assert error(await gql(TRAIN, {"s": "sc_nope"}, key=owner.admin))["extensions"]["code"] == "NOT_FOUND"
+    assert error(await gql(TRAIN, {"s": sid}, key=owner.public))["extensions"]["code"] == "FORBIDDEN"
+    assert error(await gql(JOB, {"id": first["id"]}, key=owner.public))["extensions"]["code"] == "FORBIDDEN"
+    assert (await gql.data(JOB, {"id": first["id"]}, key=owner.gateway))["job"]["status"] == "SUCCEEDED"
+    assert error(await gql(JOB, {"id": first["id"]}))["extensions"]["code"] == "UNAUTHENTICATED"
