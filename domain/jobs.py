@@ -66,7 +66,7 @@ class JobService:
     def __init__(self, queue: JobQueue | None = None, *, progress_interval_s: float = 0.5) -> None:
         self._queue = queue
         self._interval = progress_interval_s
-        self._last_write: dict[str, float] = {}
+        self._last_write: dict[str, tuple[float, str | None]] = {}  # job id -> when and which stage was written
 
     async def submit(
         self, kind: str, function: str, *, tenant_id: str, scenario_id: str | None, time_limit_s: float | None = None,
@@ -141,11 +141,12 @@ class JobService:
         return job
 
     async def progress(self, job_id: str, *, tenant_id: str, fraction: float, stage: str | None = None) -> None:
-        """Record progress (0..1), at most one write per interval (writes are dropped, never queued)."""
+        """Record progress (0..1): a new stage at once, otherwise at most once per interval (the rest is dropped)."""
         now = time.monotonic()
-        if now - self._last_write.get(job_id, 0.0) < self._interval:
+        last_at, last_stage = self._last_write.get(job_id, (0.0, None))
+        if now - last_at < self._interval and stage in (None, last_stage):
             return
-        self._last_write[job_id] = now
+        self._last_write[job_id] = (now, stage if stage is not None else last_stage)
         changes: dict[str, Any] = {"progress": min(max(float(fraction), 0.0), 1.0)}
         if stage is not None:
             changes["stage"] = stage
@@ -194,7 +195,9 @@ class JobService:
             query["status"] = only_status
         return await self._apply(query, {"$set": changes})
 
-    async def _update(self, job_id: str, tenant_id: str, update: dict[str, Any], *, only_active: bool = False) -> Job | None:
+    async def _update(
+        self, job_id: str, tenant_id: str, update: dict[str, Any], *, only_active: bool = False
+    ) -> Job | None:
         query: dict[str, Any] = {"_id": job_id, "tenant_id": tenant_id}
         if only_active:
             query["active"] = True

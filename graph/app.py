@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,6 +23,7 @@ from graph.observability import (
 from graph.runtime import Runtime, open_runtime
 from graph.schema import build_schema, guard_extensions
 from models.settings import Settings
+from workers.settings import in_process_worker
 
 log = structlog.get_logger()
 
@@ -53,6 +55,29 @@ def _graphql_controller(settings: Settings, metrics: Metrics, tracing) -> type:
     return GraphQLController
 
 
+@asynccontextmanager
+async def _background(runtime: Runtime) -> AsyncIterator[None]:
+    """Run beside the requests: the model registry's loading and refreshing, and the job worker when configured.
+
+    In embedded mode the worker must run here: the vector shards it writes open in this process only.
+    """
+    if runtime.registry is not None:
+        runtime.registry.start()
+    worker = None
+    if runtime.settings.server.run_worker:
+        worker = in_process_worker(runtime.services, redis_url=runtime.servers.redis_url, settings=runtime.settings)
+    task = asyncio.create_task(worker.async_run()) if worker is not None else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()  # stop polling first (close() alone misses a worker that has not started polling yet)
+            await asyncio.gather(task, return_exceptions=True)
+            await worker.close()  # cancels a running job: it goes back to QUEUED and runs again on the next start
+        if runtime.registry is not None:
+            await runtime.registry.stop()
+
+
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Litestar:
     """Return the ASGI app; it opens (or adopts) the runtime on startup and closes what it opened."""
     settings = settings or Settings()
@@ -66,7 +91,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         app.state.runtime = await open_runtime(settings) if owned else runtime
         log.info("recograph.started", embedded=settings.embedded, mongo=app.state.runtime.servers.mongo_url)
         try:
-            yield
+            async with _background(app.state.runtime):
+                yield
         finally:
             if owned:
                 await app.state.runtime.close()

@@ -11,7 +11,9 @@ from typing import Any, TypeVar
 import typer
 import uvicorn
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from domain.datasets.movielens import read_movielens
 from domain.errors import DomainError, NotFound
 from domain.tenancy import Scope
 from graph import demo as demo_setup
@@ -20,6 +22,7 @@ from graph.observability import configure_logging
 from graph.runtime import Runtime, open_runtime
 from models.embedded import EmbeddedStartError, ServerUnavailable
 from models.settings import Settings
+from workers.settings import missing_urls, standalone_worker
 
 app = typer.Typer(help="recograph: recommendations as a GraphQL subgraph.", no_args_is_help=True, pretty_exceptions_show_locals=False)
 tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
@@ -194,16 +197,59 @@ def demo_up(
     host: str = typer.Option(None), port: int = typer.Option(None),
     in_memory: bool = typer.Option(False, "--in-memory"),
 ) -> None:
-    """Load the demo tenant if needed, print its keys, and serve (what `make run` does)."""
+    """Load the demo tenant and train it if needed, print its keys, and serve (what `make run` does)."""
     settings = _settings(host, port, None, in_memory)
 
     async def work() -> None:
         runtime = await open_runtime(settings)
         try:
             demo = await demo_setup.ensure_demo(runtime, path, console=console)
+            if not await _demo_trained(runtime, demo, path):
+                await _train_with_progress(runtime, demo.tenant_id, demo.scenario_id)
             demo_setup.print_banner(demo, settings, console=console)
             await serve_runtime(settings, runtime)
         finally:
             await runtime.close()
 
     _run(work)
+
+
+async def _demo_trained(runtime: Runtime, demo: demo_setup.Demo, path: Path) -> bool:
+    """Return whether the demo's active model saw all of the demo data (loading is idempotent and append-only)."""
+    dataset = read_movielens(path)
+    active = await runtime.services.training.active_version(demo.scenario_id, tenant_id=demo.tenant_id)
+    seen = active.metrics if active is not None else {}
+    return seen.get("interactions", 0) >= dataset.ratings and seen.get("items", 0) >= len(dataset.items)
+
+
+async def _train_with_progress(runtime: Runtime, tenant_id: str, scenario_id: str) -> None:
+    """Train a scenario in this process (before serving starts), showing the job's progress."""
+    training, jobs = runtime.services.training, runtime.services.jobs
+    job = await training.open_job(scenario_id, tenant_id=tenant_id)
+    run = asyncio.create_task(training.train(job.id, tenant_id=tenant_id, scenario_id=scenario_id))
+    columns = (TextColumn("{task.description:>12}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[stage]}"))
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("training", total=1.0, stage="")
+        while not run.done():
+            await asyncio.wait({run}, timeout=0.3)
+            if (current := await jobs.get(job.id, tenant_id=tenant_id)) is not None:
+                bar.update(task, completed=current.progress, stage=current.stage or "")
+    done = await jobs.get(job.id, tenant_id=tenant_id)
+    if done is not None and done.status == "SUCCEEDED":
+        console.print(f"demo trained: model version {(done.result or {}).get('version')} in {done.duration_s:.1f} s")
+    else:
+        why = done.error if done is not None else "its job record is gone"
+        console.print(f"[yellow]demo training failed ({why}); serving without a trained model[/yellow]")
+
+
+@app.command()
+def worker() -> None:
+    """Run the job worker as its own deployment (with MONGODB_URL, REDIS_URL and QDRANT_URL set)."""
+    settings = _settings()
+    if missing := missing_urls(settings):
+        # Embedded vector shards open in one process only, so in embedded mode `serve` runs the jobs itself.
+        console.print(f"[red]recograph: a separate worker needs {', '.join(missing)}; in embedded mode `serve` runs "
+                      "the jobs[/red]")
+        raise typer.Exit(1)
+    standalone_worker(settings).run()

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
 from pymongo import AsyncMongoClient
 
+from domain.jobs import ArqQueue
+from domain.learning.service import LearningConfig
+from domain.recommend.serving import ModelRegistry, SwapChannel
 from domain.services import Services
 from models.cache import RedisCache
 from models.embedded import EmbeddedServers
@@ -27,6 +35,10 @@ class Runtime:
     cache: RedisCache
     vectors: VectorStore | None
     services: Services
+    arq: ArqRedis | None = None  # the job queue
+    registry: ModelRegistry | None = None  # the serving copy of every scenario's model (serving processes only)
+    models_dir: Path | None = None
+    scratch_models: bool = False  # models_dir is a temporary directory to remove on close
 
     async def health(self, timeout_s: float = 1.0) -> dict[str, bool]:
         """Return whether each component answers within timeout_s (a probe must answer fast)."""
@@ -37,12 +49,19 @@ class Runtime:
         return dict(zip(checks, results, strict=True))
 
     async def close(self) -> None:
-        """Close clients, then stop what we started."""
+        """Stop training and serving models, close clients, then stop what we started."""
+        await self.services.training.close()
+        if self.registry is not None:
+            await self.registry.stop()
+        if self.arq is not None:
+            await self.arq.aclose()
         if self.vectors is not None:
             await self.vectors.close()
         await self.cache.close()
         await self.mongo.close()
         await self.servers.stop()
+        if self.scratch_models and self.models_dir is not None:
+            shutil.rmtree(self.models_dir, ignore_errors=True)
 
 
 async def _within(check: Awaitable[bool], timeout_s: float) -> bool:
@@ -63,6 +82,8 @@ async def open_runtime(settings: Settings, *, with_vectors: bool = True) -> Runt
         opened.append(mongo)
         cache = RedisCache.from_url(servers.redis_url, timeout_s=settings.redis.timeout_s)
         opened.append(cache)
+        arq = await create_pool(RedisSettings.from_dsn(servers.redis_url))
+        opened.append(arq)
         vectors = (
             open_vector_store(url=settings.qdrant.url, api_key=settings.qdrant.api_key, data_dir=data_dir)
             if with_vectors
@@ -73,5 +94,35 @@ async def open_runtime(settings: Settings, *, with_vectors: bool = True) -> Runt
             await client.close()
         await servers.stop()
         raise
-    services = Services.build(cache=cache, vectors=vectors)
-    return Runtime(settings=settings, servers=servers, mongo=mongo, cache=cache, vectors=vectors, services=services)
+    models_dir, scratch = _models_dir(settings)
+    channel = SwapChannel(cache.client)
+    # Only a process that serves (and so holds the vector store) keeps models in memory; CLI commands do not.
+    registry = _registry(settings, vectors, models_dir, channel) if with_vectors else None
+    learning = LearningConfig(
+        models_dir=models_dir, time_limit_s=settings.training.train_time_limit_s, swaps=registry, notifier=channel
+    )
+    services = Services.build(cache=cache, vectors=vectors, engines=registry, queue=ArqQueue(arq), learning=learning)
+    return Runtime(
+        settings=settings, servers=servers, mongo=mongo, cache=cache, vectors=vectors, services=services, arq=arq,
+        registry=registry, models_dir=models_dir, scratch_models=scratch,
+    )
+
+
+def _models_dir(settings: Settings) -> tuple[Path, bool]:
+    """Return where model artifacts live, and whether it is a temporary directory (memory mode)."""
+    if settings.training.models_dir is not None:
+        path, scratch = settings.training.models_dir, False
+    elif settings.server.in_memory:
+        path, scratch = Path(tempfile.mkdtemp(prefix="recograph-models-")), True
+    else:
+        path, scratch = settings.server.data_dir / "models", False
+    path.mkdir(parents=True, exist_ok=True)
+    return path, scratch
+
+
+def _registry(settings: Settings, vectors: VectorStore | None, models_dir: Path, channel: SwapChannel) -> ModelRegistry:
+    training = settings.training
+    return ModelRegistry(
+        vectors=vectors, models_dir=models_dir, channel=channel, refresh_s=training.models_refresh_s,
+        catalogue_refresh_s=training.catalogue_refresh_s, max_loaded=training.max_loaded_scenarios,
+    )

@@ -19,10 +19,11 @@ from graph.types.apikey import ApiKey, NewApiKey
 from graph.types.common import ApiKeyScope
 from graph.types.interaction import IngestResult, InteractionInput
 from graph.types.item import Item, ItemConnection, ItemFilter, ItemInput, UpsertItemsResult
+from graph.types.job import Job
 from graph.types.profile import User, UserProfile, load_profile
 from graph.types.recommendation import RecommendationList
 from graph.types.scenario import CreateScenarioInput, Scenario, ScenarioConnection, UpdateScenarioInput
-from resolvers import interactions, keys, recommendations, scenarios
+from resolvers import interactions, jobs, keys, recommendations, scenarios
 from resolvers import items as catalogue
 
 log = structlog.get_logger()
@@ -84,6 +85,11 @@ class Query:
     async def api_keys(self, info: strawberry.Info) -> list[ApiKey]:
         return [ApiKey.from_domain(k) for k in await keys.list_keys(info.context)]
 
+    @strawberry.field(description="One of your jobs (e.g. a training started by trainScenario), or null.")
+    async def job(self, info: strawberry.Info, id: strawberry.ID) -> Job | None:
+        doc = await jobs.get_job(info.context, id=id)
+        return Job.from_domain(doc) if doc else None
+
 
 @strawberry.type
 class Mutation:
@@ -122,6 +128,10 @@ class Mutation:
     @strawberry.mutation(description="Erase a user's interactions, profile and cached state; returns records removed.")
     async def delete_user_data(self, info: strawberry.Info, user_id: strawberry.ID) -> int:
         return await interactions.delete_user_data(info.context, user_id=str(user_id))
+
+    @strawberry.mutation(description="Queue a (re)training of what the scenario uses (or return the queued/running one).")
+    async def train_scenario(self, info: strawberry.Info, scenario_id: strawberry.ID) -> Job:
+        return Job.from_domain(await jobs.train_scenario(info.context, scenario_id=scenario_id))
 
     @strawberry.mutation(description="Create an API key for your tenant; the secret is returned once.")
     async def create_api_key(self, info: strawberry.Info, scope: ApiKeyScope) -> NewApiKey:

@@ -98,7 +98,9 @@ class TrainingSettings(BaseSettings):
     models_refresh_s: float = Field(
         30.0, description="How often serving re-checks active model versions (in case a swap notice was missed)."
     )
-    catalogue_refresh_s: float = Field(10.0, description="How often serving checks a loaded scenario's items for changes.")
+    catalogue_refresh_s: float = Field(
+        30.0, description="How often serving checks the items of a scenario it served for changes (new items, edits)."
+    )
     max_loaded_scenarios: int = Field(200, description="Most scenario models held in memory; least recently used go.")
 
 

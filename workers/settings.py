@@ -49,14 +49,20 @@ def in_process_worker(services: Services, *, redis_url: str, settings: Settings)
     )
 
 
+def missing_urls(settings: Settings) -> list[str]:
+    """Return the server URLs a separate worker needs but the settings lack."""
+    urls = (("MONGODB_URL", settings.mongo.url), ("REDIS_URL", settings.redis.url), ("QDRANT_URL", settings.qdrant.url))
+    return [name for name, url in urls if not url]
+
+
 async def open_context(settings: Settings) -> dict[str, Any]:
     """Open the clients a separate worker needs and build its services."""
-    missing = [name for name, url in (("MONGODB_URL", settings.mongo.url), ("REDIS_URL", settings.redis.url),
-                                      ("QDRANT_URL", settings.qdrant.url)) if not url]
-    if missing:
+    if missing := missing_urls(settings):
         # Embedded vector shards open in one process only: in embedded mode `serve` runs the worker itself.
         raise RuntimeError(f"a separate worker needs {', '.join(missing)}; in embedded mode `serve` runs the jobs")
-    mongo, _ = await connect_mongo(settings.mongo.url or "", settings.mongo.database, timeout_ms=settings.mongo.timeout_ms)
+    mongo, _ = await connect_mongo(
+        settings.mongo.url or "", settings.mongo.database, timeout_ms=settings.mongo.timeout_ms
+    )
     cache = RedisCache.from_url(settings.redis.url or "", timeout_s=settings.redis.timeout_s)
     vectors = open_vector_store(url=settings.qdrant.url, api_key=settings.qdrant.api_key, data_dir=None)
     models_dir = settings.training.models_dir or settings.server.data_dir / "models"

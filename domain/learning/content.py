@@ -7,13 +7,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
-WORD = re.compile(r"[^\W\d_]{2,}|\d{4}", re.UNICODE)
+WORD = re.compile(r"[^\W\d_]{2,}", re.UNICODE)  # letters only: a year or a number in a title relates nothing
 MIN_DF = 2  # a token on one item cannot relate two items
 MAX_DF = 0.5  # a token on most items tells them apart from nothing
 DENSE_SVD_LIMIT = 4_000_000  # below this many cells an exact dense SVD is cheaper than ARPACK
@@ -38,22 +39,34 @@ class ContentModel:
 
     def embed(self, items: Iterable[Mapping[str, Any]]) -> np.ndarray:
         """Return embeddings for item documents, in this model's space."""
-        docs = [item_tokens(i.get("title"), i.get("categories") or (), i.get("tags") or (), i.get("attributes") or {})
-                for i in items]
+        docs = [document_tokens(i) for i in items]
         tfidf = _tfidf(docs, self._token_index, self.idf)  # type: ignore[attr-defined]
         return _normalise(np.asarray(tfidf @ self.components, dtype=np.float32))
 
 
-def item_tokens(title: str | None, categories: Sequence[str], tags: Sequence[str],
-                attributes: Mapping[str, Any]) -> list[str]:
-    """Return an item's tokens: title words, categories, tags and short attribute values, each namespaced."""
+def item_tokens(title: str | None, categories: Sequence[str], tags: Sequence[str], attributes: Mapping[str, Any],
+                published: float | None = None) -> list[str]:
+    """Return an item's tokens: title words, categories, tags, short attribute values and its publication year
+    and decade (the era relates items too), each namespaced."""
     tokens = [f"w:{w}" for w in WORD.findall((title or "").lower())]
+    if published is not None and np.isfinite(published):
+        year = datetime.fromtimestamp(published, UTC).year
+        tokens += [f"y:{year}", f"d:{year // 10}"]
     tokens += [f"c:{c.lower()}" for c in categories] + [f"t:{t.lower()}" for t in tags]
     for key, value in attributes.items():
         values = value if isinstance(value, (list, tuple)) else [value]
-        tokens += [f"a:{key}={v}".lower() for v in values if isinstance(v, (str, int)) and not isinstance(v, bool)
-                   and len(str(v)) <= 40]
+        # Short text values (brand, artist, region) describe an item; numbers (ids, durations, prices) do not.
+        tokens += [f"a:{key}={v}".lower() for v in values if isinstance(v, str) and len(v) <= 40]
     return tokens
+
+
+def document_tokens(item: Mapping[str, Any]) -> list[str]:
+    """Return the tokens of an item document (MongoDB shape; published_at a datetime or epoch seconds)."""
+    published = item.get("published_at")
+    if isinstance(published, datetime):
+        published = (published if published.tzinfo else published.replace(tzinfo=UTC)).timestamp()
+    return item_tokens(item.get("title"), item.get("categories") or (), item.get("tags") or (),
+                       item.get("attributes") or {}, published if isinstance(published, (int, float)) else None)
 
 
 def train_content(docs: list[list[str]], dim: int) -> ContentModel:

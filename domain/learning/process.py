@@ -13,7 +13,7 @@ import queue as queue_errors
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -37,31 +37,55 @@ class TrainingProcess:
         self._pool: ProcessPoolExecutor | None = None
         self._progress: Any = None  # the pool's multiprocessing queue
         self._lock = asyncio.Lock()
+        self._warming: asyncio.Task | None = None
+        self._fits = 0  # fits running or waiting for the child
 
     def warm(self) -> None:
-        """Start the child now (imports take seconds) so that it is ready when the data is."""
-        self._pool_or_new().submit(_ready)
+        """Start the child in the background (its imports take seconds), so that it is ready when the data is."""
+        self._warming = asyncio.get_running_loop().create_task(_submit(self._pool_or_new(), _ready))
+        self._warming.add_done_callback(_ignore_failure)  # a child that cannot start fails the fit that follows
 
     async def fit(
         self, data: TrainingData, config: dict, *, scenario_id: str, version: int, path: Path, time_limit_s: float,
         report: Report,
     ) -> dict[str, Any]:
         """Train and save the model at path in the child; return timings, size and item embeddings."""
-        async with self._lock:  # a second training waits instead of competing for the cores
-            pool = self._pool_or_new()
-            _drain(self._progress)  # left by a fit that was killed
-            future = pool.submit(_fit_in_child, data, config, scenario_id, version, str(path))
-            relay = asyncio.create_task(self._relay(report))
-            try:
-                return await asyncio.wait_for(asyncio.wrap_future(future), time_limit_s)
-            except TimeoutError:
-                self._kill()
-                raise TrainingTimeout(f"training ran longer than the {time_limit_s:g} s limit") from None
-            except (asyncio.CancelledError, BrokenProcessPool):
-                self._kill()
-                raise
-            finally:
-                relay.cancel()
+        self._fits += 1
+        try:
+            async with self._lock:  # a second training waits instead of competing for the cores
+                return await self._fit(data, config, scenario_id, version, path, time_limit_s, report)
+        finally:
+            self._fits -= 1
+            self.release()
+
+    def release(self) -> None:
+        """Let the idle child exit (it holds hundreds of MB between trainings); the next warm() starts a new one."""
+        if self._fits:
+            return
+        pool, progress, self._pool, self._progress = self._pool, self._progress, None, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+        if progress is not None:
+            progress.close()
+
+    async def _fit(
+        self, data: TrainingData, config: dict, scenario_id: str, version: int, path: Path, time_limit_s: float,
+        report: Report,
+    ) -> dict[str, Any]:
+        pool = self._pool_or_new()
+        _drain(self._progress)  # left by a fit that was killed
+        future = await _submit(pool, _fit_in_child, data, config, scenario_id, version, str(path))
+        relay = asyncio.create_task(self._relay(report))
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), time_limit_s)
+        except TimeoutError:
+            self._kill()
+            raise TrainingTimeout(f"training ran longer than the {time_limit_s:g} s limit") from None
+        except (asyncio.CancelledError, BrokenProcessPool):
+            self._kill()
+            raise
+        finally:
+            relay.cancel()
 
     async def close(self) -> None:
         """Stop the child: at once when it is fitting (that job is re-run by the next worker), else when idle."""
@@ -97,6 +121,17 @@ class TrainingProcess:
         for process in list((getattr(pool, "_processes", None) or {}).values()):
             process.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _submit(pool: ProcessPoolExecutor, fn: Callable[..., Any], *args: Any) -> Future:
+    # submit() starts the child when there is none and waits for the fork server to report it (seconds at first):
+    # off the event loop, so serving never stalls behind it.
+    return await asyncio.to_thread(pool.submit, fn, *args)
+
+
+def _ignore_failure(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _drain(progress: Any) -> tuple[float, str] | None:

@@ -38,8 +38,11 @@ TRAIN_KIND = "train"  # job kind: (re)train everything a scenario uses
 TRAIN_FUNCTION = "scenarios.train"  # the arq job that runs TrainingService.train
 MODEL_KIND = "scenario"  # model_versions kind: one ScenarioModel holding every model the scenario uses
 KEEP_RETIRED = 2  # retired versions whose artifacts stay on disk (rollback, a lagging pod)
-BATCH = 20_000  # documents per MongoDB round trip when loading
+BATCH = 5_000  # documents per MongoDB round trip when loading: decoding one holds the event loop ~25 ms
 UPSERT_CHUNK = 2_000
+# qdrant-edge holds the GIL while it optimises (0.6 s for 9.7k points here, ~26 s for 100k), stalling serving in
+# this process; a larger space stays unindexed, where a brute-force search still takes a few milliseconds.
+OPTIMIZE_MAX_POINTS = 20_000
 LOADED = 0.35  # share of a job's progress spent loading from MongoDB (measured: about a third of the time)
 ITEM_FIELDS = {"_id": 0, "item_id": 1, "title": 1, "categories": 1, "tags": 1, "attributes": 1, "published_at": 1,
                "status": 1}
@@ -84,16 +87,17 @@ async def load_training_data(
     cursor = Interaction.get_pymongo_collection().find(
         {"tenant_id": tenant_id, "scenario_id": scenario_id}, EVENT_FIELDS, batch_size=BATCH
     )
-    columns: dict[str, list] = {"user_id": [], "item_id": [], "type": [], "value": [], "ts": []}
+    columns: dict[str, list] = {"user_id": [], "item_id": [], "type": [], "value": []}
+    times: list[np.ndarray] = []
     while batch := await cursor.to_list(BATCH):
         for name, column in columns.items():
             column.extend(e.get(name) for e in batch)
+        times.append(np.fromiter((e["ts"].timestamp() for e in batch), dtype=np.float64, count=len(batch)))
         if report is not None and expected:
-            await report(min(len(columns["ts"]) / expected, 1.0), f"loading interactions ({len(columns['ts']):,})")
+            await report(min(len(columns["user_id"]) / expected, 1.0), "loading interactions")
     return TrainingData(
         items=items, user_ids=columns["user_id"], item_ids=columns["item_id"], types=columns["type"],
-        values=columns["value"],
-        timestamps=np.fromiter((t.timestamp() for t in columns["ts"]), dtype=np.float64, count=len(columns["ts"])),
+        values=columns["value"], timestamps=np.concatenate(times) if times else np.empty(0, dtype=np.float64),
     )
 
 
@@ -120,6 +124,20 @@ class TrainingService:
             time_limit_s=self._config.time_limit_s,
         )
 
+    async def open_job(self, scenario_id: str, *, tenant_id: str) -> Job:
+        """Return the scenario's queued or running training job, or record a new one for the caller to `train`."""
+        await self._scenarios.get_or_raise(scenario_id, tenant_id=tenant_id)
+        if (active := await self._jobs.active_for(TRAIN_KIND, scenario_id, tenant_id=tenant_id)) is not None:
+            return active
+        time_limit_s = self._config.time_limit_s if self._config else None
+        return await self._jobs.create(
+            TRAIN_KIND, tenant_id=tenant_id, scenario_id=scenario_id, time_limit_s=time_limit_s
+        )
+
+    async def active_version(self, scenario_id: str, *, tenant_id: str) -> ModelVersion | None:
+        """Return the version serving the scenario, or None when it was never trained."""
+        return await _active_version(tenant_id, scenario_id)
+
     async def train(
         self, job_id: str, *, tenant_id: str, scenario_id: str, attempt: int = 1, may_retry: bool = False
     ) -> dict[str, Any] | None:
@@ -140,7 +158,8 @@ class TrainingService:
         except TRANSIENT as exc:
             return await self._transient(job_id, tenant_id, exc, may_retry, bound)
         except Exception as exc:  # noqa: BLE001 - any failure ends the job with its message; serving is untouched
-            bound.warning("training.failed", error=_message(exc), exc_info=not isinstance(exc, (NotFound, TrainingTimeout)))
+            expected = isinstance(exc, (NotFound, TrainingTimeout))
+            bound.warning("training.failed", error=_message(exc), exc_info=not expected)
             await self._jobs.fail(job_id, tenant_id=tenant_id, error=_message(exc))
             return None
         await self._jobs.succeed(job_id, tenant_id=tenant_id, result=result)
@@ -164,11 +183,15 @@ class TrainingService:
         if scenario is None:
             raise NotFound(f"scenario {scenario_id} no longer exists", field="scenarioId")
         self._process.warm()  # its imports take seconds: let them run while MongoDB is read
-        await report(0.01, "loading data")
-        data = await load_training_data(
-            tenant_id=tenant_id, scenario_id=scenario_id, expected=await _expected_events(tenant_id, scenario_id),
-            report=_scaled(report, 0.01, LOADED),
-        )
+        try:
+            await report(0.01, "loading data")
+            data = await load_training_data(
+                tenant_id=tenant_id, scenario_id=scenario_id, expected=await _expected_events(tenant_id, scenario_id),
+                report=_scaled(report, 0.01, LOADED),
+            )
+        except BaseException:
+            self._process.release()  # the warmed child will not be needed
+            raise
         seconds = {"load": time.perf_counter() - started}
         version = await self._new_version(job_id, tenant_id=tenant_id, scenario_id=scenario_id)
         try:
@@ -192,6 +215,7 @@ class TrainingService:
             time_limit_s=config.time_limit_s, report=_scaled(report, LOADED, 0.85),
         )
         seconds.update(train=outcome["train_s"], save=outcome["save_s"], child=outcome["child_s"])
+        await _set_status(version, "ready")  # the artifact is complete on disk
         mark = time.perf_counter()
         await report(0.86, "storing vectors")
         spaces = await self._store_vectors(version, data, outcome.pop("embeddings"))
@@ -199,9 +223,12 @@ class TrainingService:
         mark = time.perf_counter()
         await report(0.95, "activating")
         await self._activate(version, spaces, _metrics(data, outcome, seconds))
-        await self._announce(version, config)
+        try:
+            await self._announce(version, config)
+            await self._prune(version, config)
+        except Exception:  # noqa: BLE001 - the version is active; serving re-checks active versions periodically
+            log.exception("training.after_activation_failed", scenario_id=version.scenario_id, version=version.version)
         seconds["swap"] = time.perf_counter() - mark
-        await self._prune(version, config)
         return outcome
 
     async def close(self) -> None:
@@ -249,8 +276,8 @@ class TrainingService:
                 for i, item_id in enumerate(ids[start : start + UPSERT_CHUNK])
             ]
             await self._vectors.upsert(space, points, tenant_id=tenant_id)
-        optimize = getattr(self._vectors, "optimize", None)  # embedded shards build their HNSW index on request
-        if optimize is not None:
+        optimize = getattr(self._vectors, "optimize", None)  # embedded shards index and vacuum only on request
+        if optimize is not None and len(ids) <= OPTIMIZE_MAX_POINTS:
             await optimize(space)
         return {"content": space}
 
@@ -275,7 +302,7 @@ class TrainingService:
         )
         await col.update_many(
             {"tenant_id": version.tenant_id, "scenario_id": version.scenario_id, "kind": MODEL_KIND,
-             "status": {"$in": ["active", "ready"]}, "_id": {"$ne": version.id}},
+             "status": "active", "_id": {"$ne": version.id}},
             {"$set": {"status": "retired"}},
         )
 
@@ -300,21 +327,30 @@ class TrainingService:
         ).sort([("version", -1)]).to_list()
         for old in retired[KEEP_RETIRED:]:
             await asyncio.to_thread(shutil.rmtree, config.models_dir / (old.artifact or ""), True)
-            await ModelVersion.get_pymongo_collection().update_one({"_id": old.id}, {"$set": {"artifact": None}})
+            await ModelVersion.get_pymongo_collection().update_one(
+                {"_id": old.id, "tenant_id": old.tenant_id}, {"$set": {"artifact": None}}
+            )
 
     @staticmethod
     async def _discard(version: ModelVersion, config: LearningConfig, exc: BaseException) -> None:
         """Mark a version that never became active as failed and delete its files."""
-        await asyncio.to_thread(shutil.rmtree, config.models_dir / (version.artifact or ""), True)
-        await ModelVersion.get_pymongo_collection().update_one(
-            {"_id": version.id, "tenant_id": version.tenant_id, "status": "training"},
+        marked = await ModelVersion.get_pymongo_collection().update_one(
+            {"_id": version.id, "tenant_id": version.tenant_id, "status": {"$in": ["training", "ready"]}},
             {"$set": {"status": "failed", "artifact": None, "error": _message(exc)}},
         )
+        if marked.modified_count:
+            await asyncio.to_thread(shutil.rmtree, config.models_dir / (version.artifact or ""), True)
 
 
 def content_space(scenario_id: str, slot: str, dim: int) -> str:
     """Return the name of one of a scenario's two content-embedding spaces (the dim is part of a space's shape)."""
     return f"content_{scenario_id}_{slot}{dim}"
+
+
+async def _set_status(version: ModelVersion, status: str) -> None:
+    await ModelVersion.get_pymongo_collection().update_one(
+        {"_id": version.id, "tenant_id": version.tenant_id}, {"$set": {"status": status}}
+    )
 
 
 async def _active_version(tenant_id: str, scenario_id: str) -> ModelVersion | None:
@@ -343,7 +379,9 @@ def _metrics(data: TrainingData, outcome: Mapping[str, Any], seconds: Mapping[st
     return {**{k: float(v) for k, v in counts.items()}, **{f"{k}_s": round(v, 3) for k, v in seconds.items()}}
 
 
-def _result(version: ModelVersion, data: TrainingData, outcome: Mapping[str, Any], seconds: Mapping[str, float]) -> dict:
+def _result(
+    version: ModelVersion, data: TrainingData, outcome: Mapping[str, Any], seconds: Mapping[str, float]
+) -> dict:
     return {
         "modelVersionId": version.id, "version": version.version, "interactions": len(data.user_ids),
         "users": len(set(data.user_ids)), "items": len(data.items), "modelBytes": outcome["model_bytes"],

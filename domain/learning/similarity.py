@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from domain.learning.tables import NeighbourTable, expand_rows, remap_columns, top_k_table
 
 ITEM_CF_SHRINK = 10.0  # damps similarities resting on a handful of co-occurrences
-EASE_NEIGHBORS = 200  # the dense EASE matrix is pruned to each item's strongest contributions
+EASE_NEIGHBORS = 100  # the dense EASE matrix is pruned to each item's strongest contributions
 EASE_HARD_CAP = 6000  # an items x items inverse beyond this needs GBs and minutes: prune to it whatever the config
 MAX_USERS_PER_ITEM = 500  # user-CF reads the most recent users of each item only, bounding request cost
 

@@ -125,8 +125,10 @@ def _read(path: Path) -> Any:
 
 
 def _array(path: Path) -> np.ndarray:
-    eager = path.name[: -len(".npy")] in EAGER
-    return np.load(path, mmap_mode=None if eager else "r", allow_pickle=False)
+    if path.name[: -len(".npy")] in EAGER:
+        return np.load(path, allow_pickle=False)
+    # A plain ndarray view of the mapping: indexing a np.memmap subclass costs more per call than the lookup.
+    return np.asarray(np.load(path, mmap_mode="r", allow_pickle=False))
 
 
 def _catalogue(raw: dict[str, Any], arrays: dict[str, np.ndarray]) -> CatalogueView:

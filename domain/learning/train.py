@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from domain.learning.content import item_tokens, train_content
+from domain.learning.content import document_tokens, train_content
 from domain.learning.data import Interactions, TrainingData, build_interactions
 from domain.learning.factors import train_als
 from domain.learning.model import ScenarioModel
@@ -19,7 +19,7 @@ from domain.recommend.base import CatalogueView
 
 __all__ = ["TrainingData", "train_scenario_model"]
 
-CONTENT_DIM = 64
+CONTENT_DIM = 32
 Progress = Callable[[float, str], None]
 
 
@@ -109,9 +109,5 @@ def _train_sources(model: ScenarioModel, inter: Interactions, data: TrainingData
         model.item_users = steps.run("user_cf", lambda: item_users(
             inter.history_indptr, inter.history_items, inter.history_times, n_items))
     if "content" in sources:
-        model.content = steps.run("content", lambda: train_content(_documents(data.items), CONTENT_DIM))
-
-
-def _documents(items: list[dict]) -> list[list[str]]:
-    return [item_tokens(i.get("title"), i.get("categories") or (), i.get("tags") or (), i.get("attributes") or {})
-            for i in items]
+        docs = [document_tokens(i) for i in data.items]
+        model.content = steps.run("content", lambda: train_content(docs, CONTENT_DIM))

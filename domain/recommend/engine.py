@@ -2,8 +2,8 @@
 
 Recall sources run concurrently, each under the config's time budget; one that overruns or fails is left out of
 that answer (named in `debug`). When too few candidates survive the filters, the fallback sources fill the list,
-then the soft filters (business rules) are relaxed, and at last the most popular active items are served, so the
-answer is empty only when nothing active and allowed remains.
+then the soft filters (business rules) are relaxed, and at last the most popular active items (the newest when the
+scenario is untrained) fill it, so the answer is short only when nothing active and allowed remains.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ __all__ = ["Engine", "VectorSearch"]
 
 log = structlog.get_logger()
 
-HARD_FILTERS = frozenset({"availability", "blocklist"})  # never relaxed; the others give way to a short list
+HARD_FILTERS = frozenset({"seen", "availability", "blocklist"})  # never relaxed; the rest give way to a short list
 SIMILAR_SOURCES = ("item_cf", "ease", "content")
 RERANK_PAGES = 3  # rerankers see this many pages of candidates (MMR and caps need room to choose)
 FALLBACK_DEPTH = 50  # a fallback source is asked for at least this many candidates
@@ -154,14 +154,21 @@ class Engine:
         return plans
 
     async def _recall_all(self, ctx: RecallContext, plans: Sequence[_Plan], trace: _Trace) -> dict[str, Candidates]:
-        found = await asyncio.gather(*(self._guarded(ctx, plan, trace) for plan in plans))
-        return {plan.name: c for plan, c in zip(plans, found, strict=True) if c is not None}
+        """Run the sources: store-backed ones as concurrent tasks, in-memory ones inline meanwhile."""
+        remote = [p for p in plans if self._vectors is not None and getattr(p.source, "remote", True)]
+        tasks = {p.name: asyncio.ensure_future(self._guarded(ctx, p, trace)) for p in remote}
+        found = {p.name: await self._guarded(ctx, p, trace) for p in plans if p.name not in tasks}
+        for name, task in tasks.items():
+            found[name] = await task
+        return {p.name: found[p.name] for p in plans if found.get(p.name) is not None}  # type: ignore[misc]
 
     async def _guarded(self, ctx: RecallContext, plan: _Plan, trace: _Trace) -> Candidates | None:
         own = copy.copy(ctx)
         own.params = plan.params
+        remote = self._vectors is not None and getattr(plan.source, "remote", True)
         try:
-            found, elapsed = await asyncio.wait_for(_timed(plan.source.recall(own, plan.limit)), self._timeout)
+            work = _timed(plan.source.recall(own, plan.limit))
+            found, elapsed = await (asyncio.wait_for(work, self._timeout) if remote else work)
         except TimeoutError:
             trace.dropped[plan.name] = f"timeout: no answer within {self._timeout * 1000:.0f} ms"
             return None
@@ -203,8 +210,10 @@ class Engine:
                 excluded: np.ndarray) -> dict[str, Candidates]:
         if not per_source:
             return {}
-        union = np.unique(np.concatenate([c.idx for c in per_source.values()]))
-        allowed = self._mask(self._allowed(union, stage, filters, excluded))
+        union = np.zeros(len(self.catalogue), dtype=bool)
+        for found in per_source.values():
+            union[found.idx] = True
+        allowed = self._mask(self._allowed(np.flatnonzero(union), stage, filters, excluded))
         return {name: _subset(c, allowed[c.idx]) for name, c in per_source.items()}
 
     def _mask(self, idx: np.ndarray) -> np.ndarray:
@@ -236,8 +245,8 @@ class Engine:
             ranked = _concat(ranked, _new_rows(relaxed, ranked.idx))
             ranked = self._append(ranked, extra, stage, self._hard, ctx.excluded, target)
             trace.fallback["relaxed"] = [f.name for f in self._filters if f not in self._hard]
-        if len(ranked.idx) == 0:
-            ranked = self._last_resort(ctx, stage, target)
+        if len(ranked.idx) < max(min_items, 1):
+            ranked = _concat(ranked, self._last_resort(ctx, stage, ranked, target))
             trace.fallback["lastResort"] = True
         return ranked
 
@@ -260,12 +269,13 @@ class Engine:
             ranked = _concat(ranked, _tail(name, fresh, ranked, target - len(ranked.idx)))
         return ranked
 
-    def _last_resort(self, ctx: RecallContext, stage: StageContext, target: int) -> Ranked:
+    def _last_resort(self, ctx: RecallContext, stage: StageContext, ranked: Ranked, target: int) -> Ranked:
+        """Return the most popular active items (newest first where nothing is known) not listed yet."""
         order = self.index.popular_order
-        order = order[~ctx.excluded[order]][: target * RERANK_PAGES]
-        allowed = self._allowed(order, stage, self._hard, ctx.excluded)
-        found = _subset(Candidates(order, np.ones(len(order), np.float32)), np.isin(order, allowed))
-        return _tail("popular", found, _empty(), target)
+        order = order[~ctx.excluded[order] & ~self._mask(ranked.idx)[order]][: target * RERANK_PAGES]
+        allowed = self._mask(self._allowed(order, stage, self._hard, ctx.excluded))
+        found = _subset(Candidates(order, self.index.popularity[order]), allowed[order])
+        return _tail("popular", found, ranked, target - len(ranked.idx))
 
     def _same_categories(self, ctx: RecallContext, stage: StageContext, item_id: str, count: int,
                          ranked: Ranked) -> Ranked:

@@ -8,7 +8,7 @@ user features) and returns `ranked_from_scores(...)`; the scenario config then n
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -49,23 +49,36 @@ def normalise(scores: np.ndarray, how: str, rrf_k: float = 60.0) -> np.ndarray:
     return (RECALLED_FLOOR + (1.0 - RECALLED_FLOOR) * (scores - low) / (high - low)).astype(np.float32)
 
 
-def candidate_matrix(per_source: Mapping[str, Candidates], how: str = "minmax", rrf_k: float = 60.0) -> CandidateMatrix:
-    """Return the candidates' union with each source's normalised and raw score as columns."""
+def candidate_matrix(per_source: Mapping[str, Candidates], how: str = "minmax", rrf_k: float = 60.0,
+                     size: int | None = None) -> CandidateMatrix:
+    """Return the candidates' union with each source's normalised and raw score as columns (`size`: the
+    catalogue's length, which lets the union be built with a mask instead of a sort)."""
     names = [name for name, found in per_source.items() if len(found)]
     if not names:
         empty = np.zeros((0, 0), np.float32)
         return CandidateMatrix(np.empty(0, np.int64), [], empty, empty)
-    idx, inverse = np.unique(np.concatenate([per_source[n].idx for n in names]), return_inverse=True)
+    idx, position = _union([per_source[n].idx for n in names], size)
     normalised = np.zeros((len(idx), len(names)), dtype=np.float32)
     raw = np.full((len(idx), len(names)), np.nan, dtype=np.float32)
-    start = 0
     for col, name in enumerate(names):
         found = per_source[name]
-        rows = inverse[start : start + len(found)]
+        rows = position(found.idx)
         normalised[rows, col] = normalise(found.scores, how, rrf_k)
         raw[rows, col] = found.scores
-        start += len(found)
     return CandidateMatrix(idx, names, normalised, raw)
+
+
+def _union(lists: list[np.ndarray], size: int | None) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    if size is None:
+        idx = np.unique(np.concatenate(lists))
+        return idx, lambda items: np.searchsorted(idx, items)
+    mask = np.zeros(size, dtype=bool)
+    for items in lists:
+        mask[items] = True
+    idx = np.flatnonzero(mask)
+    rows = np.empty(size, dtype=np.int64)
+    rows[idx] = np.arange(len(idx))
+    return idx, lambda items: rows[items]
 
 
 def source_weights(names: list[str], config: Mapping[str, Any]) -> np.ndarray:
@@ -99,7 +112,7 @@ class Fusion:
         """Fuse the sources' candidates into one ranked list."""
         params = {**DEFAULTS, **{k: v for k, v in ctx.params.items() if v is not None}}
         how = "rrf" if params["method"] == "rrf" else str(params["normalize"])
-        matrix = candidate_matrix(per_source, how, float(params["rrfK"]))
+        matrix = candidate_matrix(per_source, how, float(params["rrfK"]), size=len(ctx.catalogue))
         if len(matrix.idx) == 0:
             return Ranked(np.empty(0, np.int64), np.empty(0, np.float32), [], {})
         weights = source_weights(matrix.names, ctx.config)

@@ -9,9 +9,11 @@ What keeps each part current:
   the active versions in MongoDB every `refresh_s` in case a notice was missed (another pod converges either way);
 - config: the scenario's `config_version`, re-read at most every `config_ttl_s` on use; a change rebuilds the
   Engine over the same model (cheap);
-- items: a fingerprint of the scenario's items (count and newest `updated_at`, one aggregate) checked every
-  `catalogue_refresh_s`; a change reloads the item view. Polling needs nothing from the write path, works for
-  writes from any process, and costs one indexed aggregate per loaded scenario per period.
+- items: a fingerprint of the scenario's items (count and newest `updated_at`, one aggregate over the scenario's
+  items) checked every `catalogue_refresh_s` for scenarios used since their last check; a change reloads the item
+  view. Polling needs nothing from the write path and sees writes from any process; its cost is one aggregate per
+  used scenario per period (0.7 s of server time for 9.7k items on the embedded server, milliseconds on MongoDB).
+  A swap keeps the item view it has: the model is aligned to it by item id.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ class ModelRegistry:
 
     def __init__(
         self, *, vectors: VectorStore | None, models_dir: Path | None, channel: SwapChannel | None = None,
-        config_ttl_s: float = 1.0, refresh_s: float = 30.0, catalogue_refresh_s: float = 10.0, max_loaded: int = 200,
+        config_ttl_s: float = 1.0, refresh_s: float = 30.0, catalogue_refresh_s: float = 30.0, max_loaded: int = 200,
     ) -> None:
         self._vectors = vectors
         self._models_dir = models_dir
@@ -131,6 +133,7 @@ class ModelRegistry:
         self._max_loaded = max_loaded
         self._served: OrderedDict[Key, Served] = OrderedDict()
         self._locks: dict[Key, asyncio.Lock] = {}
+        self._used: set[Key] = set()  # served since their items were last checked
         self._tasks: list[asyncio.Task] = []
 
     async def get(self, tenant_id: str, scenario_id: str) -> Engine:
@@ -140,6 +143,7 @@ class ModelRegistry:
         if served is None or time.monotonic() - served.config_checked > self._config_ttl:
             served = await self._current(key)
         self._served.move_to_end(key)
+        self._used.add(key)
         return served.engine
 
     def version(self, tenant_id: str, scenario_id: str) -> int | None:
@@ -180,12 +184,14 @@ class ModelRegistry:
 
     def start(self) -> None:
         """Start loading active models, listening for swap notices and re-checking what is served."""
+        if self._tasks:
+            return
         self._tasks.append(asyncio.create_task(self._guard(self.load_active(), "load_active")))
         self._tasks.append(asyncio.create_task(self._maintain()))
         if self._channel is not None:
             self._tasks.append(asyncio.create_task(self._channel.listen(self._on_notice)))
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         """Stop the background tasks and forget the models."""
         for task in self._tasks:
             task.cancel()
@@ -200,7 +206,8 @@ class ModelRegistry:
             try:
                 if now - served.version_checked >= self._refresh_s:
                     await self._check_version(key)
-                if now - served.catalogue_checked >= self._catalogue_refresh_s:
+                if key in self._used and now - served.catalogue_checked >= self._catalogue_refresh_s:
+                    self._used.discard(key)
                     await self._check_catalogue(key)
             except Exception:  # noqa: BLE001 - one scenario's failure must not stop the others' refresh
                 log.exception("models.refresh_failed", tenant_id=key[0], scenario_id=key[1])
@@ -229,6 +236,9 @@ class ModelRegistry:
     async def _current(self, key: Key) -> Served:
         """Load the scenario, or rebuild its Engine when the config changed; drop it when it is gone."""
         async with self._lock(key):
+            served = self._served.get(key)
+            if served is not None and time.monotonic() - served.config_checked <= self._config_ttl:
+                return served  # another request checked it while this one waited
             scenario = await Scenario.find_one({"_id": key[1], "tenant_id": key[0]})
             if scenario is None:
                 self._forget(key)
@@ -237,8 +247,8 @@ class ModelRegistry:
             if served is None:
                 return await self._load(key, scenario)
             if served.config_version != scenario.config_version:
-                served = replace(served, engine=self._engine(key, scenario, served.model, served.catalogue, served.space),
-                                 config_version=scenario.config_version)
+                engine = self._engine(key, scenario, served.model, served.catalogue, served.space)
+                served = replace(served, engine=engine, config_version=scenario.config_version)
             served = replace(served, config_checked=time.monotonic())
             self._served[key] = served
             return served
@@ -259,18 +269,18 @@ class ModelRegistry:
         return served
 
     async def _reload(self, key: Key, doc: ModelVersion) -> bool:
-        """Load doc's model and its items fully, then replace what serves the scenario."""
+        """Load doc's model fully, then replace what serves the scenario (the item view stays)."""
         scenario = await Scenario.find_one({"_id": key[1], "tenant_id": key[0]})
         model = await self._read_model(doc)
-        if scenario is None or model is None:
+        served = self._served.get(key)
+        if scenario is None or model is None or served is None:
             return False
-        catalogue, fingerprint = await _catalogue(*key)
         space = doc.spaces.get("content")
         now = time.monotonic()
-        self._keep(key, Served(
-            engine=self._engine(key, scenario, model, catalogue, space), model=model, version=doc.version,
-            space=space, config_version=scenario.config_version, catalogue=catalogue, fingerprint=fingerprint,
-            config_checked=now, catalogue_checked=now, version_checked=now,
+        self._keep(key, replace(
+            served, engine=self._engine(key, scenario, model, served.catalogue, space), model=model,
+            version=doc.version, space=space, config_version=scenario.config_version, config_checked=now,
+            version_checked=now,
         ))
         log.info("models.swapped", tenant_id=key[0], scenario_id=key[1], version=doc.version)
         return True
@@ -332,9 +342,11 @@ class ModelRegistry:
         while len(self._served) > self._max_loaded:
             old, _ = self._served.popitem(last=False)
             self._locks.pop(old, None)
+            self._used.discard(old)
 
     def _forget(self, key: Key) -> None:
         self._served.pop(key, None)
+        self._used.discard(key)
 
 
 async def _active_version(tenant_id: str, scenario_id: str) -> ModelVersion | None:

@@ -28,13 +28,13 @@ VLOG: dict[str, Any] = {
         "context": ["device", "hourOfDay", "network"],
     },
     "recall": [
-        # Co-watch neighbours of the clips just watched carry the session's intent best.
-        {"source": "item_cf", "weight": 3.0, "limit": 300, "params": {"neighbors": 50, "seedItems": 20}},
-        {"source": "als", "weight": 2.5, "limit": 300,
-         "params": {"factors": 64, "iterations": 15, "regularization": 0.01}},
+        # Co-watch structure around the clips just watched carries the session's intent best: EASE over the
+        # 3k most watched clips (its exact item-item solve stays a few seconds), co-watch neighbours for the rest.
+        {"source": "ease", "weight": 3.0, "limit": 300, "params": {"lambda": 300.0, "maxItems": 3000}},
+        {"source": "item_cf", "weight": 1.0, "limit": 200, "params": {"neighbors": 50, "seedItems": 20}},
         # Embeddings reach clips with few views that CF cannot see yet.
-        {"source": "vector", "weight": 2.0, "limit": 200, "params": {}},
-        {"source": "content", "weight": 1.0, "limit": 150, "params": {}},
+        {"source": "vector", "weight": 0.5, "limit": 200, "params": {}},
+        {"source": "content", "weight": 0.5, "limit": 150, "params": {}},
         {"source": "trending", "weight": 1.5, "limit": 150, "params": {"windowHours": None}},
         # A little exploration so new uploads get first views.
         {"source": "fresh", "weight": 0.5, "limit": 100, "params": {"maxAgeHours": 48.0}},
@@ -71,8 +71,8 @@ NEWS: dict[str, Any] = {
         {"source": "content", "weight": 2.5, "limit": 200, "params": {}},
         {"source": "trending", "weight": 2.0, "limit": 200, "params": {"windowHours": None}},
         {"source": "affinity", "weight": 1.5, "limit": 150, "params": {"topCategories": 5}},
-        # Co-reading is weak for news (stories die before neighbours stabilise), so CF gets little weight.
-        {"source": "item_cf", "weight": 1.0, "limit": 100, "params": {"neighbors": 30, "seedItems": 10}},
+        # Co-reading ("readers of this also read") is the classic news signal while a story is live.
+        {"source": "item_cf", "weight": 2.0, "limit": 100, "params": {"neighbors": 30, "seedItems": 10}},
         {"source": "popular", "weight": 0.5, "limit": 100, "params": {"halfLifeHours": None}},
     ],
     "filters": [
@@ -107,12 +107,13 @@ ECOMMERCE: dict[str, Any] = {
         "context": ["device", "country", "pageType"],
     },
     "recall": [
-        {"source": "item_cf", "weight": 3.0, "limit": 300, "params": {"neighbors": 100, "seedItems": 20}},
-        # EASE is strong on sparse basket data; capped to the 20k most popular products.
-        {"source": "ease", "weight": 2.5, "limit": 300, "params": {"lambda": 500.0, "maxItems": 20000}},
-        {"source": "als", "weight": 2.0, "limit": 200,
+        # EASE is strong on sparse basket data; capped to the 4k best sellers (an exact solve of that size takes
+        # seconds, the long tail is reached through co-purchase neighbours).
+        {"source": "ease", "weight": 3.0, "limit": 300, "params": {"lambda": 300.0, "maxItems": 4000}},
+        {"source": "item_cf", "weight": 1.5, "limit": 300, "params": {"neighbors": 100, "seedItems": 20}},
+        {"source": "als", "weight": 1.0, "limit": 200,
          "params": {"factors": 128, "iterations": 20, "regularization": 0.05}},
-        {"source": "popular", "weight": 1.0, "limit": 100, "params": {"halfLifeHours": None}},
+        {"source": "popular", "weight": 0.5, "limit": 100, "params": {"halfLifeHours": None}},
         {"source": "trending", "weight": 0.5, "limit": 100, "params": {"windowHours": None}},
     ],
     "filters": [
@@ -176,11 +177,13 @@ MUSIC: dict[str, Any] = {
     "limits": _limits(),
 }
 
-# Custom: the smallest useful pipeline, to build on with overrides.
+# Custom: the smallest useful pipeline (what is popular, what goes with what the user just did, what is new), to
+# build on with overrides.
 CUSTOM: dict[str, Any] = {
     "features": {"item": [], "user": [], "context": []},
     "recall": [
         {"source": "popular", "weight": 1.0, "limit": 200, "params": {"halfLifeHours": None}},
+        {"source": "item_cf", "weight": 1.0, "limit": 200, "params": {"neighbors": 50, "seedItems": 20}},
         {"source": "fresh", "weight": 0.5, "limit": 100, "params": {"maxAgeHours": 72.0}},
     ],
     "filters": [{"name": "seen", "params": {}}, {"name": "availability", "params": {}}],

@@ -9,10 +9,14 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pymongo.errors import AutoReconnect
 
-from domain.learning.service import TrainingService
+from domain.errors import NotFound
+from domain.learning.service import Retryable, TrainingService
+from domain.recommend.serving import ModelRegistry, SwapChannel
 from models.documents import ModelVersion
 from tests.conftest import new_tenant
+from workers import jobs as worker_jobs
 
 pytestmark = pytest.mark.slow
 
@@ -23,6 +27,7 @@ TRAIN = "mutation($s: ID!) { trainScenario(scenarioId: $s) { id kind scenarioId 
 JOB = """query($id: ID!) { job(id: $id) { id kind scenarioId status progress stage attempts error createdAt startedAt
   finishedAt durationSeconds result } }"""
 CATEGORIES = ("comedy", "drama", "sport", "music", "travel")
+KINDS = ("WATCH", "LIKE", "VIEW", "WATCH", "SHARE", "VIEW", "WATCH", "LIKE")  # each user's eight interactions
 
 
 def error(body: dict) -> dict:
@@ -40,7 +45,7 @@ async def shop(gql, key: str, name: str, *, users: int = 40, items: int = 60) ->
     events = [
         {"scenarioId": sid, "userId": f"u{u}", "itemId": f"v{(u * 3 + k * (u % 5 + 1)) % items}", "type": kind,
          "value": 45.0 if kind == "WATCH" else None, "timestamp": (start + timedelta(minutes=u * 13 + k)).isoformat()}
-        for u in range(users) for k, kind in enumerate(("WATCH", "LIKE", "VIEW", "WATCH", "SHARE", "VIEW", "WATCH", "LIKE"))
+        for u in range(users) for k, kind in enumerate(KINDS)
     ]
     result = (await gql.data(RECORD, {"events": events}, key=key))["recordInteractions"]
     assert result["errors"] == [] and result["accepted"] == len(events)
@@ -118,7 +123,8 @@ async def test_retraining_swaps_the_serving_copy_atomically(served, gql, trained
     assert registry.version(owner.tenant_id, sid) == 2  # swapped before the job reported success
     after = await registry.get(owner.tenant_id, sid)
     assert after is not before and after.model.version == 2
-    versions = {d.version: d for d in await ModelVersion.find({"tenant_id": owner.tenant_id, "scenario_id": sid}).to_list()}
+    stored = await ModelVersion.find({"tenant_id": owner.tenant_id, "scenario_id": sid}).to_list()
+    versions = {d.version: d for d in stored}
     assert versions[1].status == "retired"
     assert versions[2].spaces["content"] != versions[1].spaces["content"]  # new vectors were written beside the old
 
@@ -142,7 +148,7 @@ async def test_a_failed_training_keeps_the_previous_version(served, gql, trained
 async def test_a_training_past_its_time_limit_is_stopped(served, gql, trained, owner, monkeypatch):
     sid, *_ = trained
     training = served.runtime.services.training
-    monkeypatch.setattr(training, "_config", replace(training._config, time_limit_s=0.05))
+    monkeypatch.setattr(training, "_config", replace(training._config, time_limit_s=0))
     job = await train(gql, owner.admin, sid)
     assert job["status"] == "FAILED" and "limit" in job["error"], job
     monkeypatch.undo()
@@ -152,7 +158,8 @@ async def test_a_training_past_its_time_limit_is_stopped(served, gql, trained, o
 
 
 async def test_a_scenario_without_interactions_trains_an_untrained_feed(served, gql, owner):
-    sid = (await gql.data(CREATE, {"input": {"name": "empty", "template": "VLOG"}}, key=owner.admin))["createScenario"]["id"]
+    created = await gql.data(CREATE, {"input": {"name": "empty", "template": "VLOG"}}, key=owner.admin)
+    sid = created["createScenario"]["id"]
     items = [{"id": f"e{i}", "title": f"Item {i}", "categories": ["news"]} for i in range(5)]
     await gql.data(UPSERT, {"s": sid, "items": items}, key=owner.admin)
     job = await train(gql, owner.admin, sid)
@@ -172,3 +179,85 @@ async def test_jobs_are_tenant_scoped_and_need_the_right_key(served, gql, traine
     assert error(await gql(JOB, {"id": first["id"]}, key=owner.public))["extensions"]["code"] == "FORBIDDEN"
     assert (await gql.data(JOB, {"id": first["id"]}, key=owner.gateway))["job"]["status"] == "SUCCEEDED"
     assert error(await gql(JOB, {"id": first["id"]}))["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_another_process_converges_by_notice_and_by_re_check(served, gql, owner):
+    sid = await shop(gql, owner.admin, "pods", users=20)
+    assert (await train(gql, owner.admin, sid))["status"] == "SUCCEEDED"
+    runtime = served.runtime
+    listening = ModelRegistry(vectors=runtime.vectors, models_dir=runtime.models_dir,
+                              channel=SwapChannel(runtime.cache.client), refresh_s=3600)
+    polling = ModelRegistry(vectors=runtime.vectors, models_dir=runtime.models_dir, refresh_s=0)
+    for pod in (listening, polling):
+        await pod.get(owner.tenant_id, sid)
+        assert pod.version(owner.tenant_id, sid) == 1
+    listening.start()
+    try:
+        await asyncio.sleep(0.3)  # subscribed
+        assert (await train(gql, owner.admin, sid))["result"]["version"] == 2
+        deadline = time.monotonic() + 5
+        while listening.version(owner.tenant_id, sid) != 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert listening.version(owner.tenant_id, sid) == 2  # the swap notice reached the other process
+        assert polling.version(owner.tenant_id, sid) == 1
+        await polling.refresh()
+        assert polling.version(owner.tenant_id, sid) == 2  # the periodic re-check found it without a notice
+    finally:
+        await listening.stop()
+
+
+async def test_the_registry_follows_item_and_config_changes(served, gql, owner):
+    sid = await shop(gql, owner.admin, "changes", users=10, items=20)
+    registry = ModelRegistry(vectors=served.runtime.vectors, models_dir=served.runtime.models_dir, config_ttl_s=0,
+                             catalogue_refresh_s=0)
+    engine = await registry.get(owner.tenant_id, sid)
+    assert engine.model is None and len(engine.catalogue) == 20  # untrained: served from the catalogue alone
+    await gql.data(UPSERT, {"s": sid, "items": [{"id": "late", "title": "Late arrival"}]}, key=owner.admin)
+    await registry.refresh()
+    refreshed = await registry.get(owner.tenant_id, sid)
+    assert "late" in refreshed.catalogue.index and len(refreshed.catalogue) == 21
+    update = "mutation($id: ID!, $input: UpdateScenarioInput!) { updateScenario(id: $id, input: $input) { id } }"
+    config = {"fallback": {"minItems": 7}}
+    await gql.data(update, {"id": sid, "input": {"config": config}}, key=owner.admin)
+    rebuilt = await registry.get(owner.tenant_id, sid)
+    assert rebuilt is not refreshed and rebuilt.config["fallback"]["minItems"] == 7
+    other = await new_tenant(served, "registry-outsider")
+    with pytest.raises(NotFound):
+        await registry.get(other.tenant_id, sid)
+
+
+async def test_a_store_outage_is_retried_by_the_worker(served, gql, owner, monkeypatch):
+    sid = await shop(gql, owner.admin, "flaky", users=10, items=20)
+    original, calls = TrainingService._store_vectors, []
+
+    async def flaky(self, version, data, embeddings):
+        calls.append(version.version)
+        if len(calls) == 1:
+            raise AutoReconnect("mongo stepped down")
+        return await original(self, version, data, embeddings)
+
+    monkeypatch.setattr(TrainingService, "_store_vectors", flaky)
+    monkeypatch.setattr(worker_jobs, "BACKOFF_S", (0.2,))
+    job = await train(gql, owner.admin, sid)
+    assert job["status"] == "SUCCEEDED" and job["attempts"] == 2, job
+    assert calls == [1, 2] and job["result"]["version"] == 2
+    failed = await ModelVersion.find_one({"tenant_id": owner.tenant_id, "scenario_id": sid, "version": 1})
+    assert failed.status == "failed" and "stepped down" in failed.error
+
+
+async def test_the_last_try_fails_the_job_instead_of_retrying(served, gql, owner, monkeypatch):
+    sid = await shop(gql, owner.admin, "outage", users=10, items=20)
+
+    async def down(self, version, data, embeddings):
+        raise AutoReconnect("mongo unreachable")
+
+    monkeypatch.setattr(TrainingService, "_store_vectors", down)
+    training = served.runtime.services.training
+    job = await training.open_job(sid, tenant_id=owner.tenant_id)  # run here, not through the queue
+    with pytest.raises(Retryable):
+        await training.train(job.id, tenant_id=owner.tenant_id, scenario_id=sid, attempt=1, may_retry=True)
+    queued = (await gql.data(JOB, {"id": job.id}, key=owner.admin))["job"]
+    assert queued["status"] == "QUEUED" and queued["error"] == "retrying after: AutoReconnect: mongo unreachable"
+    assert await training.train(job.id, tenant_id=owner.tenant_id, scenario_id=sid, attempt=2) is None
+    final = (await gql.data(JOB, {"id": job.id}, key=owner.admin))["job"]
+    assert final["status"] == "FAILED" and final["attempts"] == 2 and "mongo unreachable" in final["error"]

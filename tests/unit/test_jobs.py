@@ -1,17 +1,26 @@
-"""JobService on the embedded MongoDB: lifecycle, idempotent submission, throttled progress, tenant isolation."""
+"""Jobs: JobService on the embedded MongoDB (lifecycle, idempotent submission, throttled progress, tenant isolation),
+the thin arq job with its retries, and the worker settings."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
+from arq import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
+from typer.testing import CliRunner
 
 from domain.errors import Unavailable
 from domain.ids import new_id, utcnow
 from domain.jobs import JobService, JobStatus
+from domain.learning.service import Retryable
+from graph.cli import app as cli
 from models.documents import Job
+from models.settings import Settings, TrainingSettings
+from workers.jobs import backoff_s, train_scenario
+from workers.settings import TIMEOUT_MARGIN_S, WorkerSettings, missing_urls, standalone_worker
 
 
 class RecordingQueue:
@@ -122,18 +131,22 @@ async def test_failed_and_cancelled_jobs_do_not_run(jobs):
     assert await jobs.cancel(queued.id, tenant_id=t) is None  # only a QUEUED job can be cancelled
 
 
-async def test_progress_is_throttled(jobs):
+async def test_progress_is_throttled_but_a_new_stage_is_written_at_once(jobs):
     t = tenant()
     job = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_1")
     await jobs.mark_running(job.id, tenant_id=t, attempt=1)
     for step in range(1, 11):
-        await jobs.progress(job.id, tenant_id=t, fraction=step / 10, stage=f"step {step}")
+        await jobs.progress(job.id, tenant_id=t, fraction=step / 20, stage="loading")
     stored = await jobs.get(job.id, tenant_id=t)
-    assert stored.progress == 0.1 and stored.stage == "step 1"  # the rest fell within the interval
+    assert stored.progress == 0.05 and stored.stage == "loading"  # the rest fell within the interval
+    await jobs.progress(job.id, tenant_id=t, fraction=0.6, stage="training")
+    await jobs.progress(job.id, tenant_id=t, fraction=0.7, stage="training")
+    stored = await jobs.get(job.id, tenant_id=t)
+    assert stored.progress == 0.6 and stored.stage == "training"
     await asyncio.sleep(0.25)
-    await jobs.progress(job.id, tenant_id=t, fraction=1.5, stage="late")
+    await jobs.progress(job.id, tenant_id=t, fraction=1.5)
     stored = await jobs.get(job.id, tenant_id=t)
-    assert stored.progress == 1.0 and stored.stage == "late"
+    assert stored.progress == 1.0 and stored.stage == "training"
 
 
 async def test_a_job_whose_worker_died_is_abandoned(jobs):
@@ -167,3 +180,49 @@ async def test_list_is_newest_first_and_filters(jobs):
     b = await jobs.submit("train", "scenarios.train", tenant_id=t, scenario_id="sc_b")
     assert [j.id for j in await jobs.list(tenant_id=t)] == [b.id, a.id]
     assert [j.id for j in await jobs.list(tenant_id=t, scenario_id="sc_a")] == [a.id]
+
+
+async def test_the_train_job_retries_a_store_outage_with_backoff_until_the_last_try():
+    calls = []
+
+    class Training:
+        async def train(self, job_id, *, tenant_id, scenario_id, attempt, may_retry):
+            calls.append((job_id, tenant_id, scenario_id, attempt, may_retry))
+            raise Retryable("redis away")
+
+    ctx = {"services": SimpleNamespace(training=Training()), "max_tries": 3, "job_try": 2}
+    with pytest.raises(Retry) as retry:
+        await train_scenario(ctx, "t_1", "sc_1", "job_1")
+    assert retry.value.defer_score == backoff_s(2) * 1000 == 30_000
+    assert calls == [("job_1", "t_1", "sc_1", 2, True)]
+    calls.clear()
+
+    class LastTry:
+        async def train(self, job_id, *, tenant_id, scenario_id, attempt, may_retry):
+            calls.append(may_retry)
+            return None
+
+    ctx = {"services": SimpleNamespace(training=LastTry()), "max_tries": 3, "job_try": 3}
+    assert await train_scenario(ctx, "t_1", "sc_1", "job_1") is None and calls == [False]
+
+
+def test_worker_settings_register_the_train_job_with_the_configured_limits():
+    settings = Settings().model_copy(update={
+        "training": TrainingSettings(train_time_limit_s=120, job_max_tries=5),
+        "redis": Settings().redis.model_copy(update={"url": "redis://127.0.0.1:1/0"}),
+    })
+    worker = standalone_worker(settings)  # builds only: it connects when it runs
+    job = worker.functions["scenarios.train"]
+    assert job.timeout_s == 120 + TIMEOUT_MARGIN_S and job.max_tries == 5
+    assert WorkerSettings.functions[0].name == "scenarios.train" and WorkerSettings.on_startup is not None
+    assert backoff_s(1) < backoff_s(2) < backoff_s(3) and backoff_s(99) == backoff_s(4)
+
+
+def test_a_separate_worker_is_refused_in_embedded_mode():
+    env = {"MONGODB_URL": "", "REDIS_URL": "", "QDRANT_URL": ""}
+    result = CliRunner().invoke(cli, ["worker"], env=env)
+    assert result.exit_code == 1 and "separate worker needs" in result.output, result.output
+    base = Settings()
+    embedded = base.model_copy(update={name: getattr(base, name).model_copy(update={"url": None})
+                                       for name in ("mongo", "redis", "qdrant")})
+    assert missing_urls(embedded) == ["MONGODB_URL", "REDIS_URL", "QDRANT_URL"]

@@ -41,6 +41,7 @@ class AffinitySource:
     """Popular items in the user's strongest categories and tags; an item in several of them scores higher."""
 
     name = "affinity"
+    remote = False
 
     async def recall(self, ctx: RecallContext, limit: int) -> Candidates:
         count = int(ctx.params.get("topCategories") or 5)

@@ -25,6 +25,7 @@ class ItemCFSource:
     """Co-occurrence neighbours of the user's most recent items, weighted by recency."""
 
     name = "item_cf"
+    remote = False
 
     async def recall(self, ctx: RecallContext, limit: int) -> Candidates:
         seeds = int(ctx.params.get("seedItems") or 20)
@@ -36,6 +37,7 @@ class EaseSource:
     """EASE item-item weights applied to the user's recency-weighted history."""
 
     name = "ease"
+    remote = False
 
     async def recall(self, ctx: RecallContext, limit: int) -> Candidates:
         return _table_recall(ctx, ctx.model.ease if ctx.model else None, limit, None)
@@ -46,6 +48,7 @@ class AlsSource:
     """Matrix factorisation: the history folded into a user vector, scored against every item's factors."""
 
     name = "als"
+    remote = False
 
     async def recall(self, ctx: RecallContext, limit: int) -> Candidates:
         if ctx.model is None or ctx.model.als is None:
@@ -62,6 +65,7 @@ class UserCFSource:
     """Items of the users whose histories overlap the request's most (cosine-like, recency-weighted)."""
 
     name = "user_cf"
+    remote = False
 
     async def recall(self, ctx: RecallContext, limit: int) -> Candidates:
         model = ctx.model

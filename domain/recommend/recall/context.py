@@ -26,9 +26,14 @@ class VectorSearch(Protocol):
 
 
 class Recall(Protocol):
-    """A recall source: a class with a `name`, registered in REGISTRY as kind "recall"."""
+    """A recall source: a class with a `name`, registered in REGISTRY as kind "recall".
+
+    `remote` is True for a source that awaits a store (the vector search): the engine runs it as a task under the
+    time budget. Local sources compute in memory, inline, and are dropped afterwards if they overran.
+    """
 
     name: ClassVar[str]
+    remote: ClassVar[bool]
 
     async def recall(self, ctx: RecallContext, limit: int) -> Candidates:
         """Return up to `limit` candidates (catalogue indexes, higher score better) for the request in ctx."""
@@ -68,6 +73,8 @@ class RecallContext:
         """Return the request history as model indexes, oldest first (items unknown to the model skipped)."""
         if self.model is None:
             return np.empty(0, dtype=np.int64)
+        if self.index.to_model is None:  # the model's catalogue is the serving one
+            return self.history
         return self.model.catalogue.indexes(self.request.history[-HISTORY_CAP:])
 
     @cached_property

@@ -1,6 +1,11 @@
-"""Embedding sources over the content space: `content` (neighbours of the latest items) and `vector` (the user's
-recency-weighted profile vector). Both ask the vector store when there is one, else search the engine's copy of
-the embeddings exhaustively; an exact store gives the same ranking either way."""
+"""Embedding sources over the content space: `content` (look-alikes of the latest items) and `vector` (items near
+the user's recency-weighted profile vector). Both ask the vector store when there is one, else search the engine's
+copy of the embeddings exhaustively; an exact store gives the same ranking either way.
+
+Similarity alone favours obscure look-alikes, so each source searches SEARCH_DEPTH times its limit and ranks
+those by similarity x log2(2 + users of the item): an item nobody has used yet keeps weight 1 (new items still
+surface), a widely used one counts up to several times more.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ import numpy as np
 from domain.recommend.base import REGISTRY, Candidates
 from domain.recommend.recall.context import RecallContext, top_candidates
 
-CONTENT_SEEDS = 5  # the latest items whose look-alikes are recalled
-OVERFETCH = 2
+CONTENT_SEEDS = 3  # the latest items whose look-alikes are recalled
+SEARCH_DEPTH = 2  # nearest items read per limit, before the popularity prior reorders them
+OVERFETCH = 2  # a store search asks for this many times more, as older excluded items are removed afterwards
 
 
 async def nearest(ctx: RecallContext, vectors: np.ndarray, limit: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -39,14 +45,16 @@ async def _search(ctx: RecallContext, vector: np.ndarray, limit: int) -> tuple[n
 def _exhaustive(ctx: RecallContext, vectors: np.ndarray, limit: int) -> list[tuple[np.ndarray, np.ndarray]]:
     embeddings = ctx.index.embeddings
     assert embeddings is not None
-    scores = np.asarray(embeddings) @ vectors.T.astype(np.float32)  # items x queries, one BLAS call
-    allowed = np.flatnonzero(~ctx.blocked)
-    scores = scores[allowed]
+    scores = vectors.astype(np.float32) @ np.asarray(embeddings).T  # queries x items: rows stay contiguous
+    scores[:, ctx.blocked] = -np.inf
+    limit = min(limit, int(len(ctx.blocked) - ctx.blocked.sum()))
+    if limit <= 0:
+        return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in vectors]
+    top = np.argpartition(-scores, limit - 1, axis=1)[:, :limit]
     out = []
-    for column in scores.T:
-        top = np.argpartition(-column, limit - 1)[:limit] if len(column) > limit else np.arange(len(column))
-        order = np.lexsort((allowed[top], -column[top]))
-        out.append((allowed[top[order]], column[top[order]]))
+    for row, cols in zip(scores, top, strict=True):
+        order = np.lexsort((cols, -row[cols]))
+        out.append((cols[order].astype(np.int64), row[cols[order]]))
     return out
 
 
@@ -63,28 +71,34 @@ def _seed_vectors(ctx: RecallContext, count: int | None) -> tuple[np.ndarray, np
     return vectors, weights
 
 
+def _prior(ctx: RecallContext, idx: np.ndarray) -> np.ndarray:
+    return np.log2(2.0 + ctx.index.counts[idx])
+
+
 @REGISTRY.recall
 class ContentSource:
-    """Items that look like the user's latest items (title, categories, tags, attributes)."""
+    """Items that look like the user's latest items (title, categories, tags, attributes, era)."""
 
     name = "content"
+    remote = True
 
     async def recall(self, ctx: RecallContext, limit: int) -> Candidates:
         vectors, weights = _seed_vectors(ctx, CONTENT_SEEDS)
         if len(vectors) == 0:
             return Candidates.empty()
-        found = await nearest(ctx, vectors, limit)
+        found = await nearest(ctx, vectors, limit * SEARCH_DEPTH)
         best = np.zeros(len(ctx.catalogue), dtype=np.float32)
         for (idx, scores), weight in zip(found, weights, strict=True):
-            np.maximum.at(best, idx, np.maximum(scores, 0.0) * weight)
+            np.maximum.at(best, idx, np.maximum(scores, 0.0) * weight * _prior(ctx, idx))
         return top_candidates(best, limit)
 
 
 @REGISTRY.recall
 class VectorSource:
-    """Approximate nearest items to the user's embedding (the recency-weighted mean of their items')."""
+    """Nearest items to the user's embedding (the recency-weighted mean of their items')."""
 
     name = "vector"
+    remote = True
 
     async def recall(self, ctx: RecallContext, limit: int) -> Candidates:
         vectors, weights = _seed_vectors(ctx, None)
@@ -94,6 +108,7 @@ class VectorSource:
         norm = float(np.linalg.norm(user))
         if norm < 1e-9:
             return Candidates.empty()
-        [(idx, scores)] = await nearest(ctx, (user / norm)[None, :], limit)
-        keep = scores > 0
-        return Candidates(idx[keep], scores[keep])
+        [(idx, scores)] = await nearest(ctx, (user / norm)[None, :], limit * SEARCH_DEPTH)
+        best = np.zeros(len(ctx.catalogue), dtype=np.float32)
+        best[idx] = np.maximum(scores, 0.0) * _prior(ctx, idx)
+        return top_candidates(best, limit)

@@ -24,7 +24,8 @@ class CatalogueIndex:
     to_catalogue: np.ndarray | None  # model index -> catalogue index (-1: gone); None when the same view
     to_model: np.ndarray | None  # catalogue index -> model index (-1: unknown to the model)
     popularity: np.ndarray  # float32 per catalogue item (0 for items newer than the model)
-    popular_order: np.ndarray  # catalogue indexes, most popular first (active items only)
+    counts: np.ndarray  # float32 users per catalogue item in training (0 for items newer than the model)
+    popular_order: np.ndarray  # active catalogue indexes, most popular first, then newest first
     newest_order: np.ndarray  # catalogue indexes with a publish time, newest first
     newest_times: np.ndarray  # their publish times, descending
     by_category: dict[str, np.ndarray]
@@ -38,13 +39,15 @@ class CatalogueIndex:
         to_cat, to_model = _mappings(model, view)
         popularity = _translate(model.popularity if model else None, to_model, len(view))
         active = np.flatnonzero(view.active)
-        order = active[np.argsort(-popularity[active], kind="stable")]
+        published = np.nan_to_num(view.published_at[active], nan=-np.inf)
+        order = active[np.lexsort((active, -published, -popularity[active]))]  # ties: newest first
         dated = np.flatnonzero(np.isfinite(view.published_at) & view.active)
         newest = dated[np.argsort(-view.published_at[dated], kind="stable")]
         rank = np.empty(len(view), dtype=np.int64)
         rank[order] = np.arange(len(order))
         return cls(
-            catalogue=view, to_catalogue=to_cat, to_model=to_model, popularity=popularity, popular_order=order,
+            catalogue=view, to_catalogue=to_cat, to_model=to_model, popularity=popularity,
+            counts=_translate(model.counts if model else None, to_model, len(view)), popular_order=order,
             newest_order=newest, newest_times=view.published_at[newest],
             by_category=_by_label(view.categories, order), by_tag=_by_label(view.tags, order),
             embeddings=_embeddings(model, view, to_model),
@@ -123,4 +126,4 @@ def _embeddings(model: ScenarioModel | None, view: CatalogueView, to_model: np.n
 
 def _documents(view: CatalogueView, idx: np.ndarray) -> list[dict[str, Any]]:
     return [{"title": view.titles[i], "categories": view.categories[i], "tags": view.tags[i],
-             "attributes": view.attributes[i]} for i in idx]
+             "attributes": view.attributes[i], "published_at": float(view.published_at[i])} for i in idx]

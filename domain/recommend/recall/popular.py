@@ -28,6 +28,7 @@ class PopularSource:
     """The most popular items (decayed counts from the model, in event time)."""
 
     name = "popular"
+    remote = False
 
     async def recall(self, ctx: RecallContext, limit: int) -> Candidates:
         order = ctx.index.popular_order
@@ -41,6 +42,7 @@ class TrendingSource:
     """Items rising in the trending window over their recent baseline."""
 
     name = "trending"
+    remote = False
 
     async def recall(self, ctx: RecallContext, limit: int) -> Candidates:
         if ctx.model is None or ctx.model.trending is None:
@@ -54,6 +56,7 @@ class FreshSource:
     """Items published within `maxAgeHours` of the request time, newest first, with a per-user exploration draw."""
 
     name = "fresh"
+    remote = False
 
     async def recall(self, ctx: RecallContext, limit: int) -> Candidates:
         now = ctx.request.now.timestamp()
@@ -74,8 +77,8 @@ class FreshSource:
 
 def _draw(user_id: str, idx: np.ndarray) -> np.ndarray:
     """Return a uniform number in [0, 1) per (user, item), stable across requests."""
-    seed = np.uint64(zlib.crc32(user_id.encode()))
-    x = idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ seed * np.uint64(0xBF58476D1CE4E5B9)
+    seed = np.uint64(zlib.crc32(user_id.encode()) * 0xBF58476D1CE4E5B9 % (1 << 64))
+    x = idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ seed
     x ^= x >> np.uint64(31)
     x *= np.uint64(0x94D049BB133111EB)
     x ^= x >> np.uint64(29)

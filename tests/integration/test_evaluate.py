@@ -1,0 +1,115 @@
+"""The offline evaluation end to end on a small synthetic dataset in the MovieLens layout: the runner, its report,
+and the `evaluate` command."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from domain.evaluation.baselines import AlsGrid
+from domain.evaluation.report import Report
+from domain.evaluation.runner import Settings, evaluate
+from domain.evaluation.split import split_interactions
+from domain.scenarios.templates import TEMPLATES
+from graph.evaluate import register
+
+GENRES = ("Action", "Drama", "Comedy", "Horror", "Sci-Fi", "Romance")
+GROUPS = 5  # latent tastes; genres are drawn independently of them, as coarse labels are in real catalogues
+MOVIES_PER_GROUP = 12
+
+
+def write_dataset(root: Path, users: int = 80, seed: int = 3) -> Path:
+    """Write movies.csv and ratings.csv: each user rates mostly one taste group, a little of the next, with the
+    group's popular movies more often."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    movies = [(g * MOVIES_PER_GROUP + n + 1, f"Movie {g}-{n} ({1990 + n})", "|".join(rng.choice(GENRES, 2, False)))
+              for g in range(GROUPS) for n in range(MOVIES_PER_GROUP)]
+    with (root / "movies.csv").open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["movieId", "title", "genres"])
+        out.writerows(movies)
+    skew = 1.0 / np.arange(1, MOVIES_PER_GROUP + 1)
+    with (root / "ratings.csv").open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["userId", "movieId", "rating", "timestamp"])
+        for user in range(users):
+            favourite, second = user % GROUPS, (user + 1) % GROUPS
+            picks = [*_draw(rng, favourite, 9, skew), *_draw(rng, second, 3, skew)]
+            for j in rng.permutation(len(picks)):
+                out.writerow([user + 1, picks[j], float(rng.integers(2, 6)), 1_000_000 + user * 10_000 + j * 60])
+    return root
+
+
+def _draw(rng: np.random.Generator, group: int, count: int, skew: np.ndarray) -> list[int]:
+    chosen = rng.choice(MOVIES_PER_GROUP, size=count, replace=False, p=skew / skew.sum())
+    return [int(group * MOVIES_PER_GROUP + n + 1) for n in chosen]
+
+
+@pytest.fixture(scope="module")
+async def report(tmp_path_factory: pytest.TempPathFactory) -> Report:
+    dataset = write_dataset(tmp_path_factory.mktemp("data") / "synthetic")
+    seen: list[str] = []
+    result = await evaluate(Settings(dataset=dataset, k=5, als_grid=AlsGrid(factors=(8, 16), regularization=(0.1,))),
+                            progress=lambda task, done, total: seen.append(task))
+    assert {"score VLOG", "train NEWS", "tune als", "score popularity"} <= set(seen)
+    return result
+
+
+def test_the_temporal_split_holds_out_each_users_latest_fifth():
+    users = np.array(["a"] * 10 + ["b"] * 4)
+    items = np.array([f"i{n}" for n in range(14)])
+    times = np.array([*range(10, 0, -1), 1, 2, 3, 4], dtype=np.float64)
+    split = split_interactions(users, items, times)
+    assert split.test == {"a": frozenset({"i0", "i1"})}  # the two latest of ten; b has too few to hold out
+    assert split.train.sum() == 12
+
+
+def test_every_template_and_both_baselines_are_scored(report: Report):
+    names = [row.name for row in report.rows]
+    assert names == [*TEMPLATES, "popularity", "als (implicit)"]
+    for row in report.rows:
+        for key in ("ndcg", "recall", "map", "coverage", "diversity"):
+            assert 0.0 <= row.value(key) <= 1.0, (row.name, key)
+        assert row.value("novelty") > 0 and row.value("train_s") >= 0 and row.value("score_ms") > 0
+    assert report.facts["evaluated users"] == 80
+
+
+def test_no_template_ranks_below_popularity_and_the_best_beats_every_baseline(report: Report):
+    assert report.below_popularity() == []
+    assert report.ratio() > 1.0
+    popularity = next(r for r in report.rows if r.name == "popularity")
+    assert popularity.value("coverage") < report.best("template").value("coverage")
+
+
+def test_the_markdown_has_one_table_and_the_verdict(report: Report):
+    text = report.to_markdown()
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(report.rows)
+    assert "NDCG@5" in table[0] and "Templates below popularity: none." in text
+
+
+def test_the_evaluate_command_prints_and_writes_the_table(tmp_path: Path):
+    dataset = write_dataset(tmp_path / "small", users=30)
+    app = typer.Typer()
+    register(app)
+    app.callback()(lambda: None)
+    output = tmp_path / "out" / "evaluate.md"
+    result = CliRunner().invoke(app, ["evaluate", "--dataset", str(dataset), "--split", "random", "--k", "3",
+                                      "--output", str(output)], env={"COLUMNS": "240"})
+    assert result.exit_code == 0, result.output
+    assert "popularity" in result.output and "als (implicit)" in result.output
+    assert output.read_text().startswith("# Offline evaluation") and "Split: random; k = 3" in output.read_text()
+
+
+def test_the_evaluate_command_fails_cleanly_without_a_dataset(tmp_path: Path):
+    app = typer.Typer()
+    register(app)
+    app.callback()(lambda: None)
+    result = CliRunner().invoke(app, ["evaluate", "--dataset", str(tmp_path / "nothing")])
+    assert result.exit_code == 1

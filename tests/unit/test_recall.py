@@ -1,0 +1,148 @@
+"""Recall sources, each on a small trained model: what they find, what they never return, and the two search paths."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from domain.learning.model import ScenarioModel
+from domain.learning.train import train_scenario_model
+from domain.recommend.base import REGISTRY, RecRequest
+from domain.recommend.recall import CatalogueIndex, RecallContext, recency_weights
+from tests.unit.test_learning import T0, config, items, synthetic
+
+HOUR = 3600.0
+ALL = ("popular", "trending", "item_cf", "ease", "als", "user_cf", "content", "vector", "affinity", "fresh")
+PARAMS = {"ease": {"lambda": 1.0, "maxItems": 100}, "als": {"factors": 8, "iterations": 15},
+          "trending": {"windowHours": 1.0}}
+
+
+class ExactStore:
+    """A VectorSearch answering exactly (brute force), like a vector store without approximation."""
+
+    def __init__(self, ids: Sequence[str], embeddings: np.ndarray) -> None:
+        self.ids, self.embeddings, self.calls = list(ids), np.asarray(embeddings), 0
+
+    async def search(self, space: str, vector: Sequence[float], *, limit: int,
+                     exclude_ids: Collection[str] = ()) -> list[tuple[str, float]]:
+        self.calls += 1
+        scores = self.embeddings @ np.asarray(vector, dtype=np.float32)
+        order = np.lexsort((np.arange(len(scores)), -scores))
+        hits = [(self.ids[i], float(scores[i])) for i in order
+                if self.ids[i] not in exclude_ids and np.any(self.embeddings[i])]
+        return hits[:limit]
+
+
+@pytest.fixture(scope="module")
+def model() -> ScenarioModel:
+    # Extra watchers make a0 the most popular item overall and k5 the one rising at the end.
+    extra = [(f"fan{n}", "a0", "WATCH", 100.0, T0 + n) for n in range(5)]
+    extra += [(f"late{n}", "k5", "WATCH", 100.0, T0 + 30 * 600 + n * 60) for n in range(4)]
+    return train_scenario_model(synthetic(extra), config(*ALL, **PARAMS), scenario_id="s", version=1)
+
+
+def context(model: ScenarioModel, *, history: Sequence[str] = (), exclude: Collection[str] | None = None,
+            params: dict | None = None, vectors: ExactStore | None = None, now: datetime | None = None,
+            **request: object) -> RecallContext:
+    req = RecRequest(user_id=str(request.pop("user_id", "someone")), limit=10, history=tuple(history),
+                     exclude=frozenset(history if exclude is None else exclude),
+                     now=now or model.newest_event, **request)  # type: ignore[arg-type]
+    return RecallContext(request=req, index=CatalogueIndex.build(model, None), model=model,
+                         config=config(*ALL, **PARAMS), params=params or {}, vectors=vectors,
+                         content_space="content" if vectors else None)
+
+
+async def recall(name: str, ctx: RecallContext, limit: int = 10) -> list[str]:
+    found = await REGISTRY.get("recall", name)().recall(ctx, limit)
+    assert np.all(np.diff(found.scores) <= 1e-6), "candidates come best first"
+    return [ctx.catalogue.item_ids[i] for i in found.idx]
+
+
+def test_every_canonical_source_is_registered():
+    assert set(ALL) <= REGISTRY.names("recall")
+
+
+def test_recency_weights_favour_the_newest_items_and_keep_a_floor():
+    weights = recency_weights(30)
+    assert weights[-1] == pytest.approx(1.0)
+    assert np.all(np.diff(weights) > 0)
+    assert weights[0] > 0
+
+
+async def test_popular_ranks_by_popularity_and_skips_excluded_items(model):
+    assert (await recall("popular", context(model)))[0] == "a0"
+    assert "a0" not in await recall("popular", context(model, exclude={"a0"}))
+
+
+async def test_popular_prefers_items_that_fit_the_request_context():
+    docs = items()
+    docs[0]["attributes"] = {"region": "EU"}  # a0, the most popular, is for another region than asked
+    data = synthetic([(f"fan{n}", "a0", "WATCH", 100.0, T0 + n) for n in range(5)])
+    trained = train_scenario_model(type(data)(docs, data.user_ids, data.item_ids, data.types, data.values,
+                                              data.timestamps), config("popular"), scenario_id="s", version=1)
+    assert (await recall("popular", context(trained)))[0] == "a0"
+    in_us = await recall("popular", context(trained, context={"region": "US"}), limit=30)
+    assert in_us[0] != "a0" and "a0" in in_us
+
+
+async def test_trending_returns_the_item_rising_at_the_end(model):
+    found = await recall("trending", context(model))
+    assert found[:1] == ["k5"]
+
+
+async def test_fresh_returns_recent_items_and_nothing_scheduled_later(model):
+    now = datetime(2023, 1, 5, 12, tzinfo=UTC)
+    found = await recall("fresh", context(model, now=now, params={"maxAgeHours": 48.0}), limit=30)
+    assert set(found) == {f"{p}{n}" for p in "adk" for n in (3, 4)}  # published Jan 4 and Jan 5
+
+
+async def test_item_cf_recalls_neighbours_of_the_history(model):
+    found = await recall("item_cf", context(model, history=["a0"]))
+    assert set(found) == {"a1", "a2", "a3", "a4", "a5"}
+
+
+@pytest.mark.parametrize("source", ["ease", "als", "user_cf", "content", "vector"])
+async def test_personal_sources_stay_in_the_users_cluster_and_skip_the_history(model, source):
+    history = ["d0", "d1", "d2"]
+    found = await recall(source, context(model, history=history), limit=3)
+    assert found and not set(found) & set(history)
+    assert {f[0] for f in found} == {"d"}
+
+
+@pytest.mark.parametrize("source", ["item_cf", "ease", "als", "user_cf", "content", "vector", "affinity"])
+async def test_personal_sources_return_nothing_without_history(model, source):
+    assert await recall(source, context(model)) == []
+
+
+async def test_user_cf_does_not_count_the_user_as_their_own_neighbour(model):
+    # u0's own training row holds exactly its history; only other action fans can add items.
+    history = model.user_history("u0")[:3]
+    found = await recall("user_cf", context(model, history=history, user_id="u0"), limit=20)
+    assert found and {f[0] for f in found} == {"a"}
+
+
+@pytest.mark.parametrize("source", ["content", "vector"])
+async def test_vector_store_and_in_memory_search_rank_the_same(model, source):
+    history = ["k0", "k3", "a2"]
+    store = ExactStore(model.catalogue.item_ids, model.content.embeddings)
+    in_memory = await recall(source, context(model, history=history), limit=8)
+    with_store = await recall(source, context(model, history=history, vectors=store), limit=8)
+    assert store.calls > 0
+    assert with_store == in_memory
+
+
+async def test_embedding_sources_skip_excluded_items_beyond_the_recent_history(model):
+    history = ["k0", "k1"]
+    store = ExactStore(model.catalogue.item_ids, model.content.embeddings)
+    found = await recall("vector", context(model, history=history, exclude={"k0", "k1", "k2"}, vectors=store))
+    assert "k2" not in found and found
+
+
+async def test_affinity_uses_stated_preferences_then_the_history(model):
+    stated = await recall("affinity", context(model, category_prefs={"kids": 1.0}))
+    assert stated and {f[0] for f in stated} == {"k"}
+    learned = await recall("affinity", context(model, history=["d0", "d1"]))
+    assert learned and learned[0][0] == "d"
