@@ -97,7 +97,9 @@ class TenantVectors:
         self, space: str, vector: Sequence[float], *, limit: int, exclude_ids: Collection[str] = ()
     ) -> list[tuple[str, float]]:
         """Return the tenant's nearest item ids with their scores, best first."""
-        hits = await self._store.search(space, vector, tenant_id=self._tenant_id, limit=limit, exclude_ids=exclude_ids)
+        hits = await self._store.search(
+            space, vector, tenant_id=self._tenant_id, limit=limit, exclude_ids=exclude_ids, with_payload=False
+        )
         return [(hit.id, hit.score) for hit in hits]
 
 

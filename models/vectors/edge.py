@@ -121,6 +121,7 @@ class EdgeVectorStore:
         limit: int,
         must: Mapping[str, Any] | None = None,
         exclude_ids: Collection[str] = (),
+        with_payload: bool = True,
     ) -> list[VectorHit]:
         """Return the tenant's nearest points, best first (sub-millisecond, so on the loop)."""
         shard = await self._shard(space)
@@ -132,9 +133,11 @@ class EdgeVectorStore:
                 limit=limit,
                 query=Query.Nearest(_floats(vector)),
                 filter=_filter(tenant_id, must, exclude_ids),
-                with_payload=True,
+                with_payload=True if with_payload else [ID_KEY],
             )
             points = shard.query(request)
+        if not with_payload:
+            return [VectorHit(p.payload[ID_KEY], float(p.score), {}) for p in points]
         return [VectorHit(p.payload[ID_KEY], float(p.score), client_payload(p.payload)) for p in points]
 
     async def get_vectors(self, space: str, ids: Collection[str], *, tenant_id: str) -> dict[str, list[float]]:

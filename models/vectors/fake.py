@@ -67,6 +67,7 @@ class InMemoryVectorStore:
         limit: int,
         must: Mapping[str, Any] | None = None,
         exclude_ids: Collection[str] = (),
+        with_payload: bool = True,
     ) -> list[VectorHit]:
         """Return the tenant's nearest points, best first."""
         target = self._space(space)
@@ -84,7 +85,7 @@ class InMemoryVectorStore:
             return []
         scores = _scores(target.distance, np.stack([stored for _, stored, _ in rows]), query)
         order = np.argsort(scores if target.distance == "euclid" else -scores, kind="stable")[:limit]
-        return [VectorHit(rows[i][0], float(scores[i]), client_payload(rows[i][2])) for i in order]
+        return [VectorHit(rows[i][0], float(scores[i]), client_payload(rows[i][2]) if with_payload else {}) for i in order]
 
     async def get_vectors(self, space: str, ids: Collection[str], *, tenant_id: str) -> dict[str, list[float]]:
         """Return the stored vectors of the ids that exist."""

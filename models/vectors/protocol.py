@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import functools
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,8 +82,12 @@ class VectorStore(Protocol):
         limit: int,
         must: Mapping[str, Any] | None = None,
         exclude_ids: Collection[str] = (),
+        with_payload: bool = True,
     ) -> list[VectorHit]:
-        """Return the tenant's nearest points, best first; `must` maps a key to a value or a list (any of)."""
+        """Return the tenant's nearest points, best first; `must` maps a key to a value or a list (any of).
+
+        `with_payload=False` returns hits with empty payloads: cheaper on the request path, where only ids count.
+        """
         ...
 
     async def get_vectors(self, space: str, ids: Collection[str], *, tenant_id: str) -> dict[str, list[float]]:
@@ -135,6 +140,7 @@ def check_tenant(tenant_id: str) -> str:
     return tenant_id
 
 
+@functools.lru_cache(maxsize=262_144)  # request paths exclude the same history ids again and again
 def point_uuid(tenant_id: str, id: str) -> uuid.UUID:
     """Map a client id to its Qdrant point id, unique per tenant."""
     # Length-prefix the tenant so ("a:b", "c") and ("a", "b:c") cannot collide.

@@ -78,6 +78,7 @@ class QdrantServerVectorStore:
         limit: int,
         must: Mapping[str, Any] | None = None,
         exclude_ids: Collection[str] = (),
+        with_payload: bool = True,
     ) -> list[VectorHit]:
         """Return the tenant's nearest points, best first."""
         check_space(space)
@@ -90,10 +91,12 @@ class QdrantServerVectorStore:
                 query=_floats(vector),
                 query_filter=_filter(tenant_id, must, exclude_ids),
                 limit=limit,
-                with_payload=True,
+                with_payload=True if with_payload else [ID_KEY],
             )
         except Exception as exc:
             raise await self._failure(space, exc) from exc
+        if not with_payload:
+            return [VectorHit(p.payload[ID_KEY], float(p.score), {}) for p in response.points]
         return [VectorHit(p.payload[ID_KEY], float(p.score), client_payload(p.payload)) for p in response.points]
 
     async def get_vectors(self, space: str, ids: Collection[str], *, tenant_id: str) -> dict[str, list[float]]:

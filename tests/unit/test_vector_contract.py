@@ -231,3 +231,10 @@ def test_every_store_satisfies_the_protocol(tmp_path: Path) -> None:
     stores = [InMemoryVectorStore(), EdgeVectorStore(tmp_path), QdrantServerVectorStore(AsyncQdrantClient(":memory:"))]
 
     assert all(isinstance(s, VectorStore) for s in stores)
+
+
+async def test_search_without_payload_returns_ids_and_scores_only(store):
+    await store.ensure_space("nopay", dim=2)
+    await store.upsert("nopay", [VectorPoint("a", [1.0, 0.0], {"categories": ["x"]})], tenant_id="t1")
+    hits = await store.search("nopay", [1.0, 0.0], tenant_id="t1", limit=1, with_payload=False)
+    assert [(h.id, h.payload) for h in hits] == [("a", {})]
