@@ -59,6 +59,8 @@ DEMO_USERS = [str(u) for u in range(1, 611)]  # MovieLens latest-small user ids
 P99_TARGET_MS = 30.0
 RATIO_TARGET = 0.7
 RSS_TARGET_BYTES = 1.5e9
+WRK_TIMEOUT_S = 30  # a request unanswered this long counts as a (socket) error
+FALLBACK_SOURCES = {"trending", "popular", "fresh", "affinity"}  # what an untrained scenario still answers from
 console = Console(width=None if sys.stdout.isatty() else 200)
 
 SCENARIOS = "{ scenarios(first: 100) { edges { node { id name } } } }"
@@ -438,6 +440,7 @@ class Leg:
     command: str = ""
     settle_s: float = 0.0  # waited before the leg for the previous one's queued requests to finish
     loadavg: float = 0.0  # 1-minute load average at the end of the leg
+    socket_errors: dict[str, int] = field(default_factory=dict)  # wrk's connect/read/write/timeout counts
 
     @property
     def rate(self) -> float:
@@ -505,7 +508,7 @@ class Generators:
             threads = connections  # paced: one connection per thread (each thread keeps its own schedule)
         tag = f"r{self.runs}-{time.time_ns()}"
         script.write_text(lua_script(load, self.key, out, tag, rate=rate, threads=threads))
-        argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
+        argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", f"{WRK_TIMEOUT_S}s",
                 "-s", str(script), f"{self.url}/graphql"]
         _, usage, _ = _run_timed(argv, {**self.pids}, timeout_s=seconds + 60)
         r = json.loads(out.read_text())
@@ -515,7 +518,7 @@ class Generators:
         return Leg(load=load.name, kind="fixed" if rate else "saturation", seconds=r["duration_us"] / 1e6,
                    requests=r["requests"], errors=errors, latency_ms=lat, late_ms=late, cpu_percent=usage,
                    sample_error=r["sample_error"], command=" ".join(argv[:-3] + [script.name, "URL"]),
-                   settle_s=settled, loadavg=os.getloadavg()[0])
+                   settle_s=settled, loadavg=os.getloadavg()[0], socket_errors=r["socket_errors"])
 
     def hey(self, load: Load, *, seconds: float, rate: float) -> Leg:
         """Run `hey -z S -c 1 -q RATE` on one fixed body; latencies from its CSV output."""
@@ -718,7 +721,7 @@ def fixed_row(leg: Leg, *, target: bool) -> dict[str, Any]:
         "errors": leg.errors, "latency_ms": leg.latency_ms, "from_schedule_ms": leg.late_ms,
         "target": f"p99 <= {P99_TARGET_MS:g} ms" if target else "", "pass": (p99 <= P99_TARGET_MS and leg.errors == 0) if target else None,
         "cpu_percent": leg.cpu_percent, "sample_error": leg.sample_error, "command": leg.command,
-        "settle_s": leg.settle_s, "loadavg": leg.loadavg,
+        "settle_s": leg.settle_s, "loadavg": leg.loadavg, "socket_errors": leg.socket_errors,
     }
 
 
@@ -745,6 +748,7 @@ def saturation_rows(legs: dict[str, list[Leg]], shapes: dict[str, Load]) -> list
             "pass": (rate[name] / items >= RATIO_TARGET and not sum(l.errors for l in ls)) if key == "cold" and items else None,
             "cpu_percent": cpu, "sample_error": next((l.sample_error for l in ls if l.sample_error), ""),
             "settle_s": [l.settle_s for l in ls], "loadavg": [round(l.loadavg, 2) for l in ls],
+            "socket_errors": dict(sum((Counter(l.socket_errors) for l in ls), Counter())),
             "command": ls[0].command,
         })
     return rows
@@ -765,7 +769,7 @@ def bench(args: argparse.Namespace, serve: ServeProcess, work: Path) -> dict[str
         demo = find_demo(api, serve.data_dir)
         demo.load_s = load_s
         check = sample(api, demo)
-        trained = any(s in check["sources"] for s in ("als", "item_cf"))
+        trained = bool(set(check["sources"]) - FALLBACK_SOURCES)
         if args.train == "always" or (args.train == "auto" and not trained):
             console.print("training the demo scenario (trainScenario) ...")
             demo.train = train(api, demo)
@@ -774,8 +778,8 @@ def bench(args: argparse.Namespace, serve: ServeProcess, work: Path) -> dict[str
         mem["trained"] = memory(serve.proc.pid)
         if check["items"] < 20:
             warnings.append(f"a cold list held {check['items']} items, not 20: {check}")
-        if not any(s in check["sources"] for s in ("als", "item_cf")):
-            warnings.append(f"user 1's list has no collaborative sources (untrained?): {check['sources']}")
+        if not set(check["sources"]) - FALLBACK_SOURCES:
+            warnings.append(f"user 1's list has only fallback sources (untrained?): {check['sources']}")
         pids = serve.pids()
         shapes = loads(demo.scenario_id, args.warm_users)
         gen = Generators(serve.url, demo.keys["public"], work, pids)
@@ -960,7 +964,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--py-spy", type=int, default=0, metavar="SECONDS",
                         help="profile serve with py-spy for SECONDS of cold saturation (needs py-spy; default 0: off)")
     parser.add_argument("--train", choices=("auto", "always", "never"), default="auto",
-                        help="train the demo scenario: auto = when user 1's list has no collaborative sources")
+                        help="train the demo scenario: auto = when user 1's list has only fallback sources")
     parser.add_argument("--skip-load", type=Path, metavar="DATA_DIR",
                         help="reuse a data dir holding the loaded (and trained) demo, e.g. one kept with --keep")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON results")

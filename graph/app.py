@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import structlog
 from litestar import Litestar, Response
+from threadpoolctl import threadpool_limits
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -87,6 +88,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # Requests do small matrix work: BLAS threads only contend with the event loop (training runs in a child).
+        threadpool_limits(limits=1)
         owned = runtime is None
         app.state.runtime = await open_runtime(settings) if owned else runtime
         log.info("recograph.started", embedded=settings.embedded, mongo=app.state.runtime.servers.mongo_url)

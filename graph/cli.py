@@ -18,6 +18,7 @@ from domain.errors import DomainError, NotFound
 from domain.tenancy import Scope
 from graph import demo as demo_setup
 from graph.app import create_app
+from graph.evaluate import register as register_evaluate
 from graph.observability import configure_logging
 from graph.runtime import Runtime, open_runtime
 from models.embedded import EmbeddedStartError, ServerUnavailable
@@ -31,6 +32,7 @@ demo_app = typer.Typer(help="The MovieLens demo tenant.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 app.add_typer(demo_app, name="demo")
+register_evaluate(app)
 console = Console(stderr=True)
 T = TypeVar("T")
 DEFAULT_DATASET = Path(__file__).resolve().parent.parent / "demo" / "ml-latest-small"

@@ -17,7 +17,7 @@ from scipy.sparse.linalg import svds
 WORD = re.compile(r"[^\W\d_]{2,}", re.UNICODE)  # letters only: a year or a number in a title relates nothing
 MIN_DF = 2  # a token on one item cannot relate two items
 MAX_DF = 0.5  # a token on most items tells them apart from nothing
-DENSE_SVD_LIMIT = 4_000_000  # below this many cells an exact dense SVD is cheaper than ARPACK
+DENSE_SVD_LIMIT = 250_000  # below this many cells an exact dense SVD is cheaper than ARPACK
 SEED = 7
 
 
@@ -46,8 +46,7 @@ class ContentModel:
 
 def item_tokens(title: str | None, categories: Sequence[str], tags: Sequence[str], attributes: Mapping[str, Any],
                 published: float | None = None) -> list[str]:
-    """Return an item's tokens: title words, categories, tags, short attribute values and its publication year
-    and decade (the era relates items too), each namespaced."""
+    """Return an item's namespaced tokens: title words, categories, tags, short attribute values, year, decade."""
     tokens = [f"w:{w}" for w in WORD.findall((title or "").lower())]
     if published is not None and np.isfinite(published):
         year = datetime.fromtimestamp(published, UTC).year

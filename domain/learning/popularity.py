@@ -18,8 +18,8 @@ TRENDING_MIN_EVENTS = 2  # one event in a window is chance, not a trend
 
 def decayed_popularity(items: np.ndarray, times: np.ndarray, counts: np.ndarray, now: float,
                        half_life_hours: float) -> np.ndarray:
-    """Return each item's all-time share `counts` scaled by its recent lift (half-life decayed events over the events
-    its share predicts), both shrunk as above; with plenty of recent events this is the item's recent share."""
+    """Return each item's all-time share scaled by its shrunk recent lift (decayed events over predicted ones)."""
+    # With plenty of recent events this is the item's recent share; with few, its all-time share.
     n = len(counts)
     age = np.maximum(now - times, 0.0) / (half_life_hours * HOUR)
     decayed = np.bincount(items, weights=np.exp2(-age), minlength=n)

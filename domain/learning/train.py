@@ -16,6 +16,7 @@ from domain.learning.model import ScenarioModel
 from domain.learning.popularity import decayed_popularity, trending_scores
 from domain.learning.similarity import ease, item_cf, item_users
 from domain.recommend.base import CatalogueView
+from domain.scenarios.config import validate_config
 
 __all__ = ["TrainingData", "train_scenario_model"]
 
@@ -47,6 +48,7 @@ class _Steps:
 def train_scenario_model(data: TrainingData, config: Mapping, *, scenario_id: str, version: int,
                          progress: Progress | None = None) -> ScenarioModel:
     """Train what the config's recall sources need from the interactions and item documents."""
+    config = validate_config(config)  # defaults filled, so a partial config trains the same as its stored form
     sources = _sources(config)
     steps = _Steps(progress, 3 + sum(name in sources for name in ("item_cf", "ease", "als", "user_cf", "content")))
     catalogue = steps.run("catalogue", lambda: CatalogueView.from_items(data.items))

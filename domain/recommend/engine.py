@@ -155,8 +155,9 @@ class Engine:
 
     async def _recall_all(self, ctx: RecallContext, plans: Sequence[_Plan], trace: _Trace) -> dict[str, Candidates]:
         """Run the sources: store-backed ones as concurrent tasks, in-memory ones inline meanwhile."""
-        remote = [p for p in plans if self._vectors is not None and getattr(p.source, "remote", True)]
-        tasks = {p.name: asyncio.ensure_future(self._guarded(ctx, p, trace)) for p in remote}
+        tasks = {p.name: asyncio.ensure_future(self._guarded(ctx, p, trace)) for p in plans if self._remote(p)}
+        if tasks:
+            await asyncio.sleep(0)  # let the store requests go out before computing the in-memory sources
         found = {p.name: await self._guarded(ctx, p, trace) for p in plans if p.name not in tasks}
         for name, task in tasks.items():
             found[name] = await task
@@ -165,10 +166,9 @@ class Engine:
     async def _guarded(self, ctx: RecallContext, plan: _Plan, trace: _Trace) -> Candidates | None:
         own = copy.copy(ctx)
         own.params = plan.params
-        remote = self._vectors is not None and getattr(plan.source, "remote", True)
         try:
             work = _timed(plan.source.recall(own, plan.limit))
-            found, elapsed = await (asyncio.wait_for(work, self._timeout) if remote else work)
+            found, elapsed = await (asyncio.wait_for(work, self._timeout) if self._remote(plan) else work)
         except TimeoutError:
             trace.dropped[plan.name] = f"timeout: no answer within {self._timeout * 1000:.0f} ms"
             return None
@@ -181,6 +181,9 @@ class Engine:
             return None
         trace.recall[plan.name] = {"candidates": len(found), "ms": round(elapsed * 1000, 3)}
         return found
+
+    def _remote(self, plan: _Plan) -> bool:
+        return self._vectors is not None and bool(getattr(plan.source, "remote", True))
 
     def _params_of(self, name: str) -> Mapping[str, Any]:
         return next((p.params for p in self._recall if p.name == name), {})

@@ -51,8 +51,8 @@ def normalise(scores: np.ndarray, how: str, rrf_k: float = 60.0) -> np.ndarray:
 
 def candidate_matrix(per_source: Mapping[str, Candidates], how: str = "minmax", rrf_k: float = 60.0,
                      size: int | None = None) -> CandidateMatrix:
-    """Return the candidates' union with each source's normalised and raw score as columns (`size`: the
-    catalogue's length, which lets the union be built with a mask instead of a sort)."""
+    """Return the candidates' union with each source's normalised and raw score as columns."""
+    # Given the catalogue's length (`size`), the union is built with a mask instead of a sort.
     names = [name for name, found in per_source.items() if len(found)]
     if not names:
         empty = np.zeros((0, 0), np.float32)
@@ -88,8 +88,7 @@ def source_weights(names: list[str], config: Mapping[str, Any]) -> np.ndarray:
 
 
 def ranked_from_scores(matrix: CandidateMatrix, scores: np.ndarray, weights: np.ndarray) -> Ranked:
-    """Return the candidates ordered by score (ties by index), each with the sources that recalled it (heaviest
-    weight first)."""
+    """Return the candidates ordered by score (ties by index), each with its sources, heaviest weight first."""
     order = np.lexsort((matrix.idx, -scores))
     present = ~np.isnan(matrix.raw[order])
     by_weight = np.argsort(-weights, kind="stable")

@@ -74,7 +74,8 @@ RECALL_PARAMS: dict[str, dict[str, Any]] = {
         # EASE inverts an items x items matrix, so the vocabulary is capped to the most popular items.
         **{"lambda": prop("number", "L2 regularisation of the item-item matrix.", default=500.0, exclusiveMinimum=0,
                           maximum=1e6)},
-        maxItems=prop("integer", "Most popular items kept in the model.", default=20000, minimum=10, maximum=50000),
+        # Training inverts a maxItems x maxItems matrix: beyond ~6,000 it needs GBs and minutes on one node.
+        maxItems=prop("integer", "Most popular items kept in the model.", default=6000, minimum=10, maximum=6000),
     ),
     "fresh": params(maxAgeHours=_hours("Only items published within this many hours.", 72.0)),
     "affinity": params(
@@ -98,7 +99,15 @@ FILTER_PARAMS: dict[str, dict[str, Any]] = {
     ),
 }
 
-RANKER_PARAMS: dict[str, dict[str, Any]] = {}
+RANKER_PARAMS: dict[str, dict[str, Any]] = {
+    "fusion": params(
+        method=prop("string", "weighted: sum of normalised scores x recall weight; rrf: reciprocal-rank fusion.",
+                    enum=["weighted", "rrf"], default="weighted"),
+        normalize=prop("string", "Per-source score normalisation for weighted fusion.",
+                       enum=["minmax", "rank", "max"], default="minmax"),
+        rrfK=prop("number", "RRF constant k in 1/(k + rank).", default=60.0, exclusiveMinimum=0, maximum=1000),
+    ),
+}
 
 _PIN = {
     "type": "object",

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# Weighted fusion of min-max normalised source scores: the evaluated default for every template.
+FUSION = {"name": "fusion", "params": {"method": "weighted", "normalize": "minmax", "rrfK": 60.0}}
+
 
 def _weights(**weights: float) -> dict[str, float]:
     """Return interaction weights for every InteractionType, 0 for the ones not named."""
@@ -40,7 +43,7 @@ VLOG: dict[str, Any] = {
         {"source": "fresh", "weight": 0.5, "limit": 100, "params": {"maxAgeHours": 48.0}},
     ],
     "filters": [{"name": "seen", "params": {}}, {"name": "availability", "params": {}}],
-    "ranker": {"name": "fusion", "params": {}},
+    "ranker": FUSION,
     "rerank": [
         # A feed of one category tires fast; MMR mixes categories while keeping relevance first.
         {"name": "mmr", "params": {"lambda": 0.7, "by": "category"}},
@@ -80,7 +83,7 @@ NEWS: dict[str, Any] = {
         {"name": "availability", "params": {}},
         {"name": "rules", "params": {"expressions": ["publishedAt within 72h"]}},
     ],
-    "ranker": {"name": "fusion", "params": {}},
+    "ranker": FUSION,
     "rerank": [
         {"name": "freshness", "params": {"halfLifeHours": None, "weight": 0.3}},
         # A front page needs breadth: at most three stories per section.
@@ -122,7 +125,7 @@ ECOMMERCE: dict[str, Any] = {
         {"name": "availability", "params": {}},
         {"name": "blocklist", "params": {"itemIds": [], "categories": []}},
     ],
-    "ranker": {"name": "fusion", "params": {}},
+    "ranker": FUSION,
     "rerank": [
         {"name": "category_cap", "params": {"maxPerCategory": 4}},
         # Merchandisers add pins with updateScenario; empty until then.
@@ -158,7 +161,7 @@ MUSIC: dict[str, Any] = {
         {"source": "fresh", "weight": 0.5, "limit": 100, "params": {"maxAgeHours": 336.0}},
     ],
     "filters": [{"name": "seen", "params": {}}, {"name": "availability", "params": {}}],
-    "ranker": {"name": "fusion", "params": {}},
+    "ranker": FUSION,
     "rerank": [
         # Light diversity only: listeners want a coherent mood, not a genre sampler.
         {"name": "mmr", "params": {"lambda": 0.85, "by": "category"}},
@@ -187,7 +190,7 @@ CUSTOM: dict[str, Any] = {
         {"source": "fresh", "weight": 0.5, "limit": 100, "params": {"maxAgeHours": 72.0}},
     ],
     "filters": [{"name": "seen", "params": {}}, {"name": "availability", "params": {}}],
-    "ranker": {"name": "fusion", "params": {}},
+    "ranker": FUSION,
     "rerank": [],
     "freshness": {"halfLifeHours": 48.0},
     "popularity": {"halfLifeHours": 72.0, "trendingWindowHours": 24.0},

@@ -195,3 +195,21 @@ def test_reciprocal_rank_fusion_ignores_score_scales():
     config = scenario([{"source": "item_cf", "weight": 1.0}, {"source": "popular", "weight": 1.0}])
     ranked = Fusion().rank(per_source, _stage(config, {"method": "rrf"}))
     assert list(ranked.idx) == [2, 1, 3]  # 2 is second and first: the best summed reciprocal rank
+
+
+async def test_a_vector_store_gives_the_same_answer_as_the_in_memory_search(model):
+    store = ExactStore(model.catalogue.item_ids, model.content.embeddings)
+    request = ask(model, history=["k0", "a3"], limit=8)
+    in_memory = await Engine(scenario(), model).recommend(request)
+    with_store = await Engine(scenario(), model, vectors=store, content_space="content").recommend(request)
+    assert store.calls == 1
+    assert ids(with_store) == ids(in_memory)
+    assert [r.score for r in with_store.items] == pytest.approx([r.score for r in in_memory.items])
+
+
+async def test_a_scenario_trained_without_interactions_serves_the_newest_items():
+    empty = synthetic().__class__(items=items(), user_ids=[], item_ids=[], types=[], values=[],
+                                  timestamps=np.array([]))
+    model = train_scenario_model(empty, scenario(), scenario_id="s", version=1)
+    result = await Engine(scenario(), model).recommend(RecRequest(user_id="x", limit=3, now=model.newest_event))
+    assert ids(result) == ["a9", "d9", "k9"]  # published last (Jan 10), in catalogue order

@@ -195,6 +195,15 @@ def test_training_builds_only_what_the_sources_need():
     assert full.item_users is not None and full.content is not None  # vector searches the content space
 
 
+def test_a_scenario_without_interactions_trains_every_source_empty():
+    empty = TrainingData(items=items(), user_ids=[], item_ids=[], types=[], values=[], timestamps=np.array([]))
+    model = train_scenario_model(empty, config("trending", "item_cf", "ease", "als", "user_cf", "content"),
+                                 scenario_id="s", version=1)
+    assert model.user_ids == [] and model.info["easeItems"] == 0
+    assert not (model.ease.neighbors >= 0).any() and not (model.item_cf.neighbors >= 0).any()
+    assert model.item_embedding("a0") is not None  # content needs items only
+
+
 def test_progress_is_reported_up_to_done():
     seen: list[tuple[float, str]] = []
     train_scenario_model(synthetic(), config("item_cf"), scenario_id="s", version=1,

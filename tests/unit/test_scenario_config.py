@@ -58,7 +58,7 @@ def test_templates_make_the_choices_their_kind_needs() -> None:
     assert shop["interactionWeights"]["PURCHASE"] > shop["interactionWeights"]["ADD_TO_CART"] > 1
     assert music["seen"]["exclude"] is False or music["seen"]["windowHours"] <= 24
     assert {"artist", "genre"} <= set(music["features"]["item"])
-    assert [r["source"] for r in TEMPLATES["CUSTOM"]["recall"]] == ["popular", "fresh"]
+    assert [r["source"] for r in TEMPLATES["CUSTOM"]["recall"]] == ["popular", "item_cf", "fresh"]
 
 
 def test_schema_is_a_valid_draft_2020_12_schema() -> None:
@@ -223,7 +223,7 @@ def test_defaults_are_filled_and_validation_is_idempotent() -> None:
         {"source": "item_cf", "weight": 2, "limit": 200, "params": {"neighbors": 50, "seedItems": 20}}
     ]
     assert result["filters"] == [{"name": "blocklist", "params": {"itemIds": [], "categories": []}}]
-    assert result["ranker"] == {"name": "fusion", "params": {}}
+    assert result["ranker"] == {"name": "fusion", "params": {"method": "weighted", "normalize": "minmax", "rrfK": 60.0}}
     assert result["seen"]["windowHours"] is None and result["seen"]["exclude"] is True
     assert result["fallback"] == {"sources": ["popular"], "minItems": 10}
     assert result["retention"] == {"interactionsDays": None}

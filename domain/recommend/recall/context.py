@@ -13,9 +13,12 @@ from domain.learning.model import ScenarioModel
 from domain.recommend.base import Candidates, CatalogueView, RecRequest
 from domain.recommend.recall.index import CatalogueIndex
 
-HISTORY_CAP = 200  # the most recent items that personal sources read; older ones weigh HISTORY_FLOOR at most
-HISTORY_HALF_LIFE = 5.0  # items back from the newest at which an item's weight halves
-HISTORY_FLOOR = 0.05  # the long-term taste still counts a little, however old
+HISTORY_CAP = 200  # the most recent items that personal sources read
+# What a user does next follows their last few items most: an item's weight above the floor halves every
+# HISTORY_HALF_LIFE items back, and the floor keeps the long-term taste. Tuned on MovieLens: against equal weights,
+# +18% NDCG@10 predicting each user's next interactions (temporal split), -8% on randomly held-out ones.
+HISTORY_HALF_LIFE = 2.0
+HISTORY_FLOOR = 0.2
 
 
 class VectorSearch(Protocol):
