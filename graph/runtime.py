@@ -125,4 +125,5 @@ def _registry(settings: Settings, vectors: VectorStore | None, models_dir: Path,
     return ModelRegistry(
         vectors=vectors, models_dir=models_dir, channel=channel, refresh_s=training.models_refresh_s,
         catalogue_refresh_s=training.catalogue_refresh_s, max_loaded=training.max_loaded_scenarios,
+        ann_min_items=training.ann_min_items,
     )

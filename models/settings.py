@@ -102,6 +102,9 @@ class TrainingSettings(BaseSettings):
         30.0, description="How often serving checks the items of a scenario it served for changes (new items, edits)."
     )
     max_loaded_scenarios: int = Field(200, description="Most scenario models held in memory; least recently used go.")
+    ann_min_items: int = Field(
+        50_000, description="Catalogues at least this large use the vector store's ANN; smaller ones an exact in-memory scan."
+    )
 
 
 class Settings(BaseSettings):

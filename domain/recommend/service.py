@@ -88,7 +88,7 @@ class RecommendationService:
         engine = await self._engine(tenant_id, scenario_id)
         result: RecResult = await engine.similar(item_id, limit=limit, exclude=frozenset({item_id}))
         request_id = uuid.uuid4().hex
-        await self._store_served(request_id, result.items, tenant_id=tenant_id)
+        await self._store_served(request_id, json.dumps(_encode(result.items), separators=(",", ":")), tenant_id=tenant_id)
         return RecommendationPage(request_id=request_id, items=result.items[:limit], next_cursor=None)
 
     async def _engine(self, tenant_id: str, scenario_id: str) -> Any:
@@ -159,20 +159,20 @@ class RecommendationService:
 
     async def _remember(self, request_id: str, items: list[Recommendation], answer: tuple, *, tenant_id: str) -> None:
         scenario_id, user_id, version, key = answer
-        await self._store_served(request_id, items, tenant_id=tenant_id)
+        encoded = json.dumps(_encode(items), separators=(",", ":"))  # once: stored as the served list and the answer
+        await self._store_served(request_id, encoded, tenant_id=tenant_id)
         if version is None:
             return
-        blob = json.dumps({"request_id": request_id, "items": _encode(items)}, separators=(",", ":"))
+        blob = f'{{"request_id":{json.dumps(request_id)},"items":{encoded}}}'
         try:
             await self._cache.put_blob("answer", scenario_id, user_id, f"{version}:{key}", value=blob,
                                        ttl_s=ANSWER_TTL_S, tenant_id=tenant_id)
         except CacheUnavailable:
             pass
 
-    async def _store_served(self, request_id: str, items: list[Recommendation], *, tenant_id: str) -> None:
+    async def _store_served(self, request_id: str, encoded: str, *, tenant_id: str) -> None:
         try:
-            await self._cache.put_blob("served", request_id, value=json.dumps(_encode(items), separators=(",", ":")),
-                                       ttl_s=SERVED_TTL_S, tenant_id=tenant_id)
+            await self._cache.put_blob("served", request_id, value=encoded, ttl_s=SERVED_TTL_S, tenant_id=tenant_id)
         except CacheUnavailable as exc:
             log.warning("cache.unavailable", op="recommend.served", error=str(exc))
 
