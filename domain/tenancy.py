@@ -108,7 +108,9 @@ class TenancyService:
         key = await ApiKey.find_one({"_id": key_id, "tenant_id": tenant_id})
         if key is None or key.revoked_at is not None:
             return False
-        await ApiKey.get_pymongo_collection().update_one({"_id": key_id}, {"$set": {"revoked_at": utcnow()}})
+        await ApiKey.get_pymongo_collection().update_one(
+            {"_id": key_id, "tenant_id": tenant_id}, {"$set": {"revoked_at": utcnow()}}
+        )
         self._auth_cache.pop(key.key_hash, None)
         return True
 
