@@ -34,7 +34,6 @@ import pstats
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -75,6 +74,7 @@ from models.documents import DOCUMENTS, Interaction, Item, composite_id  # noqa:
 from models.settings import Settings  # noqa: E402
 from resolvers.context import RequestContext  # noqa: E402
 from resolvers.loaders import make_loaders  # noqa: E402
+from harness import children, cmdline, cpu_seconds, free_port, recograph_command, stop_leftovers
 
 DATASET = ROOT / "demo" / "ml-latest-small"
 RESULTS = ROOT / "bench" / "results" / "ingest.json"
@@ -98,17 +98,8 @@ PROFILE = "query($u: ID!) { profile(userId: $u) { interactionCount } }"
 # ---------------------------------------------------------------- the server under test
 
 
-def free_port() -> int:
-    """Return a free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def recograph_command() -> str:
-    """Return the `recograph` script beside this interpreter, or the one on PATH."""
-    beside = Path(sys.executable).parent / "recograph"
-    return str(beside) if beside.exists() else (shutil.which("recograph") or "recograph")
 
 
 class ServeProcess:
@@ -162,8 +153,8 @@ class ServeProcess:
     def pids(self) -> dict[str, int]:
         """Return the pids of serve and of the servers it started."""
         out = {"serve": self.proc.pid}
-        for child in _children(self.proc.pid):
-            cmd = self._servers.setdefault(child, _cmdline(child))
+        for child in children(self.proc.pid):
+            cmd = self._servers.setdefault(child, cmdline(child))
             out["mongo" if "secantusd" in cmd else "redis" if "redis-server" in cmd else f"child-{child}"] = child
         return out
 
@@ -189,50 +180,15 @@ class ServeProcess:
             self.proc.wait(timeout=10)
         self._stop_leftovers()
 
-    def _stop_leftovers(self, timeout_s: float = 10.0) -> None:
-        """Stop servers serve left running (own sessions, so killpg misses them) while their data dir exists.
-
-        Redis refuses to exit on SIGTERM when its final save fails, so one whose directory was removed would
-        stay forever: SIGKILL whatever is still there after timeout_s.
-        """
-        left = [pid for pid, cmd in self._servers.items() if cmd and _cmdline(pid) == cmd]
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while left and time.monotonic() < deadline:
-            time.sleep(0.1)
-            left = [pid for pid in left if _cmdline(pid) == self._servers[pid]]
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    def _stop_leftovers(self) -> None:
+        """Stop servers serve left running (own sessions, so killpg misses them)."""
+        stop_leftovers(self._servers)
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
 
 
-def _cmdline(pid: int) -> str:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    return ""
 
 
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """Return user+system CPU seconds of each process (Linux /proc), plus this one as `client`."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {"client": time.process_time()}
-    for name, pid in pids.items():
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            out[name] = (int(fields[11]) + int(fields[12])) / tick
-    return out
 
 
 # ---------------------------------------------------------------- data
@@ -357,10 +313,10 @@ async def compare(
         chunk = pairs[start : start + per_round]
         legs = [(ours, work[0], [p[0] for p in chunk]), (base, work[1], [p[1] for p in chunk])]
         for measured, fn, todo in legs if number % 2 == 0 else legs[::-1]:
-            before = cpu_seconds(pids)
+            before = cpu_seconds(pids, client=True)
             seconds = await run_batches(fn, todo, concurrency)
             docs = sum(len(b) if isinstance(b, list) else b[1] for b in todo)
-            measured.add(docs, seconds, before, cpu_seconds(pids))
+            measured.add(docs, seconds, before, cpu_seconds(pids, client=True))
 
 
 # ---------------------------------------------------------------- checks
@@ -443,11 +399,11 @@ class StepTimer:
         timer = self
 
         async def timed(*args: Any, **kwargs: Any) -> Any:
-            began, began_cpu, before = time.perf_counter(), time.process_time(), cpu_seconds(timer._mongo_pid)
+            began, began_cpu, before = time.perf_counter(), time.process_time(), cpu_seconds(timer._mongo_pid, client=True)
             try:
                 return await original(*args, **kwargs)
             finally:
-                after = cpu_seconds(timer._mongo_pid)
+                after = cpu_seconds(timer._mongo_pid, client=True)
                 timer.wall[label] += time.perf_counter() - began
                 timer.cpu[label] += time.process_time() - began_cpu
                 timer.mongo[label] += after.get("mongo", 0.0) - before.get("mongo", 0.0)
@@ -473,11 +429,11 @@ def ms(seconds: float) -> float:
 
 async def _measure(coro: Awaitable[Any], pids: dict[str, int]) -> tuple[float, float, dict[str, float], Any]:
     """Await coro; return its wall seconds, this process's CPU seconds, other processes' CPU seconds, result."""
-    before = cpu_seconds(pids)
+    before = cpu_seconds(pids, client=True)
     began, began_cpu = time.perf_counter(), time.process_time()
     result = await coro
     wall, cpu = time.perf_counter() - began, time.process_time() - began_cpu
-    after = cpu_seconds(pids)
+    after = cpu_seconds(pids, client=True)
     return wall, cpu, {k: after[k] - before[k] for k in pids if k in after and k in before}, result
 
 

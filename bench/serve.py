@@ -35,7 +35,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.table import Table
+from harness import children, cmdline, cpu_seconds, free_port, recograph_command, stop_leftovers
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "serve.json"
@@ -86,17 +86,8 @@ USER, NONCE = "__BENCH_USER__", "__BENCH_NONCE__"
 # ---------------------------------------------------------------- the server under test
 
 
-def free_port() -> int:
-    """Return a free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def recograph_command() -> str:
-    """Return the `recograph` script beside this interpreter, or the one on PATH."""
-    beside = Path(sys.executable).parent / "recograph"
-    return str(beside) if beside.exists() else (shutil.which("recograph") or "recograph")
 
 
 class ServeProcess:
@@ -143,8 +134,8 @@ class ServeProcess:
     def pids(self) -> dict[str, int]:
         """Return the pids of serve and of the servers it started."""
         out = {"serve": self.proc.pid}
-        for child in _children(self.proc.pid):
-            cmd = self._servers.setdefault(child, _cmdline(child))
+        for child in children(self.proc.pid):
+            cmd = self._servers.setdefault(child, cmdline(child))
             kinds = (("secantusd", "mongo"), ("redis-server", "redis"), ("forkserver", "forkserver"),
                      ("resource_tracker", "resource_tracker"))
             out[next((n for word, n in kinds if word in cmd), f"child-{child}")] = child
@@ -171,46 +162,15 @@ class ServeProcess:
                 self.proc.wait(timeout=10)
         self._stop_leftovers()
 
-    def _stop_leftovers(self, timeout_s: float = 10.0) -> None:
-        """Stop servers serve left running (own sessions, so killpg misses them); SIGKILL after timeout_s."""
-        left = [pid for pid, cmd in self._servers.items() if cmd and _cmdline(pid) == cmd]
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while left and time.monotonic() < deadline:
-            time.sleep(0.1)
-            left = [pid for pid in left if _cmdline(pid) == self._servers[pid]]
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    def _stop_leftovers(self) -> None:
+        """Stop servers serve left running (own sessions, so killpg misses them)."""
+        stop_leftovers(self._servers)
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
 
 
-def _cmdline(pid: int) -> str:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    return ""
 
 
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """Return user+system CPU seconds of each process (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for name, pid in pids.items():
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            out[name] = (int(fields[11]) + int(fields[12])) / tick
-    return out
 
 
 def machine_busy_seconds() -> float:
