@@ -1,0 +1,1 @@
+"""Real time: the event stream, its consumer, impressions and attribution, live metrics."""
