@@ -589,7 +589,7 @@ def breakdown(api: Api, demo: Demo, users: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- py-spy
 
 
-def py_spy(pid: int, seconds: int, work: Path, during) -> dict[str, Any]:
+def py_spy(pid: int, seconds: int, work: Path, during, keep_raw: Path | None = None) -> dict[str, Any]:
     """Record serve with py-spy (non-blocking) while `during()` loads it; return own and inclusive hot spots."""
     exe = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     if exe is None:
@@ -608,6 +608,9 @@ def py_spy(pid: int, seconds: int, work: Path, during) -> dict[str, Any]:
             proc.wait()
     if not raw.exists():
         return {"skipped": f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}"}
+    if keep_raw is not None:  # the raw stacks, for looking further than the summary below
+        keep_raw.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(raw, keep_raw)
     own, inclusive, total = Counter(), Counter(), 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -707,6 +710,8 @@ def saturation_rows(legs: dict[str, list[Leg]], shapes: dict[str, Load]) -> list
             "target": f"/ items >= {RATIO_TARGET}" if key == "cold" else "",
             "pass": (rate[name] / items >= RATIO_TARGET and not sum(l.errors for l in ls)) if key == "cold" and items else None,
             "cpu_percent": cpu, "sample_error": next((l.sample_error for l in ls if l.sample_error), ""),
+            # serve's own CPU per answered request: the figure that decides how far one event loop goes
+            "serve_cpu_ms_per_request": round(10 * cpu.get("serve", 0.0) / rate[name], 2) if rate[name] else None,
             "settle_s": [l.settle_s for l in ls], "loadavg": [round(l.loadavg, 2) for l in ls],
             "socket_errors": dict(sum((Counter(l.socket_errors) for l in ls), Counter())),
             "command": ls[0].command,
@@ -786,7 +791,8 @@ def bench(args: argparse.Namespace, serve: ServeProcess, work: Path) -> dict[str
             settle(pids)
             console.print(f"py-spy: {args.py_spy} s of cold saturation ...")
             profile = py_spy(serve.proc.pid, args.py_spy, work, lambda: gen.wrk(
-                shapes["cold"], seconds=args.py_spy, threads=args.threads, connections=args.connections))
+                shapes["cold"], seconds=args.py_spy, threads=args.threads, connections=args.connections),
+                keep_raw=args.output.with_suffix(".py-spy.txt"))
         for row in rows:
             if row.get("sample_error"):
                 warnings.append(f"{row['leg']}: first error: {row['sample_error']}")
@@ -882,15 +888,16 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Saturation (wrk -t{args.threads} -c{args.connections}, {args.sat_duration:g} s x {args.rounds} rounds):", "",
               "| leg | req/s | per round | errors | p50 ms | p99 ms | / items | / __typename | target | | serve CPU % "
-              "| mongo CPU % | others' CPU % |",
-              "|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"]
+              "| serve CPU ms/req | mongo CPU % | others' CPU % |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     for r in (r for r in rows if r["kind"] == "saturation"):
         lines.append(
             f"| {r['leg']} | {r['req_per_s']:,.1f} | {' '.join(f'{v:,.0f}' for v in r['per_round'])} | {r['errors']} | "
             f"{r['latency_ms']['p50']:.1f} | {r['latency_ms']['p99']:.1f} | "
             f"{'' if r['ratio_to_items'] is None else format(r['ratio_to_items'], '.2f')} | "
             f"{'' if r['ratio_to_typename'] is None else format(r['ratio_to_typename'], '.3f')} | {r['target']} | "
-            f"{_verdict(r)} | {r['cpu_percent'].get('serve', 0):.0f} | {r['cpu_percent'].get('mongo', 0):.0f} | "
+            f"{_verdict(r)} | {r['cpu_percent'].get('serve', 0):.0f} | {r.get('serve_cpu_ms_per_request') or 0:.1f} | "
+            f"{r['cpu_percent'].get('mongo', 0):.0f} | "
             f"{r['cpu_percent'].get('others', 0):.0f} |")
     m = next(r for r in rows if r["kind"] == "memory")
     lines += ["", "| memory | after load | largest sampled | peak (VmHWM) | target | |", "|---|---:|---:|---:|---|---|",

@@ -283,7 +283,7 @@ class CatalogueService:
         after: str | None, max_first: int,
     ) -> Page:
         """Return a page of a scenario's items ordered by item id."""
-        await self._scenarios.get_or_raise(scenario_id, tenant_id=tenant_id)
+        await self._scenarios.cached(scenario_id, tenant_id=tenant_id)
         limit = check_first(first, maximum=max_first)
         matching = _filter_query(filters or ItemFilter(), tenant_id=tenant_id, scenario_id=scenario_id)
         query = dict(matching)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -28,6 +29,12 @@ class RecRequest:
     tag_prefs: Mapping[str, float] = field(default_factory=dict)
     now: datetime = field(default_factory=lambda: datetime.now(UTC))  # time reference for decay and rules
     debug: bool = False
+    page_size: int | None = None  # items per served page (per-page rerankers); None: the whole list is one page
+
+    @property
+    def page(self) -> int:
+        """Return the served page size: page_size when given, else limit."""
+        return self.page_size if self.page_size else self.limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +87,50 @@ class CatalogueView:
 
     def indexes(self, item_ids: Iterable[str]) -> np.ndarray:
         """Return the indexes of the known ids among item_ids, in order (unknown ids are skipped)."""
-        return np.fromiter((self.index[i] for i in item_ids if i in self.index), dtype=np.int64)
+        get = self.index.get
+        found = np.array([get(i, -1) for i in item_ids], dtype=np.int64)
+        return found[found >= 0] if len(found) and found.min() < 0 else found
+
+    def mask(self, item_ids: Iterable[str]) -> np.ndarray:
+        """Return a bool mask over the catalogue: True for the known ids among item_ids."""
+        out = np.zeros(len(self.item_ids), dtype=bool)
+        out[self.indexes(item_ids)] = True
+        return out
+
+    @cached_property
+    def category_codes(self) -> LabelCodes:
+        """Return each item's distinct categories as integer codes (built once per view)."""
+        return LabelCodes.build(self.categories)
+
+
+@dataclass(frozen=True)
+class LabelCodes:
+    """Per-item label sets as CSR arrays: item i has labels codes[indptr[i]:indptr[i + 1]] (distinct)."""
+
+    indptr: np.ndarray  # int64, items + 1
+    codes: np.ndarray  # int64 label codes
+    vocabulary: int  # number of distinct labels
+
+    @classmethod
+    def build(cls, labels: Sequence[Sequence[str]]) -> LabelCodes:
+        """Encode label lists (duplicates within an item counted once)."""
+        vocabulary: dict[str, int] = {}
+        codes: list[int] = []
+        lengths = np.zeros(len(labels) + 1, dtype=np.int64)
+        for row, own in enumerate(labels):
+            distinct = dict.fromkeys(own)
+            codes.extend(vocabulary.setdefault(label, len(vocabulary)) for label in distinct)
+            lengths[row + 1] = len(distinct)
+        return cls(np.cumsum(lengths), np.asarray(codes, dtype=np.int64), len(vocabulary))
+
+    def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (position in idx, label code) pairs for the items at idx, as two aligned arrays."""
+        starts, ends = self.indptr[idx], self.indptr[np.asarray(idx) + 1]
+        lengths = ends - starts
+        positions = np.repeat(np.arange(len(idx)), lengths)
+        # Offset of each pair within its item's run, added to the run's start.
+        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return positions, self.codes[np.repeat(starts, lengths) + within]
 
 
 def _epoch(value: datetime | None) -> float:
@@ -133,6 +183,7 @@ class StageContext:
     params: Mapping[str, Any]  # this stage's params from the scenario config (defaults filled in)
     config: Mapping[str, Any]  # the whole scenario config
     embeddings: np.ndarray | None = None  # item embeddings aligned with the catalogue, when a model has them
+    exclude_mask: np.ndarray | None = None  # request.exclude as a bool mask over the catalogue, when computed
 
     @property
     def now_ts(self) -> float:

@@ -108,7 +108,7 @@ class Engine:
         ctx = self._context(request)
         per_source = await self._recall_all(ctx, self._plan(ctx), trace)
         trace.lap("recall")
-        stage = self._stage_context(request)
+        stage = self._stage_context(ctx)
         ranked = self._rank(self._filter(per_source, stage, self._filters, ctx.excluded), stage)
         trace.lap("filterRank")
         ranked = await self._fill(ranked, ctx, stage, per_source, trace)
@@ -129,7 +129,7 @@ class Engine:
         plans = [_Plan(name, REGISTRY.get("recall", name)(), self._params_of(name), limit * RERANK_PAGES)
                  for name in SIMILAR_SOURCES]
         per_source = await self._recall_all(ctx, plans, trace)
-        stage = self._stage_context(request)
+        stage = self._stage_context(ctx)
         ranked = self._rank(self._filter(per_source, stage, self._hard, ctx.excluded), stage)
         if len(ranked.idx) < limit:
             ranked = _concat(ranked, self._same_categories(ctx, stage, item_id, limit - len(ranked.idx), ranked))
@@ -193,9 +193,9 @@ class Engine:
 
     # --- filter and rank ------------------------------------------------------------------------------------
 
-    def _stage_context(self, request: RecRequest) -> StageContext:
-        return StageContext(request=request, catalogue=self.catalogue, params={}, config=self.config,
-                            embeddings=self.index.embeddings)
+    def _stage_context(self, ctx: RecallContext) -> StageContext:
+        return StageContext(request=ctx.request, catalogue=self.catalogue, params={}, config=self.config,
+                            embeddings=self.index.embeddings, exclude_mask=ctx.exclude_mask)
 
     def _allowed(self, idx: np.ndarray, stage: StageContext, filters: Sequence[_Stage],
                  excluded: np.ndarray) -> np.ndarray:

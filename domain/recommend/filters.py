@@ -35,6 +35,8 @@ class SeenFilter:
         exclude = ctx.request.exclude
         if not exclude:
             return _all(idx)
+        if ctx.exclude_mask is not None:
+            return ~ctx.exclude_mask[idx]
         # Walk whichever side is shorter: a heavy user's seen set can be far larger than the candidate list.
         if len(exclude) > len(idx):
             ids = ctx.catalogue.item_ids

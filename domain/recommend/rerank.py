@@ -1,7 +1,8 @@
 """Rerankers: reorder the ranked list for diversity, freshness, per-page category caps, pins and duplicates.
 
 Every reranker returns a new `Ranked` whose idx, scores, sources and source_scores stay aligned (built with
-`Ranked.take` or by appending rows). Pages are `request.limit` items long.
+`Ranked.take` or by appending rows). MMR diversifies the whole requested list (`request.limit` items); category
+caps apply per served page (`request.page` items).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from domain.recommend.base import REGISTRY, CatalogueView, Ranked, StageContext
+from domain.recommend.base import REGISTRY, CatalogueView, LabelCodes, Ranked, StageContext
 from domain.recommend.columns import lazy_column
 
 MMR_WINDOW = 3  # MMR picks one page out of the first MMR_WINDOW pages of candidates
@@ -54,10 +55,11 @@ class MMR:
         if ctx.params["by"] == "embedding" and ctx.embeddings is not None:
             similarity = embedding_similarity(ctx.embeddings[top])
         else:
-            similarity = category_similarity([ctx.catalogue.categories[i] for i in top.tolist()])
+            similarity = jaccard(*ctx.catalogue.category_codes.rows(top), len(top))
         chosen = mmr_order(normalise(ranked.scores[:window]), similarity, float(ctx.params["lambda"]), picks)
-        rest = np.setdiff1d(np.arange(n), chosen, assume_unique=True)  # sorted, so ranked order
-        return ranked.take(np.concatenate([chosen, rest]))
+        rest = np.ones(n, dtype=bool)
+        rest[chosen] = False
+        return ranked.take(np.concatenate([chosen, np.flatnonzero(rest)]))  # the unpicked rest in ranked order
 
 
 def mmr_order(relevance: np.ndarray, similarity: np.ndarray, lam: float, picks: int) -> np.ndarray:
@@ -70,24 +72,26 @@ def mmr_order(relevance: np.ndarray, similarity: np.ndarray, lam: float, picks: 
     closest = np.zeros(len(value))
     gain = np.empty(len(value))
     order = np.empty(picks, dtype=np.int64)
+    subtract, maximum = np.subtract, np.maximum
     for step in range(picks):
-        np.subtract(value, closest, out=gain)
-        best = int(np.argmax(gain))  # ties go to the better-ranked item
+        subtract(value, closest, out=gain)
+        best = int(gain.argmax())  # ties go to the better-ranked item
         order[step] = best
         value[best] = -np.inf
-        np.maximum(closest, similarity[best], out=closest)
+        maximum(closest, similarity[best], out=closest)
     return order
 
 
 def category_similarity(categories: Sequence[tuple[str, ...]]) -> np.ndarray:
     """Return the pairwise Jaccard index of the items' category sets (0 for items without categories)."""
-    vocabulary: dict[str, int] = {}
-    rows, cols = [], []
-    for row, labels in enumerate(categories):
-        for label in set(labels):
-            rows.append(row)
-            cols.append(vocabulary.setdefault(label, len(vocabulary)))
-    incidence = np.zeros((len(categories), len(vocabulary)), dtype=np.float32)
+    codes = LabelCodes.build(categories)
+    return jaccard(*codes.rows(np.arange(len(categories))), len(categories))
+
+
+def jaccard(rows: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
+    """Return the pairwise Jaccard index of n label sets given as distinct (row, label code) pairs."""
+    labels, cols = np.unique(codes, return_inverse=True)  # only the labels these rows use become columns
+    incidence = np.zeros((n, len(labels)), dtype=np.float32)
     incidence[rows, cols] = 1.0
     shared = incidence @ incidence.T
     sizes = incidence.sum(axis=1)
@@ -155,7 +159,7 @@ class CategoryCap:
     def rerank(self, ranked: Ranked, ctx: StageContext) -> Ranked:
         """Return the list with over-cap items pushed to later pages."""
         categories = [ctx.catalogue.categories[i] for i in ranked.idx.tolist()]
-        order = cap_order(categories, max(ctx.request.limit, 1), int(ctx.params["maxPerCategory"]))
+        order = cap_order(categories, max(ctx.request.page, 1), int(ctx.params["maxPerCategory"]))
         if order == list(range(len(order))):
             return ranked
         return ranked.take(order)

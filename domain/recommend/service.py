@@ -1,17 +1,23 @@
 """Serve recommendation lists: cached per user state, paged without repeats, degraded but answering when stores fail.
 
-A computed answer is kept as a *served list* under its request id (Redis, one hour), longer than one page, so that
-`after` continues the same ranking and later interactions can cite the request id. Answers are also cached per
+A computed answer is kept as a *served list* under its request id (Redis, one hour), a few pages deep, so that
+`after` continues the same ranking and later interactions can cite the request id. When `after` pages past the
+end, the list is extended: the engine ranks again for the same user, scenario, excludeSeen and context, leaving
+out everything already served under that request id, and the new items are appended. Answers are also cached per
 (scenario, config version, user, user version, options): recording an interaction bumps the user version, so the
 next request recomputes at once.
+
+Every page answered (computed, cached, continued, similar items) is handed to the impression sink, when one is
+wired.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -21,7 +27,9 @@ import structlog
 from domain.errors import BadInput, Unavailable
 from domain.ids import check_first, decode_cursor, encode_cursor
 from domain.profiles import ProfileService
+from domain.realtime.contracts import ImpressionSink
 from domain.recommend.base import Recommendation, RecRequest, RecResult
+from domain.recommend.served import ServedList
 from domain.scenarios.service import ScenarioService
 from models.cache import Cache, CacheUnavailable
 
@@ -29,7 +37,10 @@ log = structlog.get_logger()
 
 SERVED_TTL_S = 3600
 ANSWER_TTL_S = 60
-SERVED_DEPTH = 200  # items computed per answer; pages beyond it start a new list
+SERVED_PAGES = 3  # pages computed per answer or extension: MMR and caps get room, `after` rarely recomputes
+MIN_SERVED = 50  # items computed at least per answer or extension
+MAX_CHUNK = 400  # items computed at most per answer or extension (beyond one page)
+MAX_SERVED = 1000  # a served list ends here: deeper feeds ask again without `after`
 MAX_CONTEXT_BYTES = 8 * 1024
 
 
@@ -46,16 +57,23 @@ class EngineSource(Protocol):
     async def get(self, tenant_id: str, scenario_id: str) -> Any: ...
 
 
+def served_depth(limit: int) -> int:
+    """Return how many items to compute for a page of `limit`: a few pages, within MIN_SERVED..MAX_CHUNK."""
+    return max(limit, min(SERVED_PAGES * limit, MAX_CHUNK), MIN_SERVED)
+
+
 class RecommendationService:
     """Answer `recommendations` and `similarItems` for a tenant."""
 
     def __init__(
-        self, cache: Cache, scenarios: ScenarioService, profiles: ProfileService, engines: EngineSource | None
+        self, cache: Cache, scenarios: ScenarioService, profiles: ProfileService, engines: EngineSource | None, *,
+        impressions: ImpressionSink | None = None,
     ) -> None:
         self._cache = cache
         self._scenarios = scenarios
         self._profiles = profiles
         self._engines = engines
+        self._impressions = impressions
 
     async def recommend(
         self, *, tenant_id: str, scenario_id: str, user_id: str, first: int | None, after: str | None,
@@ -65,31 +83,86 @@ class RecommendationService:
         limit = check_first(first, maximum=max_first)
         _check_user(user_id)
         context = _check_context(context)
-        scenario = await self._scenarios.get_or_raise(scenario_id, tenant_id=tenant_id)
+        scenario = await self._scenarios.cached(scenario_id, tenant_id=tenant_id)
+        store: Awaitable[None] | None = None
         if after is not None:
-            return await self._continue(after, limit, tenant_id=tenant_id)
-        key = _answer_key(scenario.config_version, exclude_seen, context)
-        version = await self._user_version(user_id, tenant_id=tenant_id)
-        if not debug and (hit := await self._cached(scenario_id, user_id, version, key, tenant_id=tenant_id)):
-            return self._page(hit["request_id"], _decode(hit["items"]), 0, limit)
-        engine = await self._engine(tenant_id, scenario_id)
-        request = await self._request(engine, scenario_id, user_id, context, exclude_seen, debug, tenant_id=tenant_id)
-        result: RecResult = await engine.recommend(request)
-        request_id = uuid.uuid4().hex
-        await self._remember(request_id, result.items, (scenario_id, user_id, version, key), tenant_id=tenant_id)
-        return replace(self._page(request_id, result.items, 0, limit), debug=result.debug)
+            page = await self._continue(after, limit, scenario_id=scenario_id, user_id=user_id, tenant_id=tenant_id)
+        else:
+            key = _answer_key(scenario.config_version, exclude_seen, context)
+            served = ServedList(request_id="", scenario_id=scenario_id, user_id=user_id, exclude_seen=exclude_seen,
+                                context=context)
+            page, store = await self._first_page(served, key, limit, debug, tenant_id=tenant_id)
+        record = self._record(page, tenant_id=tenant_id, scenario_id=scenario_id, user_id=user_id)
+        # Storing a computed list and noting the impression are independent writes: one wait for both.
+        await (asyncio.gather(store, record) if store is not None else record)
+        return page
 
     async def similar(
         self, *, tenant_id: str, scenario_id: str, item_id: str, first: int | None, max_first: int
     ) -> RecommendationPage:
         """Return items similar to one item within a scenario."""
         limit = check_first(first, maximum=max_first)
-        await self._scenarios.get_or_raise(scenario_id, tenant_id=tenant_id)
+        await self._scenarios.cached(scenario_id, tenant_id=tenant_id)
         engine = await self._engine(tenant_id, scenario_id)
         result: RecResult = await engine.similar(item_id, limit=limit, exclude=frozenset({item_id}))
-        request_id = uuid.uuid4().hex
-        await self._store_served(request_id, json.dumps(_encode(result.items), separators=(",", ":")), tenant_id=tenant_id)
-        return RecommendationPage(request_id=request_id, items=result.items[:limit], next_cursor=None)
+        served = ServedList(request_id=uuid.uuid4().hex, scenario_id=scenario_id, user_id="", exclude_seen=False,
+                            context={})
+        served.extend(result.items, complete=True)
+        page = RecommendationPage(request_id=served.request_id, items=result.items[:limit], next_cursor=None)
+        await asyncio.gather(self._store_served(served, tenant_id=tenant_id),
+                             self._record(page, tenant_id=tenant_id, scenario_id=scenario_id, user_id=""))
+        return page
+
+    async def _first_page(
+        self, served: ServedList, key: str, limit: int, debug: bool, *, tenant_id: str
+    ) -> tuple[RecommendationPage, Awaitable[None] | None]:
+        """Answer from the user's cached answer, else compute a served list a few pages deep; return the page and,
+        for a computed list, the write that keeps it (the caller awaits it)."""
+        version = await self._user_version(served.user_id, tenant_id=tenant_id)
+        answer = (served.scenario_id, served.user_id, version, key)
+        if not debug and (hit := await self._cached(answer, tenant_id=tenant_id)) is not None:
+            if hit.complete or len(hit) >= limit:  # an answer cached for a smaller page may be too short
+                return _page(hit, 0, limit), None
+        depth = served_depth(limit)
+        result = await self._compute(served, depth, limit, debug, tenant_id=tenant_id)
+        served.request_id = uuid.uuid4().hex
+        served.extend(result.items, complete=len(result.items) < depth)
+        return replace(_page(served, 0, limit), debug=result.debug), self._remember(served, answer, tenant_id=tenant_id)
+
+    async def _continue(
+        self, after: str, limit: int, *, scenario_id: str, user_id: str, tenant_id: str
+    ) -> RecommendationPage:
+        """Return the page of a served list that `after` points at, extending the list when it pages past it."""
+        request_id, _, offset = (decode_cursor(after) or "").partition("@")
+        served = await self._load_served(request_id, tenant_id=tenant_id)
+        if served is None or not offset.isdigit() or (served.scenario_id, served.user_id) != (scenario_id, user_id):
+            raise BadInput("this cursor has expired or is not from this API; ask again without `after`", field="after")
+        start = int(offset)
+        if start + limit > len(served) and not served.complete:
+            await self._extend(served, start + limit, limit, tenant_id=tenant_id)
+        return _page(served, start, limit)
+
+    async def _extend(self, served: ServedList, wanted: int, page: int, *, tenant_id: str) -> None:
+        """Append newly ranked items, none served before under the list's request id, until `wanted` are listed."""
+        depth = min(max(wanted - len(served), served_depth(page)), MAX_SERVED - len(served))
+        if depth <= 0:
+            served.complete = True
+        else:
+            result = await self._compute(served, depth, page, False, tenant_id=tenant_id,
+                                         also_exclude=frozenset(served.item_ids))
+            listed = set(served.item_ids)
+            fresh = [r for r in result.items if r.item_id not in listed]
+            done = len(result.items) < depth or not fresh or len(served) + len(fresh) >= MAX_SERVED
+            served.extend(fresh, complete=done)
+        await self._store_served(served, tenant_id=tenant_id)
+
+    async def _compute(
+        self, served: ServedList, depth: int, page: int, debug: bool, *, tenant_id: str,
+        also_exclude: Collection[str] = frozenset(),
+    ) -> RecResult:
+        engine = await self._engine(tenant_id, served.scenario_id)
+        request = await self._request(engine, served, depth, page, debug, also_exclude, tenant_id=tenant_id)
+        return await engine.recommend(request)
 
     async def _engine(self, tenant_id: str, scenario_id: str) -> Any:
         if self._engines is None:  # CLI processes serve no recommendations
@@ -97,44 +170,36 @@ class RecommendationService:
         return await self._engines.get(tenant_id, scenario_id)
 
     async def _request(
-        self, engine: Any, scenario_id: str, user_id: str, context: Mapping, exclude_seen: bool, debug: bool, *,
+        self, engine: Any, served: ServedList, depth: int, page: int, debug: bool, also_exclude: Collection[str], *,
         tenant_id: str,
     ) -> RecRequest:
         model = getattr(engine, "model", None)
+        user_id = served.user_id
         trained = model.user_history(user_id) if model is not None else []
-        live = await self._seen(scenario_id, user_id, tenant_id=tenant_id)
-        history = [*trained, *sorted(live.difference(trained))]
+        live = await self._seen(served.scenario_id, user_id, tenant_id=tenant_id)
+        history = [*trained, *sorted(live.difference(trained))] if live else trained
         categories: dict[str, float] = {}
         tags: dict[str, float] = {}
         if not history:  # cold start: stated and learned preferences are all we have
             profile = (await self._profiles.get_many([user_id], tenant_id=tenant_id))[0]
             if profile is not None:
                 categories, tags = dict(profile.top_categories), dict(profile.top_tags)
+        exclude = frozenset(history) if served.exclude_seen else frozenset()
         now = model.newest_event if model is not None else datetime.now(UTC)
         return RecRequest(
-            user_id=user_id, limit=SERVED_DEPTH, history=history,
-            exclude=frozenset(history) if exclude_seen else frozenset(), context=context,
-            category_prefs=categories, tag_prefs=tags, now=now, debug=debug,
+            user_id=user_id, limit=depth, history=history, exclude=exclude.union(also_exclude),
+            context=served.context, category_prefs=categories, tag_prefs=tags, now=now, debug=debug, page_size=page,
         )
 
-    async def _continue(self, after: str, limit: int, *, tenant_id: str) -> RecommendationPage:
-        request_id, _, offset = (decode_cursor(after) or "").partition("@")
-        items = None
+    async def _record(self, page: RecommendationPage, *, tenant_id: str, scenario_id: str, user_id: str) -> None:
+        """Hand the page to the impression sink; a failing sink never fails the answer."""
+        if self._impressions is None:
+            return
         try:
-            raw = await self._cache.get_blob("served", request_id, tenant_id=tenant_id)
-            items = _decode(json.loads(raw)) if raw else None
-        except CacheUnavailable:
-            pass
-        if items is None or not offset.isdigit():
-            raise BadInput("this cursor has expired or is not from this API; ask again without `after`", field="after")
-        return self._page(request_id, items, int(offset), limit)
-
-    @staticmethod
-    def _page(request_id: str, items: list[Recommendation], offset: int, limit: int) -> RecommendationPage:
-        page = items[offset : offset + limit]
-        end = offset + len(page)
-        cursor = encode_cursor(f"{request_id}@{end}") if end < len(items) else None
-        return RecommendationPage(request_id=request_id, items=page, next_cursor=cursor)
+            await self._impressions.record(tenant_id=tenant_id, scenario_id=scenario_id, user_id=user_id,
+                                           request_id=page.request_id, variant=page.variant, items=page.items)
+        except Exception as exc:  # noqa: BLE001 - the sink promises not to raise; serving must not depend on it
+            log.warning("impressions.failed", error=repr(exc), scenario_id=scenario_id)
 
     async def _user_version(self, user_id: str, *, tenant_id: str) -> int | None:
         try:
@@ -148,33 +213,52 @@ class RecommendationService:
         except CacheUnavailable:
             return set()
 
-    async def _cached(self, scenario_id: str, user_id: str, version: int | None, key: str, *, tenant_id: str) -> dict | None:
+    async def _cached(self, answer: tuple, *, tenant_id: str) -> ServedList | None:
+        scenario_id, user_id, version, key = answer
         if version is None:
             return None
         try:
             raw = await self._cache.get_blob("answer", scenario_id, user_id, f"{version}:{key}", tenant_id=tenant_id)
         except CacheUnavailable:
             return None
-        return json.loads(raw) if raw else None
+        return ServedList.decode(raw)
 
-    async def _remember(self, request_id: str, items: list[Recommendation], answer: tuple, *, tenant_id: str) -> None:
-        scenario_id, user_id, version, key = answer
-        encoded = json.dumps(_encode(items), separators=(",", ":"))  # once: stored as the served list and the answer
-        await self._store_served(request_id, encoded, tenant_id=tenant_id)
-        if version is None:
-            return
-        blob = f'{{"request_id":{json.dumps(request_id)},"items":{encoded}}}'
+    async def _load_served(self, request_id: str, *, tenant_id: str) -> ServedList | None:
         try:
-            await self._cache.put_blob("answer", scenario_id, user_id, f"{version}:{key}", value=blob,
+            return ServedList.decode(await self._cache.get_blob("served", request_id, tenant_id=tenant_id))
+        except CacheUnavailable:
+            return None
+
+    async def _remember(self, served: ServedList, answer: tuple, *, tenant_id: str) -> None:
+        """Store the served list under its request id and, with a user version, as the user's cached answer."""
+        encoded = served.encode()  # once: stored as the served list and the answer
+        if answer[2] is None:  # no user version: nothing is cached
+            await self._store_served(served, tenant_id=tenant_id, encoded=encoded)
+            return
+        await asyncio.gather(self._store_served(served, tenant_id=tenant_id, encoded=encoded),
+                             self._store_answer(answer, encoded, tenant_id=tenant_id))
+
+    async def _store_answer(self, answer: tuple, encoded: str, *, tenant_id: str) -> None:
+        scenario_id, user_id, version, key = answer
+        try:
+            await self._cache.put_blob("answer", scenario_id, user_id, f"{version}:{key}", value=encoded,
                                        ttl_s=ANSWER_TTL_S, tenant_id=tenant_id)
         except CacheUnavailable:
             pass
 
-    async def _store_served(self, request_id: str, encoded: str, *, tenant_id: str) -> None:
+    async def _store_served(self, served: ServedList, *, tenant_id: str, encoded: str | None = None) -> None:
         try:
-            await self._cache.put_blob("served", request_id, value=encoded, ttl_s=SERVED_TTL_S, tenant_id=tenant_id)
+            await self._cache.put_blob("served", served.request_id, value=encoded or served.encode(),
+                                       ttl_s=SERVED_TTL_S, tenant_id=tenant_id)
         except CacheUnavailable as exc:
             log.warning("cache.unavailable", op="recommend.served", error=str(exc))
+
+
+def _page(served: ServedList, offset: int, limit: int) -> RecommendationPage:
+    items = served.page(offset, limit)
+    end = offset + len(items)
+    cursor = encode_cursor(f"{served.request_id}@{end}") if served.has_more(end) else None
+    return RecommendationPage(request_id=served.request_id, items=items, next_cursor=cursor)
 
 
 def _check_user(user_id: str) -> None:
@@ -195,11 +279,3 @@ def _check_context(context: Mapping | None) -> dict[str, Any]:
 def _answer_key(config_version: int, exclude_seen: bool, context: Mapping) -> str:
     digest = hashlib.blake2b(json.dumps(context, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
     return f"c{config_version}:{int(exclude_seen)}:{digest}"
-
-
-def _encode(items: list[Recommendation]) -> list[list]:
-    return [[r.item_id, round(float(r.score), 6), list(r.sources)] for r in items]
-
-
-def _decode(rows: list[list]) -> list[Recommendation]:
-    return [Recommendation(item_id=i, score=s, sources=tuple(src)) for i, s, src in rows]

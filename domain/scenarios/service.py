@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.errors import BadInput, NotFound
+from domain.hotcache import HotCache
 from domain.ids import check_first, decode_cursor, encode_cursor, new_id, utcnow
 from domain.scenarios.config import build_config, merge_config, validate_config
 from domain.scenarios.templates import TEMPLATES
@@ -24,6 +25,10 @@ class Page:
     total: Callable[[], Awaitable[int]] | None = None  # counted only when a client asks for it
 
 
+SCENARIO_TTL_S = 2.0  # how long a scenario read for serving is reused; other processes' changes show after it
+SCENARIOS_KEPT = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class ScenarioStats:
     items: int
@@ -33,8 +38,11 @@ class ScenarioStats:
 class ScenarioService:
     """Scenario configuration, always scoped by tenant."""
 
-    def __init__(self, cache: Cache) -> None:
+    def __init__(self, cache: Cache, *, ttl_s: float = SCENARIO_TTL_S) -> None:
         self._cache = cache
+        # Read paths (recommendations, item listings) ask for a scenario on every request: keep MongoDB off them.
+        self._recent: HotCache[Scenario] = HotCache(size=SCENARIOS_KEPT, ttl_s=ttl_s)
+        self._changes = 0  # bumped by every local change, so a read that raced with one is not kept
 
     async def create(self, *, tenant_id: str, name: str, template: str, config: Mapping | None) -> Scenario:
         """Create a scenario from a template with `config` merged over it."""
@@ -71,11 +79,13 @@ class ScenarioService:
             update["$inc"] = {"config_version": 1}
         col = Scenario.get_pymongo_collection()
         await col.update_one({"_id": scenario_id, "tenant_id": tenant_id}, update)
+        self._forget(scenario_id, tenant_id=tenant_id)
         return await self.get_or_raise(scenario_id, tenant_id=tenant_id, field="id")
 
     async def delete(self, scenario_id: str, *, tenant_id: str) -> bool:
         """Delete a scenario, its interactions, and items that belonged to it alone."""
         result = await Scenario.get_pymongo_collection().delete_one({"_id": scenario_id, "tenant_id": tenant_id})
+        self._forget(scenario_id, tenant_id=tenant_id)
         if result.deleted_count == 0:
             raise NotFound(f"no scenario {scenario_id}", field="id")
         items = Item.get_pymongo_collection()
@@ -98,6 +108,22 @@ class ScenarioService:
         if scenario is None:
             raise NotFound(f"no scenario {scenario_id}", field=field)
         return scenario
+
+    async def cached(self, scenario_id: str, *, tenant_id: str, field: str = "scenarioId") -> Scenario:
+        """Return the tenant's scenario as read at most the TTL ago (this process's own changes show at once), or
+        raise NotFound naming the argument. For read paths; the returned document must not be changed."""
+        key = (tenant_id, scenario_id)
+        if (scenario := self._recent.get(key)) is not None:
+            return scenario
+        changes = self._changes
+        scenario = await self.get_or_raise(scenario_id, tenant_id=tenant_id, field=field)
+        if changes == self._changes:
+            self._recent.put(key, scenario)
+        return scenario
+
+    def _forget(self, scenario_id: str, *, tenant_id: str) -> None:
+        self._changes += 1
+        self._recent.drop([(tenant_id, scenario_id)])
 
     async def get_many(self, ids: list[str], *, tenant_id: str) -> list[Scenario | None]:
         """Return scenarios in the order of ids, None for missing ones (one query)."""

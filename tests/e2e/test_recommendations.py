@@ -8,6 +8,7 @@ import pytest
 from beanie import init_beanie
 
 from graph.runtime import open_runtime
+from domain.recommend.service import served_depth
 from models.documents import DOCUMENTS
 from tests.conftest import free_port, isolated_settings, new_tenant, serve_app
 from tests.e2e.test_training import RECORD, shop, train
@@ -17,6 +18,8 @@ pytestmark = pytest.mark.slow
 RECS = """query($s: ID!, $u: ID!, $first: Int, $after: String, $context: JSON, $debug: Boolean) {
   recommendations(scenarioId: $s, userId: $u, first: $first, after: $after, context: $context, debug: $debug) {
     requestId nextCursor debug items { score sources item { id categories } } } }"""
+UPDATE_SCENARIO = "mutation($id: ID!, $input: UpdateScenarioInput!) { updateScenario(id: $id, input: $input) { id } }"
+DELETE_SCENARIO = "mutation($id: ID!) { deleteScenario(id: $id) }"
 SIMILAR = """query($s: ID!, $i: ID!) { similarItems(scenarioId: $s, itemId: $i, first: 5) {
   requestId items { item { id } score sources } } }"""
 
@@ -57,6 +60,30 @@ async def test_after_continues_the_same_list_without_repeats(gql, trained):
     one = [r["item"]["id"] for r in first["items"]]
     two = [r["item"]["id"] for r in second["items"]]
     assert len(two) == 5 and not set(one) & set(two)
+
+
+async def test_after_pages_past_the_computed_list_without_repeats(served, gql, trained):
+    keys, sid = trained
+    page = await recs(gql, keys.public, sid, "u8", first=10)
+    seen = [r["item"]["id"] for r in page["items"]]
+    while page["nextCursor"]:  # past the 50 computed for a page of 10, until the 60-item shop runs out
+        page = await recs(gql, keys.public, sid, "u8", first=10, after=page["nextCursor"])
+        seen += [r["item"]["id"] for r in page["items"]]
+    assert len(seen) == len(set(seen)) > served_depth(10)
+    assert not set(seen) & await history(served, keys, sid, "u8")
+
+
+async def test_a_config_change_or_deletion_shows_in_the_next_answer(gql, trained):
+    keys, _ = trained
+    sid = await shop(gql, keys.admin, "short-lived", users=5, items=12)
+    before = await recs(gql, keys.public, sid, "u1", first=3)
+    assert (await recs(gql, keys.public, sid, "u1", first=3))["requestId"] == before["requestId"]  # cached answer
+    change = {"config": {"rerank": [{"name": "dedupe", "params": {"by": "id"}}]}}
+    await gql.data(UPDATE_SCENARIO, {"id": sid, "input": change}, key=keys.admin)
+    assert (await recs(gql, keys.public, sid, "u1", first=3))["requestId"] != before["requestId"]  # new config version
+    assert (await gql.data(DELETE_SCENARIO, {"id": sid}, key=keys.admin))["deleteScenario"] is True
+    gone = await gql(RECS, {"s": sid, "u": "u1", "first": 3}, key=keys.public)
+    assert gone["errors"][0]["extensions"]["code"] == "NOT_FOUND"
 
 
 async def test_an_unknown_user_gets_cold_start_items(gql, trained):

@@ -11,7 +11,9 @@ import pytest
 from domain.learning.model import ScenarioModel
 from domain.learning.train import train_scenario_model
 from domain.recommend.base import REGISTRY, RecRequest
-from domain.recommend.recall import CatalogueIndex, RecallContext, recency_weights
+from domain.recommend.recall import CatalogueIndex, RecallContext, embeddings, recency_weights
+from domain.recommend.recall.context import top_candidates, top_of
+from domain.recommend.recall.index import LookAlikes
 from tests.unit.test_learning import T0, config, items, synthetic
 
 HOUR = 3600.0
@@ -132,6 +134,54 @@ async def test_vector_store_and_in_memory_search_rank_the_same(model, source):
     with_store = await recall(source, context(model, history=history, vectors=store), limit=8)
     assert store.calls > 0
     assert with_store == in_memory
+
+
+async def test_kept_look_alikes_rank_as_the_exhaustive_search(model):
+    ctx = context(model, history=["k0", "k3", "a2"], exclude={"k0", "k3", "a2", "d1"})
+    seeds = ctx.catalogue.indexes(["k0", "a2"])
+    kept = await embeddings.look_alikes(ctx, seeds, 6)
+    exhaustive = embeddings._exhaustive(ctx, np.asarray(ctx.index.embeddings[seeds]), 6)
+    for (idx, scores), (want_idx, want_scores) in zip(kept, exhaustive, strict=True):
+        assert idx.tolist() == want_idx.tolist() and np.allclose(scores, want_scores)
+        assert not ctx.blocked[idx].any()
+
+
+def test_top_of_candidates_matches_the_dense_top():
+    rng = np.random.default_rng(3)
+    idx = rng.permutation(1000)[:300]
+    scores = rng.integers(-2, 6, size=300).astype(np.float32)  # ties and non-positive scores
+    dense = np.zeros(1000, dtype=np.float32)
+    dense[idx] = scores
+    for limit in (1, 25, 300):
+        want, got = top_candidates(dense, limit), top_of(idx, scores, limit)
+        assert got.idx.tolist() == want.idx.tolist() and got.scores.tolist() == want.scores.tolist()
+
+
+def test_a_look_alike_list_too_short_for_the_exclusions_answers_none():
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(400, 8)).astype(np.float32)
+    kept = LookAlikes(vectors)
+    blocked = np.zeros(400, dtype=bool)
+    idx, scores = kept.nearest(0, 10, blocked)
+    brute = vectors @ vectors[0]
+    assert idx.tolist() == np.argsort(-brute, kind="stable")[:10].tolist() and np.allclose(scores, brute[idx])
+    blocked[np.argsort(-brute)[:300]] = True  # more than the kept list (2 * 10 + 100) holds
+    assert kept.nearest(0, 10, blocked) is None
+    assert kept.nearest(0, 10, np.zeros(400, dtype=bool)) is not None
+
+
+def test_look_alike_lists_stay_with_their_engine_within_one_bound():
+    rng = np.random.default_rng(11)
+    one, two = rng.normal(size=(50, 4)).astype(np.float32), rng.normal(size=(50, 4)).astype(np.float32)
+    first, second = LookAlikes(one, kept=3), LookAlikes(two, kept=3)
+    free = np.zeros(50, dtype=bool)
+    a, _ = first.nearest(0, 5, free)
+    b, _ = second.nearest(0, 5, free)
+    assert a.tolist() == np.argsort(-(one @ one[0]), kind="stable")[:5].tolist()
+    assert b.tolist() == np.argsort(-(two @ two[0]), kind="stable")[:5].tolist()
+    for item in range(1, 5):
+        first.nearest(item, 5, free)
+    assert len(LookAlikes._shared) <= 3
 
 
 async def test_embedding_sources_skip_excluded_items_beyond_the_recent_history(model):

@@ -11,7 +11,7 @@ import numpy as np
 
 from domain.learning.model import ScenarioModel
 from domain.recommend.base import Candidates, CatalogueView, RecRequest
-from domain.recommend.recall.index import CatalogueIndex
+from domain.recommend.recall.index import CatalogueIndex, best_positions
 
 HISTORY_CAP = 200  # the most recent items that personal sources read
 # What a user does next follows their last few items most: an item's weight above the floor halves every
@@ -81,11 +81,14 @@ class RecallContext:
         return self.model.catalogue.indexes(self.request.history[-HISTORY_CAP:])
 
     @cached_property
+    def exclude_mask(self) -> np.ndarray:
+        """Return a bool mask over the catalogue: the items the request excludes."""
+        return self.catalogue.mask(self.request.exclude)
+
+    @cached_property
     def excluded(self) -> np.ndarray:
         """Return a bool mask over the catalogue: items the request excludes or the catalogue cannot serve."""
-        mask = ~np.asarray(self.catalogue.active, dtype=bool)
-        mask[self.catalogue.indexes(self.request.exclude)] = True
-        return mask
+        return self.exclude_mask | ~np.asarray(self.catalogue.active, dtype=bool)
 
     @cached_property
     def blocked(self) -> np.ndarray:
@@ -93,6 +96,11 @@ class RecallContext:
         mask = self.excluded.copy()
         mask[self.history] = True
         return mask
+
+    @cached_property
+    def blocked_idx(self) -> np.ndarray:
+        """Return the indexes `blocked` marks (few: a user's history and the inactive items)."""
+        return np.flatnonzero(self.blocked)
 
     @cached_property
     def recent_ids(self) -> tuple[str, ...]:
@@ -122,12 +130,20 @@ class RecallContext:
 def top_candidates(scores: np.ndarray, limit: int) -> Candidates:
     """Return the `limit` best positive entries of a dense score vector, best first (ties by index)."""
     positive = np.flatnonzero(scores > 0)
-    if len(positive) > limit:
-        part = np.argpartition(-scores[positive], limit - 1)[:limit]
-        positive = positive[part]
-    order = np.lexsort((positive, -scores[positive]))
-    idx = positive[order]
+    idx = positive[best_positions(scores[positive], limit)]
     return Candidates(idx.astype(np.int64), scores[idx].astype(np.float32))
+
+
+def top_of(idx: np.ndarray, scores: np.ndarray, limit: int) -> Candidates:
+    """Return the `limit` best positive of distinct candidates, best first (ties by index): `top_candidates`
+    without a dense vector over the catalogue."""
+    scores = np.asarray(scores, dtype=np.float32)
+    keep = scores > 0
+    idx, scores = idx[keep], scores[keep]
+    order = np.argsort(idx, kind="stable")
+    idx, scores = idx[order], scores[order]
+    best = best_positions(scores, limit)
+    return Candidates(idx[best].astype(np.int64), scores[best])
 
 
 def from_ranked(idx: np.ndarray, scores: np.ndarray, excluded: np.ndarray, limit: int) -> Candidates:

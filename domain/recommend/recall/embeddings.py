@@ -14,7 +14,7 @@ import asyncio
 import numpy as np
 
 from domain.recommend.base import REGISTRY, Candidates
-from domain.recommend.recall.context import RecallContext, top_candidates
+from domain.recommend.recall.context import RecallContext, best_positions, top_candidates, top_of
 
 CONTENT_SEEDS = 3  # the latest items whose look-alikes are recalled
 SEARCH_DEPTH = 2  # nearest items read per limit, before the popularity prior reorders them
@@ -46,29 +46,45 @@ def _exhaustive(ctx: RecallContext, vectors: np.ndarray, limit: int) -> list[tup
     embeddings = ctx.index.embeddings
     assert embeddings is not None
     scores = vectors.astype(np.float32) @ np.asarray(embeddings).T  # queries x items: rows stay contiguous
-    scores[:, ctx.blocked] = -np.inf
-    limit = min(limit, int(len(ctx.blocked) - ctx.blocked.sum()))
-    if limit <= 0:
-        return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in vectors]
-    top = np.argpartition(-scores, limit - 1, axis=1)[:, :limit]
+    blocked = ctx.blocked_idx
+    scores[:, blocked] = -np.inf
+    limit = min(limit, scores.shape[1] - len(blocked))
     out = []
-    for row, cols in zip(scores, top, strict=True):
-        order = np.lexsort((cols, -row[cols]))
-        out.append((cols[order].astype(np.int64), row[cols[order]]))
+    for row in scores:
+        order = best_positions(row, limit)
+        out.append((order.astype(np.int64), row[order]))
     return out
 
 
-def _seed_vectors(ctx: RecallContext, count: int | None) -> tuple[np.ndarray, np.ndarray]:
+async def look_alikes(ctx: RecallContext, items: np.ndarray, limit: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Return, per seed item, (catalogue indexes, cosine scores) of its nearest allowed items, best first.
+
+    In memory, each item's kept neighbour list answers (the same ranking as an exhaustive search); a list that runs
+    short after the request's exclusions, and a vector store, search as `nearest` does.
+    """
+    kept = ctx.index.look_alikes
+    embeddings = ctx.index.embeddings
+    assert embeddings is not None
+    if ctx.vectors is not None and ctx.content_space or kept is None:
+        return await nearest(ctx, np.asarray(embeddings[items]), limit)
+    out = []
+    for item in items.tolist():
+        found = kept.nearest(item, limit, ctx.blocked)
+        out.append(found if found is not None else _exhaustive(ctx, np.asarray(embeddings[[item]]), limit)[0])
+    return out
+
+
+def _seed_items(ctx: RecallContext, count: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Return the newest `count` history items that have an embedding (all when None), with recency weights."""
     embeddings = ctx.index.embeddings
     if embeddings is None:
-        return np.empty((0, 0), np.float32), np.empty(0, np.float32)
+        return np.empty(0, np.int64), np.empty(0, np.float32)
     items, weights = ctx.seeds(model_space=False)
-    vectors = np.asarray(embeddings[items])
-    usable = np.any(vectors != 0, axis=1)
-    vectors, weights = vectors[usable], weights[usable]
+    usable = np.any(np.asarray(embeddings[items]) != 0, axis=1)
+    items, weights = items[usable], weights[usable]
     if count is not None:
-        vectors, weights = vectors[-count:], weights[-count:]
-    return vectors, weights
+        items, weights = items[-count:], weights[-count:]
+    return items, weights
 
 
 def _prior(ctx: RecallContext, idx: np.ndarray) -> np.ndarray:
@@ -83,13 +99,14 @@ class ContentSource:
     remote = True
 
     async def recall(self, ctx: RecallContext, limit: int) -> Candidates:
-        vectors, weights = _seed_vectors(ctx, CONTENT_SEEDS)
-        if len(vectors) == 0:
+        items, weights = _seed_items(ctx, CONTENT_SEEDS)
+        if len(items) == 0:
             return Candidates.empty()
-        found = await nearest(ctx, vectors, limit * SEARCH_DEPTH)
+        found = await look_alikes(ctx, items, limit * SEARCH_DEPTH)
         best = np.zeros(len(ctx.catalogue), dtype=np.float32)
         for (idx, scores), weight in zip(found, weights, strict=True):
-            np.maximum.at(best, idx, np.maximum(scores, 0.0) * weight * _prior(ctx, idx))
+            # idx holds each item once, so a gather and a scatter take the running maximum.
+            best[idx] = np.maximum(best[idx], np.maximum(scores, 0.0) * weight * _prior(ctx, idx))
         return top_candidates(best, limit)
 
 
@@ -101,14 +118,12 @@ class VectorSource:
     remote = True
 
     async def recall(self, ctx: RecallContext, limit: int) -> Candidates:
-        vectors, weights = _seed_vectors(ctx, None)
-        if len(vectors) == 0:
+        items, weights = _seed_items(ctx, None)
+        if len(items) == 0:
             return Candidates.empty()
-        user = weights @ vectors
+        user = weights @ np.asarray(ctx.index.embeddings[items])  # type: ignore[index]
         norm = float(np.linalg.norm(user))
         if norm < 1e-9:
             return Candidates.empty()
         [(idx, scores)] = await nearest(ctx, (user / norm)[None, :], limit * SEARCH_DEPTH)
-        best = np.zeros(len(ctx.catalogue), dtype=np.float32)
-        best[idx] = np.maximum(scores, 0.0) * _prior(ctx, idx)
-        return top_candidates(best, limit)
+        return top_of(idx, np.maximum(scores, 0.0) * _prior(ctx, idx), limit)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+import itertools
+from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from domain.recommend.base import CatalogueView
 
 PER_LABEL = 1000  # items kept per category/tag list, most popular first
 MISMATCH = 0.25  # score factor for an item whose attribute contradicts the request context
+LOOK_ALIKES_KEPT = 8192  # content neighbour lists kept in the process (about 5 KB each for a 300-item search)
 
 
 @dataclass
@@ -31,6 +33,11 @@ class CatalogueIndex:
     by_category: dict[str, np.ndarray]
     by_tag: dict[str, np.ndarray]
     embeddings: np.ndarray | None  # content embeddings per catalogue item (rows of zeros when unknown)
+    look_alikes: LookAlikes | None = field(default=None)  # each item's nearest items by content, kept once computed
+
+    def __post_init__(self) -> None:
+        if self.look_alikes is None and self.embeddings is not None:
+            self.look_alikes = LookAlikes(self.embeddings)
 
     @classmethod
     def build(cls, model: ScenarioModel | None, catalogue: CatalogueView | None) -> CatalogueIndex:
@@ -127,3 +134,59 @@ def _embeddings(model: ScenarioModel | None, view: CatalogueView, to_model: np.n
 def _documents(view: CatalogueView, idx: np.ndarray) -> list[dict[str, Any]]:
     return [{"title": view.titles[i], "categories": view.categories[i], "tags": view.tags[i],
              "attributes": view.attributes[i], "published_at": float(view.published_at[i])} for i in idx]
+
+
+def best_positions(values: np.ndarray, count: int) -> np.ndarray:
+    """Return the positions of the `count` largest values, best first; equal values in position order."""
+    n = len(values)
+    if count <= 0 or n == 0:
+        return np.empty(0, dtype=np.int64)
+    if n > count:
+        kth = n - count
+        threshold = values[np.argpartition(values, kth)[kth]]
+        keep = values > threshold
+        ties = np.flatnonzero(values == threshold)[: count - int(keep.sum())]  # the earliest of the tied values
+        keep[ties] = True
+        chosen = np.flatnonzero(keep)
+    else:
+        chosen = np.arange(n)
+    return chosen[np.argsort(-values[chosen], kind="stable")]
+
+
+class LookAlikes:
+    """Each item's nearest items by content embedding (dot product, best first, ties by index), computed on first
+    use and kept while the engine lives: they change only with the model or the catalogue, which build a new one.
+
+    A request then filters a kept list instead of scoring the whole catalogue; a list that runs short after the
+    request's exclusions answers None, and the caller searches exhaustively. The lists of every engine in the
+    process share one bound (LOOK_ALIKES_KEPT lists, least recently used go first), so memory does not grow with
+    the number of scenarios served; a token per instance keeps one engine from reading another's lists.
+    """
+
+    _shared: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+    _tokens = itertools.count()
+
+    def __init__(self, embeddings: np.ndarray, *, kept: int = LOOK_ALIKES_KEPT) -> None:
+        self._embeddings = embeddings
+        self._kept = kept
+        self._token = next(self._tokens)
+
+    def nearest(self, item: int, count: int, blocked: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return up to count nearest items that are not blocked, best first, or None when the kept list is short."""
+        n = len(self._embeddings)
+        depth = min(2 * count + 100, n)  # room for the request's exclusions
+        key, lists = (self._token, item), self._shared
+        found = lists.get(key)
+        if found is None or len(found[0]) < depth:
+            row = np.asarray(self._embeddings) @ np.asarray(self._embeddings[item])
+            order = best_positions(row, depth)
+            found = lists[key] = (order.astype(np.int32), row[order].astype(np.float32))
+            while len(lists) > self._kept:
+                lists.popitem(last=False)
+        lists.move_to_end(key)
+        idx, scores = found
+        keep = ~blocked[idx]
+        idx, scores = idx[keep][:count], scores[keep][:count]
+        if len(idx) < count and len(found[0]) < n:
+            return None
+        return idx.astype(np.int64), scores
