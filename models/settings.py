@@ -107,6 +107,29 @@ class TrainingSettings(BaseSettings):
     )
 
 
+class JobsSettings(BaseSettings):
+    """Background jobs other than training: limits, retries, schedules and what cleanup keeps."""
+
+    model_config = SettingsConfigDict(env_prefix="RECOGRAPH_JOBS_", **_COMMON)
+
+    cron: bool = Field(True, description="Run the schedules (similarity hourly, profiles 2 h, candidates 4 h, "
+                       "training 03:00, cleanup 04:00 UTC) in the worker.")
+    similarity_time_limit_s: float = Field(900.0, description="A SIMILARITY attempt running longer is FAILED.")
+    profiles_time_limit_s: float = Field(1800.0, description="A PROFILES attempt running longer is FAILED.")
+    candidates_time_limit_s: float = Field(1800.0, description="A CANDIDATES attempt running longer is FAILED.")
+    cleanup_time_limit_s: float = Field(900.0, description="A CLEANUP attempt running longer is FAILED.")
+    max_tries: int = Field(3, description="Attempts of a job whose stores were briefly unreachable (or whose worker "
+                           "died).")
+    keep_finished_days: float = Field(30.0, description="Cleanup deletes finished job records older than this.")
+    keep_retired_models: int = Field(2, description="Retired model versions whose artifacts cleanup keeps.")
+    active_hours: float = Field(24.0, description="CANDIDATES warms users with interactions this recent (measured "
+                                "from the scenario's newest event).")
+    max_active_users: int = Field(5000, description="Most users one CANDIDATES job warms.")
+    candidates_concurrency: int = Field(4, description="Users whose answers CANDIDATES computes at once.")
+    metrics_port: int | None = Field(None, description="A separate worker serves Prometheus metrics on this port; "
+                                     "unset: it only logs each finished job.")
+
+
 class Settings(BaseSettings):
     """All settings, one section per concern."""
 
@@ -119,6 +142,7 @@ class Settings(BaseSettings):
     graphql: GraphQLSettings = Field(default_factory=GraphQLSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
 
     @property
     def embedded(self) -> bool:

@@ -1,51 +1,100 @@
-"""arq worker settings: the job functions with their limits and retries, and the context jobs find services in.
+"""arq worker settings: the job functions with their limits and retries, the schedules, and the context jobs find
+services in.
 
 Two ways to run one code path:
 - embedded mode: `serve` runs the worker inside the API process and event loop (`in_process_worker`), over the
   API's own services, because the embedded vector shards open in one process only;
 - production (MONGODB_URL, REDIS_URL and QDRANT_URL set): `recograph worker` runs it as its own deployment
-  (`WorkerSettings` with the configured Redis and limits), opening its own clients at startup (`open_context`).
-Jobs read `ctx["services"]` (domain.services.Services) and `ctx["max_tries"]`.
+  (`WorkerSettings` with the configured Redis and limits), opening its own clients at startup (`open_context`),
+  including a model registry so that candidate precompute can compute answers there.
+Jobs read `ctx["services"]` (domain.services.Services), `ctx["max_tries"]` and `ctx["tries"]` (by function).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from arq.connections import RedisSettings
 from arq.worker import Function, Worker, func, get_kwargs
+from prometheus_client import CollectorRegistry, start_http_server
 
-from domain.learning.service import TRAIN_FUNCTION, LearningConfig
-from domain.recommend.serving import SwapChannel
+from domain.background import JobPolicy
+from domain.jobs import JOB_FUNCTIONS, JobKind
+from domain.learning.service import LearningConfig
+from domain.maintenance import CleanupPolicy
+from domain.precompute import CandidatePolicy
+from domain.recommend.serving import ModelRegistry, SwapChannel
 from domain.services import Services
 from models.cache import RedisCache
 from models.mongo import connect_mongo
-from models.settings import Settings, TrainingSettings
+from models.settings import JobsSettings, Settings, TrainingSettings
 from models.vectors import open_vector_store
-from workers.jobs import train_scenario
+from workers.cron import cron_jobs
+from workers.jobs import JOBS
+from workers.metrics import JobMetrics
 
-# arq's own timeout is a backstop: the training service stops the fit at the time limit; this also covers loading
-# the data and writing the vectors.
+log = structlog.get_logger()
+
+# arq's own timeout is a backstop: the domain stops an attempt at the job's time limit; this also covers recording
+# the outcome. A job whose worker died is picked up again once arq's in-progress key expires (the largest timeout
+# plus 10 s), as its next try.
 TIMEOUT_MARGIN_S = 600
 MAX_JOBS = 4  # trainings queue for the one training process; other jobs may run beside them
 
 
-def job_functions(training: TrainingSettings) -> list[Function]:
-    """Return the registered jobs with the configured time limit and tries."""
-    return [
-        func(train_scenario, name=TRAIN_FUNCTION, timeout=training.train_time_limit_s + TIMEOUT_MARGIN_S,
-             max_tries=training.job_max_tries),
-    ]
+def time_limits_s(training: TrainingSettings, jobs: JobsSettings) -> dict[JobKind, float]:
+    """Return each kind's time limit."""
+    return {
+        JobKind.TRAIN: training.train_time_limit_s, JobKind.SIMILARITY: jobs.similarity_time_limit_s,
+        JobKind.PROFILES: jobs.profiles_time_limit_s, JobKind.CANDIDATES: jobs.candidates_time_limit_s,
+        JobKind.CLEANUP: jobs.cleanup_time_limit_s,
+    }
+
+
+def tries(training: TrainingSettings, jobs: JobsSettings) -> dict[str, int]:
+    """Return each job function's number of tries."""
+    return {JOB_FUNCTIONS[kind]: training.job_max_tries if kind is JobKind.TRAIN else jobs.max_tries
+            for kind in JobKind}
+
+
+def job_functions(training: TrainingSettings, jobs: JobsSettings | None = None) -> list[Function]:
+    """Return the registered jobs with the configured time limits and tries."""
+    jobs = jobs or JobsSettings.model_construct()
+    limits, counts = time_limits_s(training, jobs), tries(training, jobs)
+    return [func(JOBS[kind], name=JOB_FUNCTIONS[kind], timeout=limits[kind] + TIMEOUT_MARGIN_S,
+                 max_tries=counts[JOB_FUNCTIONS[kind]]) for kind in JobKind]
+
+
+def job_policy(settings: Settings) -> JobPolicy:
+    """Return the domain's job policy from the settings."""
+    jobs = settings.jobs
+    limits = {kind.value: limit for kind, limit in time_limits_s(settings.training, jobs).items()}
+    return JobPolicy(
+        time_limits_s=limits,
+        candidates=CandidatePolicy(active_hours=jobs.active_hours, max_users=jobs.max_active_users,
+                                   concurrency=jobs.candidates_concurrency),
+        cleanup=CleanupPolicy(keep_finished_jobs_days=jobs.keep_finished_days,
+                              keep_retired_models=jobs.keep_retired_models),
+    )
+
+
+def worker_ctx(services: Services, settings: Settings) -> dict[str, Any]:
+    """Return what every job finds in its context."""
+    return {"services": services, "max_tries": settings.training.job_max_tries,
+            "tries": tries(settings.training, settings.jobs)}
 
 
 def in_process_worker(services: Services, *, redis_url: str, settings: Settings) -> Worker:
     """Return a worker for the API process: it shares the API's services and leaves signals to the server."""
     return Worker(
-        functions=job_functions(settings.training),
+        functions=job_functions(settings.training, settings.jobs),
+        cron_jobs=cron_jobs() if settings.jobs.cron else None,
         redis_settings=RedisSettings.from_dsn(redis_url),  # its own pool: Worker.close() closes the pool it holds
-        ctx={"services": services, "max_tries": settings.training.job_max_tries},
+        ctx=worker_ctx(services, settings),
         handle_signals=False,
         max_jobs=MAX_JOBS,
+        allow_abort_jobs=True,  # cancelJob on a RUNNING job
     )
 
 
@@ -56,7 +105,7 @@ def missing_urls(settings: Settings) -> list[str]:
 
 
 async def open_context(settings: Settings) -> dict[str, Any]:
-    """Open the clients a separate worker needs and build its services."""
+    """Open the clients a separate worker needs and build its services (with a model registry of its own)."""
     if missing := missing_urls(settings):
         # Embedded vector shards open in one process only: in embedded mode `serve` runs the worker itself.
         raise RuntimeError(f"a separate worker needs {', '.join(missing)}; in embedded mode `serve` runs the jobs")
@@ -65,19 +114,42 @@ async def open_context(settings: Settings) -> dict[str, Any]:
     )
     cache = RedisCache.from_url(settings.redis.url or "", timeout_s=settings.redis.timeout_s)
     vectors = open_vector_store(url=settings.qdrant.url, api_key=settings.qdrant.api_key, data_dir=None)
-    models_dir = settings.training.models_dir or settings.server.data_dir / "models"
+    training = settings.training
+    models_dir = training.models_dir or settings.server.data_dir / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
-    learning = LearningConfig(
-        models_dir=models_dir, time_limit_s=settings.training.train_time_limit_s, notifier=SwapChannel(cache.client)
+    channel = SwapChannel(cache.client)
+    registry = ModelRegistry(
+        vectors=vectors, models_dir=models_dir, channel=channel, refresh_s=training.models_refresh_s,
+        catalogue_refresh_s=training.catalogue_refresh_s, max_loaded=training.max_loaded_scenarios,
+        ann_min_items=training.ann_min_items,
     )
-    services = Services.build(cache=cache, vectors=vectors, learning=learning)
-    return {"services": services, "max_tries": settings.training.job_max_tries, "clients": (vectors, cache, mongo)}
+    registry.start()
+    learning = LearningConfig(
+        models_dir=models_dir, time_limit_s=training.train_time_limit_s, swaps=registry, notifier=channel,
+        similarity_time_limit_s=settings.jobs.similarity_time_limit_s,
+    )
+    services = Services.build(cache=cache, vectors=vectors, engines=registry, learning=learning,
+                              jobs_policy=job_policy(settings))
+    _export_metrics(services, settings.jobs)
+    return {**worker_ctx(services, settings), "registry": registry, "clients": (vectors, cache, mongo)}
+
+
+def _export_metrics(services: Services, jobs: JobsSettings) -> None:
+    """Serve job metrics on the configured port (the worker has no HTTP app); without one, finished jobs are logged."""
+    if jobs.metrics_port is None:
+        return
+    registry = CollectorRegistry()
+    services.jobs.watch(JobMetrics(registry).observe)
+    start_http_server(jobs.metrics_port, registry=registry)
+    log.info("worker.metrics_served", port=jobs.metrics_port)
 
 
 async def close_context(ctx: dict[str, Any]) -> None:
-    """Stop training and close what open_context opened."""
+    """Stop training and the registry, and close what open_context opened."""
     if "services" in ctx:
         await ctx["services"].training.close()
+    if "registry" in ctx:
+        await ctx["registry"].stop()
     for client in ctx.get("clients", ()):
         await client.close()
 
@@ -91,9 +163,11 @@ class WorkerSettings:
     """arq settings of the separate worker, with the limits at their defaults."""
 
     functions = job_functions(TrainingSettings.model_construct())  # defaults only: no environment read at import
+    cron_jobs = cron_jobs()
     on_startup = startup
     on_shutdown = close_context
     max_jobs = MAX_JOBS
+    allow_abort_jobs = True
 
 
 def standalone_worker(settings: Settings) -> Worker:
@@ -103,7 +177,8 @@ def standalone_worker(settings: Settings) -> Worker:
         ctx.update(await open_context(settings))
 
     options = {
-        **get_kwargs(WorkerSettings), "functions": job_functions(settings.training), "on_startup": open_clients,
+        **get_kwargs(WorkerSettings), "functions": job_functions(settings.training, settings.jobs),
+        "cron_jobs": cron_jobs() if settings.jobs.cron else None, "on_startup": open_clients,
         "redis_settings": RedisSettings.from_dsn(settings.redis.url or "redis://localhost:6379"),
     }
     return Worker(**options)

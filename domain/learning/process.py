@@ -20,13 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from domain.learning.train import TrainingData, train_scenario_model
+from domain.jobs import JobTimeout
+from domain.learning.model import ScenarioModel
+from domain.learning.train import TrainingData, refit_similarity, train_scenario_model
 
 Report = Callable[[float, str], Awaitable[None]]
 RELAY_S = 0.25  # how often the parent forwards the child's progress
 
 
-class TrainingTimeout(Exception):
+class TrainingTimeout(JobTimeout):
     """The training process ran past the time limit and was stopped."""
 
 
@@ -47,13 +49,16 @@ class TrainingProcess:
 
     async def fit(
         self, data: TrainingData, config: dict, *, scenario_id: str, version: int, path: Path, time_limit_s: float,
-        report: Report,
+        report: Report, base: Path | None = None,
     ) -> dict[str, Any]:
-        """Train and save the model at path in the child; return timings, size and item embeddings."""
+        """Train and save the model at path in the child; return timings, size and item embeddings.
+
+        With `base` (a saved model), only the similarity models are refitted and the rest is copied from it.
+        """
         self._fits += 1
         try:
             async with self._lock:  # a second training waits instead of competing for the cores
-                return await self._fit(data, config, scenario_id, version, path, time_limit_s, report)
+                return await self._fit(data, config, scenario_id, version, path, time_limit_s, report, base)
         finally:
             self._fits -= 1
             self.release()
@@ -70,11 +75,13 @@ class TrainingProcess:
 
     async def _fit(
         self, data: TrainingData, config: dict, scenario_id: str, version: int, path: Path, time_limit_s: float,
-        report: Report,
+        report: Report, base: Path | None,
     ) -> dict[str, Any]:
         pool = self._pool_or_new()
         _drain(self._progress)  # left by a fit that was killed
-        future = await _submit(pool, _fit_in_child, data, config, scenario_id, version, str(path))
+        future = await _submit(
+            pool, _fit_in_child, data, config, scenario_id, version, str(path), str(base) if base else None
+        )
         relay = asyncio.create_task(self._relay(report))
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), time_limit_s)
@@ -168,9 +175,15 @@ def _child_report(fraction: float, stage: str) -> None:
         _child_progress.put((float(fraction), str(stage)))
 
 
-def _fit_in_child(data: TrainingData, config: dict, scenario_id: str, version: int, path: str) -> dict[str, Any]:
+def _fit_in_child(
+    data: TrainingData, config: dict, scenario_id: str, version: int, path: str, base: str | None = None
+) -> dict[str, Any]:
     started = time.perf_counter()
-    model = train_scenario_model(data, config, scenario_id=scenario_id, version=version, progress=_child_report)
+    if base is not None:
+        model = refit_similarity(ScenarioModel.load(Path(base)), data, config, version=version,
+                                 progress=_child_report)
+    else:
+        model = train_scenario_model(data, config, scenario_id=scenario_id, version=version, progress=_child_report)
     trained = time.perf_counter()
     model.save(Path(path))
     saved = time.perf_counter()
@@ -179,7 +192,7 @@ def _fit_in_child(data: TrainingData, config: dict, scenario_id: str, version: i
         "train_s": trained - started, "save_s": saved - trained, "child_s": time.perf_counter() - started,
         "model_bytes": int(model.nbytes()), "embeddings": embeddings,
         "embeddings_count": 0 if embeddings is None else len(embeddings[0]),
-        "steps": dict(model.info.get("seconds") or {}),
+        "steps": dict(model.info.get("seconds") or {}), "refitted": list(model.info.get("refitted") or []),
     }
 
 

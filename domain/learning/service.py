@@ -2,42 +2,45 @@
 new model version (artifact on disk, metadata in MongoDB, item embeddings in the vector store) and make it the one
 served.
 
+Two depths share one path: `train` fits every model the scenario uses; `refresh_similarity` refits only the
+item-similarity models (item-CF neighbours, content embeddings) over the active version's catalogue and copies the
+rest from it (see domain.learning.train.refit_similarity), which costs a fraction of a training.
+
 Fitting is CPU-bound, so it runs in a child process (domain.learning.process), never on the serving event loop.
-A failed or timed-out training leaves the previous active version serving.
+A failed or timed-out training leaves the previous active version serving. A job applies its result once: a retry
+after a worker died finds the version its job already activated (domain.learning.versions).
 """
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import structlog
-from pymongo.errors import ConnectionFailure
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from domain.errors import NotFound, Unavailable
-from domain.ids import new_id, utcnow
-from domain.jobs import JobService
+from domain.jobs import JOB_FUNCTIONS, TRANSIENT, JobKind, JobService, Retryable, error_message
+from domain.learning import versions
 from domain.learning.process import TrainingProcess, TrainingTimeout
 from domain.learning.train import TrainingData
+from domain.learning.versions import KEEP_RETIRED, MODEL_KIND, content_space
 from domain.scenarios.service import ScenarioService
 from models.documents import Interaction, Item, Job, ModelVersion, Scenario
 from models.vectors import VectorPoint, VectorStore, VectorStoreError
 
+__all__ = ["KEEP_RETIRED", "MODEL_KIND", "LearningConfig", "Retryable", "TrainingService", "content_space"]
+
 log = structlog.get_logger()
 
-TRAIN_KIND = "train"  # job kind: (re)train everything a scenario uses
-TRAIN_FUNCTION = "scenarios.train"  # the arq job that runs TrainingService.train
-MODEL_KIND = "scenario"  # model_versions kind: one ScenarioModel holding every model the scenario uses
-KEEP_RETIRED = 2  # retired versions whose artifacts stay on disk (rollback, a lagging pod)
+TRAIN_KIND = JobKind.TRAIN.value  # job kind: (re)train everything a scenario uses
+TRAIN_FUNCTION = JOB_FUNCTIONS[JobKind.TRAIN]  # the arq job that runs TrainingService.train
+SIMILARITY_KIND = JobKind.SIMILARITY.value
 BATCH = 5_000  # documents per MongoDB round trip when loading: decoding one holds the event loop ~25 ms
 UPSERT_CHUNK = 2_000
 # qdrant-edge holds the GIL while it optimises (0.6 s for 9.7k points here, ~26 s for 100k), stalling serving in
@@ -48,12 +51,14 @@ ITEM_FIELDS = {"_id": 0, "item_id": 1, "title": 1, "categories": 1, "tags": 1, "
                "status": 1}
 EVENT_FIELDS = {"_id": 0, "user_id": 1, "item_id": 1, "type": 1, "value": 1, "ts": 1}
 # Errors of a store that may be back in a moment: the attempt is retried (with backoff) instead of failing the job.
-TRANSIENT = (ConnectionFailure, RedisConnectionError, RedisTimeoutError, VectorStoreError, BrokenProcessPool)
+TRAINING_TRANSIENT = (*TRANSIENT, VectorStoreError)
+NO_MODEL = "the scenario has no trained model yet: run a TRAIN job first"
+SUPERSEDED = "a newer model became active while refitting over the older one: it is kept"
 Report = Callable[[float, str], Awaitable[None]]
 
 
-class Retryable(Exception):
-    """The attempt failed because a store or the training process was briefly unavailable; try again later."""
+class Superseded(Exception):
+    """A newer version became active while the similarity models were refitted over the older one."""
 
 
 class SwapTarget(Protocol):
@@ -72,6 +77,7 @@ class LearningConfig:
     time_limit_s: float = 1800.0
     swaps: SwapTarget | None = None  # this process's serving registry (embedded mode)
     notifier: SwapNotifier | None = None  # every other API process
+    similarity_time_limit_s: float = 900.0
 
 
 async def load_training_data(
@@ -114,6 +120,12 @@ class TrainingService:
         self._config = config
         self._process = TrainingProcess()
 
+    def time_limit_s(self, kind: str) -> float | None:
+        """Return the time limit of a TRAIN or SIMILARITY attempt (None where training is not configured)."""
+        if self._config is None:
+            return None
+        return self._config.similarity_time_limit_s if kind == SIMILARITY_KIND else self._config.time_limit_s
+
     async def submit(self, scenario_id: str, *, tenant_id: str) -> Job:
         """Queue a training of the scenario, or return the one already queued or running."""
         if self._config is None:
@@ -129,14 +141,13 @@ class TrainingService:
         await self._scenarios.get_or_raise(scenario_id, tenant_id=tenant_id)
         if (active := await self._jobs.active_for(TRAIN_KIND, scenario_id, tenant_id=tenant_id)) is not None:
             return active
-        time_limit_s = self._config.time_limit_s if self._config else None
         return await self._jobs.create(
-            TRAIN_KIND, tenant_id=tenant_id, scenario_id=scenario_id, time_limit_s=time_limit_s
+            TRAIN_KIND, tenant_id=tenant_id, scenario_id=scenario_id, time_limit_s=self.time_limit_s(TRAIN_KIND)
         )
 
     async def active_version(self, scenario_id: str, *, tenant_id: str) -> ModelVersion | None:
         """Return the version serving the scenario, or None when it was never trained."""
-        return await _active_version(tenant_id, scenario_id)
+        return await versions.active_version(tenant_id, scenario_id)
 
     async def train(
         self, job_id: str, *, tenant_id: str, scenario_id: str, attempt: int = 1, may_retry: bool = False
@@ -146,86 +157,102 @@ class TrainingService:
         Raises Retryable (after putting the job back to QUEUED) when a store was briefly unavailable and
         `may_retry`; cancellation puts the job back to QUEUED too, so a restarted worker runs it again.
         """
-        if await self._jobs.mark_running(job_id, tenant_id=tenant_id, attempt=attempt) is None:
-            log.info("training.skipped", job_id=job_id, reason="cancelled or finished")
-            return None
-        bound = log.bind(job_id=job_id, tenant_id=tenant_id, scenario_id=scenario_id)
-        try:
-            result = await self._run(job_id, tenant_id=tenant_id, scenario_id=scenario_id)
-        except asyncio.CancelledError:
-            await self._jobs.requeue(job_id, tenant_id=tenant_id, error="interrupted: the worker stopped")
-            raise
-        except TRANSIENT as exc:
-            return await self._transient(job_id, tenant_id, exc, may_retry, bound)
-        except Exception as exc:  # noqa: BLE001 - any failure ends the job with its message; serving is untouched
-            expected = isinstance(exc, (NotFound, TrainingTimeout))
-            bound.warning("training.failed", error=_message(exc), exc_info=not expected)
-            await self._jobs.fail(job_id, tenant_id=tenant_id, error=_message(exc))
-            return None
-        await self._jobs.succeed(job_id, tenant_id=tenant_id, result=result)
-        bound.info("training.succeeded", **{k: v for k, v in result.items() if k != "seconds"}, **result["seconds"])
-        return result
+        async def work(report: Report) -> dict[str, Any]:
+            return await self._run(job_id, tenant_id=tenant_id, scenario_id=scenario_id, report=report, partial=False)
 
-    async def _transient(self, job_id: str, tenant_id: str, exc: Exception, may_retry: bool, bound: Any) -> None:
-        if not may_retry:
-            bound.warning("training.failed", error=_message(exc))
-            await self._jobs.fail(job_id, tenant_id=tenant_id, error=_message(exc))
-            return None
-        bound.warning("training.retrying", error=_message(exc))
-        await self._jobs.requeue(job_id, tenant_id=tenant_id, error=f"retrying after: {_message(exc)}")
-        raise Retryable(_message(exc)) from exc
+        return await self._jobs.run(job_id, tenant_id=tenant_id, attempt=attempt, may_retry=may_retry, work=work,
+                                    transient=TRAINING_TRANSIENT, expected=(NotFound, TrainingTimeout))
 
-    async def _run(self, job_id: str, *, tenant_id: str, scenario_id: str) -> dict[str, Any]:
+    async def refresh_similarity(
+        self, job_id: str, *, tenant_id: str, scenario_id: str, attempt: int = 1, may_retry: bool = False
+    ) -> dict[str, Any] | None:
+        """Run one attempt of a SIMILARITY job: refit item-CF and content embeddings and swap them in.
+
+        A scenario never trained has nothing to refresh: the job succeeds with `skipped` in its result.
+        """
+        async def work(report: Report) -> dict[str, Any]:
+            return await self._run(job_id, tenant_id=tenant_id, scenario_id=scenario_id, report=report, partial=True)
+
+        return await self._jobs.run(job_id, tenant_id=tenant_id, attempt=attempt, may_retry=may_retry, work=work,
+                                    transient=TRAINING_TRANSIENT, expected=(NotFound, TrainingTimeout))
+
+    async def _run(
+        self, job_id: str, *, tenant_id: str, scenario_id: str, report: Report, partial: bool
+    ) -> dict[str, Any]:
         config = self._require_config()
-        report = self._reporter(job_id, tenant_id)
+        if (done := await versions.applied_by(job_id, tenant_id=tenant_id)) is not None:
+            return await self._already_applied(done, config)
         started = time.perf_counter()
         scenario = await Scenario.find_one({"_id": scenario_id, "tenant_id": tenant_id})
         if scenario is None:
             raise NotFound(f"scenario {scenario_id} no longer exists", field="scenarioId")
+        base = await versions.active_version(tenant_id, scenario_id) if partial else None
+        if partial and (base is None or not base.artifact):
+            return {"skipped": NO_MODEL}
+        data = await self._load(tenant_id, scenario_id, report)
+        seconds = {"load": time.perf_counter() - started}
+        version = await versions.new_version(
+            job_id, tenant_id=tenant_id, scenario_id=scenario_id, models_dir=config.models_dir
+        )
+        try:
+            outcome = await self._build(version, scenario, data, config, report, seconds, base=base)
+        except Superseded as exc:
+            await versions.discard(version, config.models_dir, str(exc))
+            return {"skipped": str(exc)}
+        except BaseException as exc:
+            await versions.discard(version, config.models_dir, error_message(exc))
+            raise
+        seconds["total"] = time.perf_counter() - started
+        result = _result(version, data, outcome, seconds)
+        return {**result, "basedOn": base.version, "refitted": outcome["refitted"]} if base is not None else result
+
+    async def _already_applied(self, version: ModelVersion, config: LearningConfig) -> dict[str, Any]:
+        """Finish a job an earlier attempt already applied: tell serving again (the attempt may have died first)."""
+        log.info("training.already_applied", job_id=version.job_id, version=version.version)
+        if version.status == "active":
+            await self._announce(version, config)
+        return versions.applied_result(version)
+
+    async def _load(self, tenant_id: str, scenario_id: str, report: Report) -> TrainingData:
         self._process.warm()  # its imports take seconds: let them run while MongoDB is read
         try:
             await report(0.01, "loading data")
-            data = await load_training_data(
-                tenant_id=tenant_id, scenario_id=scenario_id, expected=await _expected_events(tenant_id, scenario_id),
-                report=_scaled(report, 0.01, LOADED),
+            return await load_training_data(
+                tenant_id=tenant_id, scenario_id=scenario_id,
+                expected=await versions.expected_events(tenant_id, scenario_id), report=_scaled(report, 0.01, LOADED),
             )
         except BaseException:
             self._process.release()  # the warmed child will not be needed
             raise
-        seconds = {"load": time.perf_counter() - started}
-        version = await self._new_version(job_id, tenant_id=tenant_id, scenario_id=scenario_id)
-        try:
-            outcome = await self._build(version, scenario, data, config, report, seconds)
-        except BaseException as exc:
-            await self._discard(version, config, exc)
-            raise
-        seconds["total"] = time.perf_counter() - started
-        return _result(version, data, outcome, seconds)
 
     async def _build(
         self, version: ModelVersion, scenario: Scenario, data: TrainingData, config: LearningConfig, report: Report,
-        seconds: dict[str, float],
+        seconds: dict[str, float], *, base: ModelVersion | None = None,
     ) -> dict[str, Any]:
         """Fit and save in the child, store the embeddings, then activate the version and tell serving."""
-        await report(LOADED, "training")
+        await report(LOADED, "refitting similarity" if base is not None else "training")
         path = config.models_dir / (version.artifact or "")
         path.parent.mkdir(parents=True, exist_ok=True)
         outcome = await self._process.fit(
             data, dict(scenario.config), scenario_id=scenario.id, version=version.version, path=path,
-            time_limit_s=config.time_limit_s, report=_scaled(report, LOADED, 0.85),
+            time_limit_s=self.time_limit_s(SIMILARITY_KIND if base is not None else TRAIN_KIND) or 0,
+            report=_scaled(report, LOADED, 0.85),
+            base=config.models_dir / base.artifact if base is not None and base.artifact else None,
         )
         seconds.update(train=outcome["train_s"], save=outcome["save_s"], child=outcome["child_s"])
-        await _set_status(version, "ready")  # the artifact is complete on disk
+        await versions.set_status(version, "ready")  # the artifact is complete on disk
         mark = time.perf_counter()
         await report(0.86, "storing vectors")
         spaces = await self._store_vectors(version, data, outcome.pop("embeddings"))
         seconds["vectors"] = time.perf_counter() - mark
         mark = time.perf_counter()
         await report(0.95, "activating")
-        await self._activate(version, spaces, _metrics(data, outcome, seconds))
+        if base is not None:
+            await _still_serving(base)
+        await versions.activate(version, spaces, _metrics(data, outcome, seconds))
         try:
             await self._announce(version, config)
-            await self._prune(version, config)
+            await versions.prune(version.tenant_id, version.scenario_id, config.models_dir)
         except Exception:  # noqa: BLE001 - the version is active; serving re-checks active versions periodically
             log.exception("training.after_activation_failed", scenario_id=version.scenario_id, version=version.version)
         seconds["swap"] = time.perf_counter() - mark
@@ -235,30 +262,10 @@ class TrainingService:
         """Stop the training process, if any."""
         await self._process.close()
 
-    def _reporter(self, job_id: str, tenant_id: str) -> Report:
-        async def report(fraction: float, stage: str) -> None:
-            await self._jobs.progress(job_id, tenant_id=tenant_id, fraction=fraction, stage=stage)
-
-        return report
-
     def _require_config(self) -> LearningConfig:
         if self._config is None:
             raise Unavailable("training is not available in this process")
         return self._config
-
-    @staticmethod
-    async def _new_version(job_id: str, *, tenant_id: str, scenario_id: str) -> ModelVersion:
-        """Insert the next version (status training) of the scenario's model."""
-        latest = await ModelVersion.find(
-            {"tenant_id": tenant_id, "scenario_id": scenario_id, "kind": MODEL_KIND}
-        ).sort([("version", -1)]).first_or_none()
-        number = (latest.version if latest else 0) + 1
-        version = ModelVersion(
-            id=new_id("mv"), tenant_id=tenant_id, scenario_id=scenario_id, kind=MODEL_KIND, version=number,
-            status="training", artifact=f"{tenant_id}/{scenario_id}/v{number}", job_id=job_id, created_at=utcnow(),
-        )
-        await version.insert()
-        return version
 
     async def _store_vectors(self, version: ModelVersion, data: TrainingData, embeddings: Any) -> dict[str, str]:
         """Write the item embeddings into the space the active version does not use; return {kind: space}."""
@@ -287,24 +294,9 @@ class TrainingService:
         Writing the new vectors beside the served ones makes the swap atomic: a reader sees the old model with the
         old vectors or the new model with the new ones.
         """
-        active = await _active_version(version.tenant_id, version.scenario_id)
+        active = await versions.active_version(version.tenant_id, version.scenario_id)
         first, second = (content_space(version.scenario_id, slot, dim) for slot in ("a", "b"))
         return second if active is not None and active.spaces.get("content") == first else first
-
-    @staticmethod
-    async def _activate(version: ModelVersion, spaces: dict[str, str], metrics: dict[str, float]) -> None:
-        """Make the version active, then retire the one before (readers take the newest active version)."""
-        col = ModelVersion.get_pymongo_collection()
-        now = utcnow()
-        await col.update_one(
-            {"_id": version.id, "tenant_id": version.tenant_id},
-            {"$set": {"status": "active", "activated_at": now, "spaces": spaces, "metrics": metrics}},
-        )
-        await col.update_many(
-            {"tenant_id": version.tenant_id, "scenario_id": version.scenario_id, "kind": MODEL_KIND,
-             "status": "active", "_id": {"$ne": version.id}},
-            {"$set": {"status": "retired"}},
-        )
 
     @staticmethod
     async def _announce(version: ModelVersion, config: LearningConfig) -> None:
@@ -318,53 +310,12 @@ class TrainingService:
                 # Other processes re-check active versions periodically; the notice only makes it faster.
                 log.warning("training.notice_not_sent", error=str(exc), scenario_id=version.scenario_id)
 
-    @staticmethod
-    async def _prune(version: ModelVersion, config: LearningConfig) -> None:
-        """Delete the artifacts of retired versions beyond the newest few."""
-        retired = await ModelVersion.find(
-            {"tenant_id": version.tenant_id, "scenario_id": version.scenario_id, "kind": MODEL_KIND,
-             "status": "retired", "artifact": {"$ne": None}}
-        ).sort([("version", -1)]).to_list()
-        for old in retired[KEEP_RETIRED:]:
-            await asyncio.to_thread(shutil.rmtree, config.models_dir / (old.artifact or ""), True)
-            await ModelVersion.get_pymongo_collection().update_one(
-                {"_id": old.id, "tenant_id": old.tenant_id}, {"$set": {"artifact": None}}
-            )
 
-    @staticmethod
-    async def _discard(version: ModelVersion, config: LearningConfig, exc: BaseException) -> None:
-        """Mark a version that never became active as failed and delete its files."""
-        marked = await ModelVersion.get_pymongo_collection().update_one(
-            {"_id": version.id, "tenant_id": version.tenant_id, "status": {"$in": ["training", "ready"]}},
-            {"$set": {"status": "failed", "artifact": None, "error": _message(exc)}},
-        )
-        if marked.modified_count:
-            await asyncio.to_thread(shutil.rmtree, config.models_dir / (version.artifact or ""), True)
-
-
-def content_space(scenario_id: str, slot: str, dim: int) -> str:
-    """Return the name of one of a scenario's two content-embedding spaces (the dim is part of a space's shape)."""
-    return f"content_{scenario_id}_{slot}{dim}"
-
-
-async def _set_status(version: ModelVersion, status: str) -> None:
-    await ModelVersion.get_pymongo_collection().update_one(
-        {"_id": version.id, "tenant_id": version.tenant_id}, {"$set": {"status": status}}
-    )
-
-
-async def _active_version(tenant_id: str, scenario_id: str) -> ModelVersion | None:
-    return await ModelVersion.find(
-        {"tenant_id": tenant_id, "scenario_id": scenario_id, "kind": MODEL_KIND, "status": "active"}
-    ).sort([("version", -1)]).first_or_none()
-
-
-async def _expected_events(tenant_id: str, scenario_id: str) -> int:
-    """Return how many interactions the last version trained on: the scale of the loading progress (0: unknown)."""
-    latest = await ModelVersion.find(
-        {"tenant_id": tenant_id, "scenario_id": scenario_id, "kind": MODEL_KIND, "metrics.interactions": {"$gt": 0}}
-    ).sort([("version", -1)]).first_or_none()
-    return int(latest.metrics["interactions"]) if latest else 0
+async def _still_serving(base: ModelVersion) -> None:
+    """Raise Superseded when another version replaced the one the similarity models were refitted over."""
+    active = await versions.active_version(base.tenant_id, base.scenario_id)
+    if active is not None and active.id != base.id:
+        raise Superseded(SUPERSEDED)
 
 
 def _payload(item: Mapping[str, Any] | None, version: ModelVersion) -> dict[str, Any]:
@@ -395,8 +346,3 @@ def _scaled(report: Report, low: float, high: float) -> Report:
         await report(low + (high - low) * min(max(fraction, 0.0), 1.0), stage)
 
     return scaled
-
-
-def _message(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, (NotFound, TrainingTimeout, Retryable)) else f"{type(exc).__name__}: {text}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,9 +19,10 @@ from domain.learning.similarity import ease, item_cf, item_users
 from domain.recommend.base import CatalogueView
 from domain.scenarios.config import validate_config
 
-__all__ = ["TrainingData", "train_scenario_model"]
+__all__ = ["TrainingData", "refit_similarity", "train_scenario_model"]
 
 CONTENT_DIM = 32
+SIMILARITY_MODELS = ("item_cf", "content")  # what a SIMILARITY job refits
 Progress = Callable[[float, str], None]
 
 
@@ -113,3 +115,44 @@ def _train_sources(model: ScenarioModel, inter: Interactions, data: TrainingData
     if "content" in sources:
         docs = [document_tokens(i) for i in data.items]
         model.content = steps.run("content", lambda: train_content(docs, CONTENT_DIM))
+
+
+def refit_similarity(base: ScenarioModel, data: TrainingData, config: Mapping, *, version: int,
+                     progress: Progress | None = None) -> ScenarioModel:
+    """Refit the item-similarity models the config uses (item-CF neighbours, content embeddings) from current data.
+
+    They are refitted over the base model's catalogue, so every other array (popularity, EASE, ALS, histories) keeps
+    its index space and is copied from the base; items added since the base was trained join at the next training.
+    """
+    config = validate_config(config)
+    sources = _sources(config)
+    refitted = [name for name in SIMILARITY_MODELS if name in sources]
+    steps = _Steps(progress, 1 + len(refitted))
+    catalogue = base.catalogue
+    inter = steps.run("interactions", lambda: build_interactions(data, catalogue, config["interactionWeights"]))
+    model = replace(base, version=version, trained_at=datetime.now(UTC), info=dict(base.info))
+    if "item_cf" in sources:
+        k = int(sources["item_cf"].get("neighbors", 50))
+        model.item_cf = steps.run("item_cf", lambda: item_cf(inter.binary(), k))
+    if "content" in sources:
+        docs = [document_tokens(item) for item in _catalogue_documents(catalogue, data.items)]
+        model.content = steps.run("content", lambda: train_content(docs, CONTENT_DIM))
+    model.info.update(seconds=steps.seconds, refitted=refitted, basedOn=base.version,
+                      pairs=int(inter.strength.nnz))
+    steps.finish()
+    return model
+
+
+def _catalogue_documents(catalogue: CatalogueView, items: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Return an item document per catalogue row: the current one, or what the catalogue kept of a removed item."""
+    current = {d["item_id"]: d for d in items}
+    return [
+        current.get(item_id) or {"title": catalogue.titles[i], "categories": catalogue.categories[i],
+                                 "tags": catalogue.tags[i], "attributes": catalogue.attributes[i],
+                                 "published_at": _epoch(catalogue.published_at[i])}
+        for i, item_id in enumerate(catalogue.item_ids)
+    ]
+
+
+def _epoch(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None

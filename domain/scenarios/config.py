@@ -242,7 +242,10 @@ def _interaction_weights() -> dict[str, Any]:
 
 def _retention() -> dict[str, Any]:
     return _section("Data retention.", interactionsDays=prop(
-        ["integer", "null"], "Interactions older than this are archived; null: kept forever.", default=None,
+        ["integer", "null"],
+        "Interactions this many days older than the scenario's newest are deleted by the daily CLEANUP job; "
+        "null: kept forever.",
+        default=None,
         minimum=1, maximum=3650))
 
 

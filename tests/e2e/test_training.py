@@ -89,7 +89,7 @@ async def trained(served, gql, owner):
 
 async def test_train_scenario_queues_one_job_and_it_succeeds(trained, owner):
     sid, first, again, job = trained
-    assert first["status"] in ("QUEUED", "RUNNING") and first["kind"] == "train" and first["scenarioId"] == sid
+    assert first["status"] in ("QUEUED", "RUNNING") and first["kind"] == "TRAIN" and first["scenarioId"] == sid
     assert first["timeLimitSeconds"] > 0
     assert again["id"] == first["id"]  # the same training is never queued twice at once
     assert job["status"] == "SUCCEEDED", job

@@ -28,6 +28,7 @@ class RecordingQueue:
 
     def __init__(self) -> None:
         self.queued: list[tuple[str, str, tuple]] = []
+        self.aborted: list[str] = []
         self.down = False
 
     async def enqueue(self, function: str, job_id: str, args) -> None:
@@ -35,6 +36,9 @@ class RecordingQueue:
             raise RedisConnectionError("queue is down")
         await asyncio.sleep(0)  # let concurrent submissions interleave
         self.queued.append((function, job_id, tuple(args)))
+
+    async def abort(self, job_id: str) -> None:
+        self.aborted.append(job_id)
 
 
 @pytest.fixture
@@ -128,7 +132,7 @@ async def test_failed_and_cancelled_jobs_do_not_run(jobs):
     cancelled = await jobs.cancel(queued.id, tenant_id=t)
     assert cancelled.status == JobStatus.CANCELLED and not cancelled.active
     assert await jobs.mark_running(queued.id, tenant_id=t, attempt=1) is None
-    assert await jobs.cancel(queued.id, tenant_id=t) is None  # only a QUEUED job can be cancelled
+    assert await jobs.cancel(queued.id, tenant_id=t) is None  # a finished job cannot be cancelled
 
 
 async def test_progress_is_throttled_but_a_new_stage_is_written_at_once(jobs):
@@ -206,7 +210,7 @@ async def test_the_train_job_retries_a_store_outage_with_backoff_until_the_last_
     assert await train_scenario(ctx, "t_1", "sc_1", "job_1") is None and calls == [False]
 
 
-def test_worker_settings_register_the_train_job_with_the_configured_limits():
+def test_worker_settings_register_the_train_job_with_the_configured_limits():  # see test_job_kinds for the rest
     settings = Settings().model_copy(update={
         "training": TrainingSettings(train_time_limit_s=120, job_max_tries=5),
         "redis": Settings().redis.model_copy(update={"url": "redis://127.0.0.1:1/0"}),
@@ -215,6 +219,7 @@ def test_worker_settings_register_the_train_job_with_the_configured_limits():
     job = worker.functions["scenarios.train"]
     assert job.timeout_s == 120 + TIMEOUT_MARGIN_S and job.max_tries == 5
     assert WorkerSettings.functions[0].name == "scenarios.train" and WorkerSettings.on_startup is not None
+    assert WorkerSettings.allow_abort_jobs and worker.allow_abort_jobs  # cancelJob stops a running job
     assert backoff_s(1) < backoff_s(2) < backoff_s(3) and backoff_s(99) == backoff_s(4)
 
 
