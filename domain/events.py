@@ -2,7 +2,11 @@
 
 Each event is validated on its own against what the cache knows (items) and one query for the batch's scenarios;
 valid events are stored with one unordered insert whose `_id` carries the event id, so a resent batch stores
-nothing twice and reports those events as duplicates.
+nothing twice and reports those events as duplicates. MongoDB is the record of truth: once the insert returns, the
+user's seen sets and cache version move (so the next answer already leaves the items out) and the events are
+appended to the tenant's stream, from which the consumer (domain.realtime) updates profiles, popularity and
+metrics. Without Redis the events are still stored and the call succeeds; the consumer replays them from MongoDB.
+Without MongoDB the call fails with SERVICE_UNAVAILABLE, saying whether anything was stored.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from domain.catalogue import RowError, CatalogueService
+from domain.errors import Unavailable
 from domain.ids import utcnow
-from domain.profiles import ProfileEvent, ProfileService
+from domain.realtime.stream import EventStream, StreamEvent, millis
 from domain.scenarios.service import ScenarioService
 from models.cache import Cache, CacheUnavailable, ItemMeta
 from models.documents import Interaction, composite_id
@@ -101,20 +106,36 @@ class EventService:
     """Record interactions for a tenant."""
 
     def __init__(
-        self, cache: Cache, scenarios: ScenarioService, catalogue: CatalogueService, profiles: ProfileService
+        self, cache: Cache, scenarios: ScenarioService, catalogue: CatalogueService, stream: EventStream | None
     ) -> None:
         self._cache = cache
         self._scenarios = scenarios
         self._catalogue = catalogue
-        self._profiles = profiles
+        self._stream = stream
 
     async def record(self, events: Sequence[InteractionData], *, tenant_id: str) -> IngestResult:
-        """Validate each event, store the valid ones once, and update profiles and seen sets."""
+        """Validate each event, store the valid ones once, mark them seen and append them to the stream."""
+        try:
+            result, docs = await self._validate(events, tenant_id=tenant_id)
+        except PyMongoError as exc:
+            raise Unavailable(f"the event store is unavailable; nothing was stored, send the batch again ({exc})") from exc
+        stored, failure = await self._insert(docs)
+        await self._publish([d for d in docs if d["_id"] in stored], tenant_id=tenant_id)
+        if failure is not None:
+            raise failure
+        result.accepted = len(stored)
+        result.duplicates += len(docs) - len(stored)
+        return result
+
+    async def _validate(
+        self, events: Sequence[InteractionData], *, tenant_id: str
+    ) -> tuple[IngestResult, list[dict[str, Any]]]:
+        """Return the result so far (errors, repeats within the batch) and the documents to store."""
         result = IngestResult()
         now = utcnow()
         weights = await self._scenario_weights({e.scenario_id for e in events}, tenant_id=tenant_id)
         metas = await self._catalogue.metas([e.item_id for e in events if isinstance(e.item_id, str)], tenant_id=tenant_id)
-        docs, profile_events, seen_ids = [], {}, set()
+        docs, seen_ids = [], set()
         for index, e in enumerate(events):
             problem = check_event(e, now) or _check_refs(e, weights, metas)
             if problem:
@@ -127,16 +148,7 @@ class EventService:
                 continue
             seen_ids.add(doc_id)
             docs.append(_document(e, doc_id, event_id, tenant_id, now))
-            profile_events[doc_id] = ProfileEvent(
-                e.user_id, e.scenario_id, e.item_id, e.type, e.value, docs[-1]["ts"], metas[e.item_id]
-            )
-        stored = await self._insert(docs)
-        result.accepted = len(stored)
-        result.duplicates += len(docs) - len(stored)
-        fresh = [profile_events[d] for d in stored]
-        await self._profiles.apply(fresh, weights, tenant_id=tenant_id)
-        await self._mark_seen(fresh, tenant_id=tenant_id)
-        return result
+        return result, docs
 
     async def _scenario_weights(self, ids: set[str], *, tenant_id: str) -> dict[str, Mapping[str, float]]:
         """Return the interaction weights of each existing scenario among ids."""
@@ -144,25 +156,56 @@ class EventService:
         scenarios = await self._scenarios.get_many(valid, tenant_id=tenant_id)
         return {s.id: s.config.get("interactionWeights", {}) for s in scenarios if s is not None}
 
-    async def _insert(self, docs: list[dict[str, Any]]) -> list[str]:
-        """Insert documents unordered; return the ids stored now (not those stored before)."""
+    async def _insert(self, docs: list[dict[str, Any]]) -> tuple[set[str], Unavailable | None]:
+        """Insert documents unordered; return the ids stored now (not those stored before) and, when the store
+        failed, the error to raise once those are published."""
         if not docs:
-            return []
+            return set(), None
         try:
             await Interaction.get_pymongo_collection().insert_many(docs, ordered=False)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
+            failed = {err["index"] for err in errors}
+            stored = {d["_id"] for i, d in enumerate(docs) if i not in failed}
             if any(err.get("code") != DUPLICATE_KEY for err in errors):
-                raise
-            duplicate = {err["index"] for err in errors}
-            return [d["_id"] for i, d in enumerate(docs) if i not in duplicate]
-        return [d["_id"] for d in docs]
+                return stored, _partly_stored(exc.details.get("nInserted", len(stored)), len(docs))
+            return stored, None
+        except PyMongoError:
+            return set(), Unavailable(
+                "the event store failed during the insert; some events may be stored: send the batch again with "
+                "the same eventIds (they are stored once)"
+            )
+        return {d["_id"] for d in docs}, None
 
-    async def _mark_seen(self, events: list[ProfileEvent], *, tenant_id: str) -> None:
+    async def _publish(self, docs: list[dict[str, Any]], *, tenant_id: str) -> None:
+        """Mark stored events seen (the next answer leaves them out) and append them to the tenant's stream."""
+        if not docs:
+            return
         try:
-            await self._cache.record_seen(((e.scenario_id, e.user_id, e.item_id) for e in events), tenant_id=tenant_id)
+            await self._cache.record_seen(((d["scenario_id"], d["user_id"], d["item_id"]) for d in docs),
+                                          tenant_id=tenant_id)
+            if self._stream is not None:
+                await self._stream.append([stream_event(d) for d in docs], tenant_id=tenant_id)
         except CacheUnavailable as exc:
-            log.warning("cache.unavailable", op="events.seen", error=str(exc))
+            # Stored in MongoDB: the consumer replays them from there when Redis is back.
+            log.warning("cache.unavailable", op="events.publish", error=str(exc))
+
+
+def stream_event(doc: Mapping[str, Any]) -> StreamEvent:
+    """Return the stream entry of a stored interaction document."""
+    return StreamEvent(
+        doc["event_id"], doc["scenario_id"], doc["user_id"], doc["item_id"], doc["type"], doc["value"],
+        millis(doc["ts"]), millis(doc["received_at"]), doc["request_id"],
+    )
+
+
+def _partly_stored(stored: int, sent: int) -> Unavailable:
+    if not stored:
+        return Unavailable("the event store refused the batch; nothing was stored, send it again")
+    return Unavailable(
+        f"the event store failed part way: {stored} of {sent} new events were stored; send the whole batch again "
+        "with the same eventIds (stored events are recognised as duplicates)"
+    )
 
 
 def _check_refs(

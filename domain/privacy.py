@@ -1,4 +1,5 @@
-"""Erase one user's data on request: interactions, profile, cached state and user vectors."""
+"""Erase one user's data on request: interactions, profile (its Redis hot state and MongoDB snapshot), cached state
+and user vectors."""
 
 from __future__ import annotations
 
@@ -30,13 +31,16 @@ class PrivacyService:
         """Delete everything stored about a user; return how many records were removed."""
         if not user_id or not user_id.strip():
             raise BadInput("userId must not be blank", field="userId")
-        result = await Interaction.get_pymongo_collection().delete_many({"tenant_id": tenant_id, "user_id": user_id})
-        removed = result.deleted_count + await self._profiles.delete(user_id, tenant_id=tenant_id)
+        removed = 0
         scenario_ids = await self._scenarios.ids(tenant_id=tenant_id)
         try:
+            # Redis first: the profile hot state and its pending MongoDB snapshot go before the stored profile, so
+            # the event consumer's next snapshot cannot write the profile back.
             removed += await self._cache.erase_user(user_id, scenario_ids, tenant_id=tenant_id)
         except CacheUnavailable as exc:
             log.warning("cache.unavailable", op="privacy.erase", error=str(exc))
+        result = await Interaction.get_pymongo_collection().delete_many({"tenant_id": tenant_id, "user_id": user_id})
+        removed += result.deleted_count + await self._profiles.delete(user_id, tenant_id=tenant_id)
         return removed + await self._erase_vectors(user_id, tenant_id=tenant_id)
 
     async def _erase_vectors(self, user_id: str, *, tenant_id: str) -> int:

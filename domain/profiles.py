@@ -1,8 +1,9 @@
-"""User profiles: counters, decayed category/tag preferences, recent items, first/last seen.
+"""User profiles: counters, decayed category/tag preferences, active hours, recent items, first/last seen.
 
-Counters, the recent sequence and first/last seen live in MongoDB (one bulk upsert per batch of events). Category
-and tag preferences are hot state in Redis (one hash per user, one call per user per batch): adding dozens of
-label fields to a MongoDB document per event cost the embedded server more than storing the events themselves.
+The event consumer keeps each profile as hot state in Redis (domain.realtime.apply: one hash of counters, a sorted
+set of recent items, a hash of preferences) and snapshots it to MongoDB in batches; reads take Redis first and
+MongoDB for users Redis does not hold (or while it is down). Ingest counts accepted events on the profile hash, so a
+read that finds the consumer behind the caller's own writes waits for it briefly (read-your-writes).
 
 Preferences decay with a half-life without rewriting old scores: an interaction at time t adds
 `w * 2 ** ((t - EPOCH) / HALF_LIFE)`, and a score read at time T is multiplied by `2 ** (-(T - EPOCH) / HALF_LIFE)`.
@@ -11,20 +12,24 @@ The stored sum is then the decayed sum at T for any T, maintained by plain addit
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from pymongo import UpdateOne
-
 import structlog
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
 
+from domain.realtime.hotstate import HotProfile, pending_users, read_hot
 from models.cache import Cache, CacheUnavailable, ItemMeta
 from models.documents import UserProfile, composite_id
 
 EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
+EPOCH_S = EPOCH.timestamp()
 HALF_LIFE_SECONDS = 30 * 86400.0
-RECENT_KEPT = 50
+READ_YOUR_WRITES_S = 2.0  # longest a profile read waits for a running consumer to apply the caller's events
 log = structlog.get_logger()
 DEFAULT_WEIGHTS = {
     "VIEW": 1.0, "CLICK": 2.0, "LIKE": 4.0, "SHARE": 5.0, "COMMENT": 4.0, "PURCHASE": 8.0,
@@ -58,6 +63,7 @@ class ProfileView:
     recent: list[dict] = field(default_factory=list)
     first_seen: datetime | None = None
     last_seen: datetime | None = None
+    active_hours: dict[int, int] = field(default_factory=dict)  # UTC hour of day -> events
 
 
 CATEGORY, TAG = "c:", "t:"  # label prefixes in a user's preference hash
@@ -65,22 +71,27 @@ CATEGORY, TAG = "c:", "t:"  # label prefixes in a user's preference hash
 
 def event_weight(event: ProfileEvent, weights: Mapping[str, float]) -> float:
     """Return how much an event says about the user's taste (negative for dislikes and skips)."""
-    base = float(weights.get(event.type, DEFAULT_WEIGHTS.get(event.type, 1.0)))
-    if event.type == "RATING" and event.value is not None:
-        return base * (event.value - 2.5) / 2.5  # a 5-star scale: 5 -> +w, 2.5 -> 0, 0.5 -> -0.8w
-    if event.type == "WATCH" and event.value is not None and event.meta.duration_seconds:
-        return base * min(event.value / event.meta.duration_seconds, 1.0)
+    return weight_of(event.type, event.value, event.meta.duration_seconds, weights)
+
+
+def weight_of(kind: str, value: float | None, duration: float | None, weights: Mapping[str, float]) -> float:
+    """Return `event_weight` from an event's parts (the consumer's hot path builds no ProfileEvent)."""
+    base = float(weights.get(kind, DEFAULT_WEIGHTS.get(kind, 1.0)))
+    if kind == "RATING" and value is not None:
+        return base * (value - 2.5) / 2.5  # a 5-star scale: 5 -> +w, 2.5 -> 0, 0.5 -> -0.8w
+    if kind == "WATCH" and value is not None and duration:
+        return base * min(value / duration, 1.0)
     return base
 
 
 def shifted(weight: float, ts: datetime) -> float:
     """Return a weight in time-shifted form (see module docstring)."""
-    return weight * 2.0 ** ((ts - EPOCH).total_seconds() / HALF_LIFE_SECONDS)
+    return shifted_at(weight, ts.timestamp())
 
 
-def profile_updates(events: Sequence[ProfileEvent], *, tenant_id: str) -> list[UpdateOne]:
-    """Return one upsert per user folding the batch's events into the stored counters and recent items."""
-    return [_user_update(user, evs, tenant_id) for user, evs in _by_user(events).items()]
+def shifted_at(weight: float, epoch_s: float) -> float:
+    """Return `shifted` for a time given in epoch seconds."""
+    return weight * 2.0 ** ((epoch_s - EPOCH_S) / HALF_LIFE_SECONDS)
 
 
 def label_deltas(
@@ -94,32 +105,6 @@ def label_deltas(
         for key in [*(CATEGORY + c for c in e.meta.categories), *(TAG + t for t in e.meta.tags)]:
             labels[key] = labels.get(key, 0.0) + score
     return deltas
-
-
-def _by_user(events: Sequence[ProfileEvent]) -> dict[str, list[ProfileEvent]]:
-    by_user: dict[str, list[ProfileEvent]] = {}
-    for event in events:
-        by_user.setdefault(event.user_id, []).append(event)
-    return by_user
-
-
-def _user_update(user_id: str, events: list[ProfileEvent], tenant_id: str) -> UpdateOne:
-    inc: dict[str, int] = {"interaction_count": len(events)}
-    for e in events:
-        inc[f"counts_by_type.{e.type}"] = inc.get(f"counts_by_type.{e.type}", 0) + 1
-        inc[f"counts_by_scenario.{e.scenario_id}"] = inc.get(f"counts_by_scenario.{e.scenario_id}", 0) + 1
-    recent = [{"i": e.item_id, "s": e.scenario_id, "y": e.type, "t": e.ts} for e in events]
-    return UpdateOne(
-        {"_id": composite_id(tenant_id, user_id)},
-        {
-            "$inc": inc,
-            "$min": {"first_seen": min(e.ts for e in events)},
-            "$max": {"last_seen": max(e.ts for e in events)},
-            "$push": {"recent": {"$each": recent, "$sort": {"t": 1}, "$slice": -RECENT_KEPT}},
-            "$setOnInsert": {"tenant_id": tenant_id, "user_id": user_id},
-        },
-        upsert=True,
-    )
 
 
 def _decayed(scores: Mapping[str, float], prefix: str, at: datetime | None, top: int) -> list[tuple[str, float]]:
@@ -141,36 +126,70 @@ def view(doc: UserProfile, labels: Mapping[str, float], *, top: int = 10) -> Pro
         recent=list(reversed(doc.recent)),
         first_seen=doc.first_seen,
         last_seen=doc.last_seen,
+        active_hours={int(h): n for h, n in (getattr(doc, "active_hours", None) or {}).items()},
+    )
+
+
+def hot_view(user_id: str, hot: HotProfile, *, top: int = 10) -> ProfileView:
+    """Return the readable profile of a user's hot state in Redis."""
+    return ProfileView(
+        user_id=user_id,
+        interaction_count=hot.applied,
+        counts_by_type=dict(hot.counts_by_type),
+        counts_by_scenario=dict(hot.counts_by_scenario),
+        top_categories=_decayed(hot.labels, CATEGORY, hot.last_seen, top),
+        top_tags=_decayed(hot.labels, TAG, hot.last_seen, top),
+        recent=list(hot.recent),
+        first_seen=hot.first_seen,
+        last_seen=hot.last_seen,
+        active_hours=dict(hot.active_hours),
     )
 
 
 class ProfileService:
-    """Read and maintain user profiles, scoped by tenant."""
+    """Read user profiles, scoped by tenant (the event consumer maintains them)."""
 
-    def __init__(self, cache: Cache) -> None:
+    def __init__(self, cache: Cache, client: aioredis.Redis | None = None) -> None:
         self._cache = cache
-
-    async def apply(
-        self, events: Sequence[ProfileEvent], weights: Mapping[str, Mapping[str, float]], *, tenant_id: str
-    ) -> None:
-        """Fold accepted events into their users' profiles (one bulk write, one Redis round trip)."""
-        if ops := profile_updates(events, tenant_id=tenant_id):
-            await UserProfile.get_pymongo_collection().bulk_write(ops, ordered=False)
-        try:
-            await self._cache.add_label_scores(label_deltas(events, weights), tenant_id=tenant_id)
-        except CacheUnavailable as exc:
-            log.warning("cache.unavailable", op="profiles.labels", error=str(exc))
+        self._r = client
 
     async def get_many(self, user_ids: Sequence[str], *, tenant_id: str) -> list[ProfileView | None]:
-        """Return profiles in the order of user_ids, None for users never seen (one query, one Redis call)."""
-        keys = [composite_id(tenant_id, u) for u in dict.fromkeys(user_ids)]
+        """Return profiles in the order of user_ids, None for users never seen: Redis hot state first, MongoDB
+        for the rest."""
+        users = list(dict.fromkeys(user_ids))
+        found = await self._hot(users, tenant_id=tenant_id)
+        if missing := [u for u in users if u not in found]:
+            found.update(await self._stored(missing, tenant_id=tenant_id))
+        return [found.get(u) for u in user_ids]
+
+    async def _hot(self, users: list[str], *, tenant_id: str) -> dict[str, ProfileView]:
+        if self._r is None or not users:
+            return {}
+        try:
+            await self._await_consumer(users, tenant_id=tenant_id)
+            hot = await read_hot(self._r, users, tenant_id=tenant_id)
+        except (RedisError, OSError) as exc:
+            log.warning("cache.unavailable", op="profiles.read", error=str(exc))
+            return {}  # degraded: the MongoDB snapshot answers
+        return {u: hot_view(u, h) for u, h in hot.items()}
+
+    async def _await_consumer(self, users: list[str], *, tenant_id: str) -> None:
+        """Wait (briefly) until the consumer has applied the events already accepted for these users."""
+        deadline = time.monotonic() + READ_YOUR_WRITES_S
+        while (pending := await pending_users(self._r, users, tenant_id=tenant_id)) and time.monotonic() < deadline:
+            users = pending
+            await asyncio.sleep(0.01)
+
+    async def _stored(self, users: list[str], *, tenant_id: str) -> dict[str, ProfileView]:
+        keys = [composite_id(tenant_id, u) for u in users]
         docs = await UserProfile.find({"_id": {"$in": keys}, "tenant_id": tenant_id}).to_list()
+        if not docs:
+            return {}
         try:
             labels = await self._cache.label_scores([d.user_id for d in docs], tenant_id=tenant_id)
         except CacheUnavailable:
             labels = {}  # degraded: counters and recent items still answer
-        by_user = {d.user_id: view(d, labels.get(d.user_id, {})) for d in docs}
-        return [by_user.get(u) for u in user_ids]
+        return {d.user_id: view(d, labels.get(d.user_id, {})) for d in docs}
 
     async def delete(self, user_id: str, *, tenant_id: str) -> int:
         """Delete the user's stored profile document; return 1 if there was one."""

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from domain.background import BackgroundJobs, JobPolicy
 from domain.catalogue import CatalogueService
 from domain.events import EventService
 from domain.jobs import JobQueue, JobService
 from domain.learning.service import LearningConfig, TrainingService
 from domain.privacy import PrivacyService
+from domain.realtime.impressions import impression_sink
+from domain.realtime.live import LiveMetrics
+from domain.realtime.service import RealtimeService
+from domain.realtime.stream import EventStream
 from domain.profiles import ProfileService
 from domain.recommend.service import EngineSource, RecommendationService
 from domain.scenarios.service import ScenarioService
 from domain.tenancy import TenancyService
-from models.cache import Cache
+from models.cache import Cache, RedisCache
 from models.vectors import VectorStore
 
 
@@ -28,26 +33,38 @@ class Services:
     recommendations: RecommendationService
     jobs: JobService
     training: TrainingService
+    background: BackgroundJobs  # every job kind: submit, cancel, schedule fan-out, runs
+    live: LiveMetrics | None = None  # live metrics snapshots and streams (need Redis)
+    realtime: RealtimeService | None = None  # the event stream's consumer, catch-up and rebuilds (need Redis)
 
     @classmethod
     def build(
         cls, *, cache: Cache, vectors: VectorStore | None, engines: EngineSource | None = None,
-        queue: JobQueue | None = None, learning: LearningConfig | None = None,
+        queue: JobQueue | None = None, learning: LearningConfig | None = None, jobs_policy: JobPolicy | None = None,
     ) -> Services:
         """Wire every service over the given stores (MongoDB is reached through Beanie); jobs are submitted to
         `queue` and trained as `learning` says (without them, submitting or training is refused)."""
         scenarios = ScenarioService(cache)
         jobs = JobService(queue)
         catalogue = CatalogueService(cache, scenarios)
-        profiles = ProfileService(cache)
+        redis = cache.client if isinstance(cache, RedisCache) else None
+        profiles = ProfileService(cache, redis)
+        training = TrainingService(jobs, scenarios, vectors=vectors, config=learning)
         return cls(
             tenancy=TenancyService(),
             scenarios=scenarios,
             catalogue=catalogue,
             profiles=profiles,
-            events=EventService(cache, scenarios, catalogue, profiles),
+            events=EventService(cache, scenarios, catalogue, EventStream(redis) if redis is not None else None),
             privacy=PrivacyService(cache, vectors, scenarios, profiles),
-            recommendations=RecommendationService(cache, scenarios, profiles, engines),
+            recommendations=RecommendationService(
+                cache, scenarios, profiles, engines, impressions=impression_sink(redis) if redis is not None else None
+            ),
             jobs=jobs,
-            training=TrainingService(jobs, scenarios, vectors=vectors, config=learning),
+            training=training,
+            # Warming answers is not showing them: its own RecommendationService, with no impression sink.
+            background=BackgroundJobs.wire(jobs, scenarios, training, RecommendationService(cache, scenarios, profiles,
+                                           engines), cache=cache, learning=learning, policy=jobs_policy),
+            live=LiveMetrics.over(cache),
+            realtime=RealtimeService(redis, catalogue, scenarios) if redis is not None else None,
         )

@@ -13,10 +13,11 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from strawberry.litestar import make_graphql_controller
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
-from graph.context import http_context
+from graph.context import WebSocketAuth, http_context, ws_context
 from graph.health import live, ready
-from graph.metrics import Metrics
+from graph.metrics import LiveMetricsExporter, Metrics
 from graph.observability import (
     configure_logging, litestar_logging_config, log_context_extension, request_context_middleware, setup_tracing,
     strawberry_extensions, tracing_plugins,
@@ -24,6 +25,8 @@ from graph.observability import (
 from graph.runtime import Runtime, open_runtime
 from graph.schema import build_schema, guard_extensions
 from models.settings import Settings
+from workers.consumer import consumer_running
+from workers.metrics import JobMetrics
 from workers.settings import in_process_worker
 
 log = structlog.get_logger()
@@ -47,13 +50,27 @@ def _graphql_controller(settings: Settings, metrics: Metrics, tracing) -> type:
         path="/graphql",
         graphql_ide="graphiql" if settings.server.graphiql else None,
         allow_queries_via_get=False,
+        subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),  # the one protocol whose key check we wire
     )
 
-    class GraphQLController(base):  # type: ignore[misc, valid-type]
-        # Our context is a plain frozen object, not Strawberry's BaseContext: replace the merged-context provider.
-        dependencies = {**base.dependencies, "context": Provide(http_context), "response": Provide(_response)}
+    class GraphQLController(WebSocketAuth, base):  # type: ignore[misc, valid-type]
+        # Our context is a plain frozen object, not Strawberry's BaseContext: replace the merged-context providers.
+        dependencies = {
+            **base.dependencies, "context": Provide(http_context), "context_ws": Provide(ws_context),
+            "response": Provide(_response),
+        }
 
     return GraphQLController
+
+
+@asynccontextmanager
+async def _watch_jobs(runtime: Runtime, job_metrics: JobMetrics) -> AsyncIterator[None]:
+    """Record the attempts of jobs run in this process (the in-process worker) into the app's metrics."""
+    stop = runtime.services.jobs.watch(job_metrics.observe)
+    try:
+        yield
+    finally:
+        stop()
 
 
 @asynccontextmanager
@@ -69,7 +86,11 @@ async def _background(runtime: Runtime) -> AsyncIterator[None]:
         worker = in_process_worker(runtime.services, redis_url=runtime.servers.redis_url, settings=runtime.settings)
     task = asyncio.create_task(worker.async_run()) if worker is not None else None
     try:
-        yield
+        if runtime.settings.server.run_worker:  # the event consumer too (more processes may run their own)
+            async with consumer_running(runtime.services):
+                yield
+        else:
+            yield
     finally:
         if task is not None:
             task.cancel()  # stop polling first (close() alone misses a worker that has not started polling yet)
@@ -79,12 +100,29 @@ async def _background(runtime: Runtime) -> AsyncIterator[None]:
             await runtime.registry.stop()
 
 
+@asynccontextmanager
+async def _live_metrics(runtime: Runtime, metrics: Metrics) -> AsyncIterator[None]:
+    """Export live per-scenario metrics to Prometheus while the app runs; stop the metrics feed on the way out."""
+    live = runtime.services.live
+    if live is None or not live.available:
+        yield
+        return
+    task = asyncio.create_task(LiveMetricsExporter(metrics).run(live))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await live.close()
+
+
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Litestar:
     """Return the ASGI app; it opens (or adopts) the runtime on startup and closes what it opened."""
     settings = settings or Settings()
     configure_logging(settings.server)
     tracing = setup_tracing(settings.telemetry)
     metrics = Metrics()
+    job_metrics = JobMetrics(metrics.registry)  # job attempt durations and failures, recorded by the in-process worker
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -94,7 +132,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         app.state.runtime = await open_runtime(settings) if owned else runtime
         log.info("recograph.started", embedded=settings.embedded, mongo=app.state.runtime.servers.mongo_url)
         try:
-            async with _background(app.state.runtime):
+            async with _watch_jobs(app.state.runtime, job_metrics), _background(app.state.runtime), \
+                    _live_metrics(app.state.runtime, metrics):
                 yield
         finally:
             if owned:

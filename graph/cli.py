@@ -23,6 +23,7 @@ from graph.observability import configure_logging
 from graph.runtime import Runtime, open_runtime
 from models.embedded import EmbeddedStartError, ServerUnavailable
 from models.settings import Settings
+from workers.consumer import run_beside
 from workers.settings import missing_urls, standalone_worker
 
 app = typer.Typer(help="recograph: recommendations as a GraphQL subgraph.", no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -247,11 +248,12 @@ async def _train_with_progress(runtime: Runtime, tenant_id: str, scenario_id: st
 
 @app.command()
 def worker() -> None:
-    """Run the job worker as its own deployment (with MONGODB_URL, REDIS_URL and QDRANT_URL set)."""
+    """Run the job worker and the event consumer as their own deployment (with MONGODB_URL, REDIS_URL and QDRANT_URL
+    set)."""
     settings = _settings()
     if missing := missing_urls(settings):
         # Embedded vector shards open in one process only, so in embedded mode `serve` runs the jobs itself.
         console.print(f"[red]recograph: a separate worker needs {', '.join(missing)}; in embedded mode `serve` runs "
                       "the jobs[/red]")
         raise typer.Exit(1)
-    standalone_worker(settings).run()
+    run_beside(standalone_worker(settings), settings)  # the arq worker and the event consumer

@@ -1,11 +1,24 @@
-"""Build the per-request GraphQL context: authenticate the key, bind the tenant, create the loaders."""
+"""Build the per-request GraphQL context: authenticate the key, bind the tenant, create the loaders.
+
+A websocket (graphql-transport-ws) gets one context for the connection: built from the upgrade request's headers,
+then rebuilt from the `connection_init` payload (`{"Authorization": "Bearer KEY"}`, which wins over the header).
+A connection without a valid key either way is closed with 4403 before any operation runs.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 import structlog
-from litestar import Request
+from litestar import Request, WebSocket
+from litestar.connection import ASGIConnection
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
+from strawberry.types.unset import UNSET, UnsetType
 
 from domain.tenancy import Principal, Scope
 from graph.runtime import Runtime
@@ -45,13 +58,70 @@ def _end_user(principal: Principal | None, header: str | None) -> str | None:
     return header if principal is not None and principal.scope is Scope.GATEWAY and header else None
 
 
-async def http_context(request: Request) -> RequestContext:
-    """Litestar dependency: the GraphQL context of an HTTP request."""
-    headers = request.headers
+async def _from_headers(connection: ASGIConnection) -> RequestContext:
+    """Return the context of an HTTP request or websocket upgrade, from its headers."""
+    headers = connection.headers
     return await build_context(
-        request.app.state.runtime,
+        connection.app.state.runtime,
         authorization=headers.get("authorization"),
         # The request middleware bound (and echoes) the request id; use the same one.
         request_id=structlog.contextvars.get_contextvars().get("request_id"),
         user_header=headers.get("x-user-id"),
     )
+
+
+async def http_context(request: Request) -> RequestContext:
+    """Litestar dependency: the GraphQL context of an HTTP request."""
+    return await _from_headers(request)
+
+
+async def ws_context(socket: WebSocket) -> RequestContext:
+    """Litestar dependency: a websocket's context until connection_init, from its upgrade request's headers."""
+    return await _from_headers(socket)
+
+
+def _param(params: Mapping[str, Any], name: str) -> str | None:
+    """Return a connection parameter by case-insensitive name, when it is a string."""
+    for key, value in params.items():
+        if isinstance(key, str) and key.lower() == name and isinstance(value, str):
+            return value
+    return None
+
+
+async def reauthenticate(ctx: RequestContext, params: Mapping[str, Any]) -> RequestContext:
+    """Return the context for a connection_init payload: its Authorization (if sent) replaces the header's key."""
+    authorization = _param(params, "authorization")
+    if authorization is None:
+        return ctx
+    principal = await ctx.services.tenancy.authenticate(bearer(authorization))
+    tenant_id = principal.tenant_id if principal else None
+    return dataclasses.replace(
+        ctx,
+        principal=principal,
+        loaders=make_loaders(ctx.services, tenant_id),
+        log=structlog.get_logger().bind(tenant_id=tenant_id, request_id=ctx.request_id),
+        end_user_id=_end_user(principal, _param(params, "x-user-id")),
+    )
+
+
+class KeyCheckingTransportWSHandler(BaseGraphQLTransportWSHandler):
+    """graphql-transport-ws handler that authenticates the connection_init payload before it is acknowledged."""
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        """Swap in the payload's context, then let Strawberry ask `on_ws_connect` and acknowledge or close."""
+        payload = message.get("payload")
+        if isinstance(payload, Mapping) and not self.connection_init_received and not self.connection_timed_out:
+            self.context = await reauthenticate(self.context, payload)
+        await super().handle_connection_init(message)
+
+
+class WebSocketAuth:
+    """Mix into the GraphQL controller (before Strawberry's class) to require a valid key on websockets."""
+
+    graphql_transport_ws_handler_class = KeyCheckingTransportWSHandler
+
+    async def on_ws_connect(self, context: RequestContext) -> UnsetType | dict[str, object] | None:
+        """Refuse the connection (4403 Forbidden) unless a valid key came in the payload or the upgrade header."""
+        if context.principal is None:
+            raise ConnectionRejectionError({"message": "a valid API key is required"})
+        return UNSET

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import structlog
 
 from litestar import Response, get
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from strawberry.extensions import SchemaExtension
 
+from domain.errors import DomainError
+from domain.realtime.snapshots import Counters, MetricsSnapshot, MetricsWindow, SnapshotRequest
+
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from litestar.handlers import HTTPRouteHandler
+
+    from domain.realtime.live import LiveMetrics
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
     from strawberry.types import ExecutionContext
 
-__all__ = ("DURATION_BUCKETS", "NAMESPACE", "GraphQLMetricsExtension", "Metrics")
+__all__ = ("DURATION_BUCKETS", "NAMESPACE", "GraphQLMetricsExtension", "LiveMetricsExporter", "Metrics")
+
+_log = structlog.get_logger()
 
 NAMESPACE = "recograph"
 # Served queries answer in about a millisecond from memory; the tail is cold caches and large mutations.
@@ -161,3 +172,71 @@ class GraphQLMetricsExtension(SchemaExtension):
                 failed=failed,
                 seconds=time.perf_counter() - start,
             )
+
+
+# Live per-scenario metrics: exported windows, and what each gauge reads from a window's counters.
+LIVE_WINDOWS = (MetricsWindow.MINUTE, MetricsWindow.HOUR)
+LIVE_REFRESH_S = 5.0
+_LIVE_GAUGES: dict[str, tuple[str, Callable[[Counters], float]]] = {
+    "impressions": ("Items shown", lambda c: c.impressions),
+    "clicks": ("CLICK events", lambda c: c.clicks),
+    "ctr": ("Clicks per impression", lambda c: c.ctr),
+    "interactions": ("Accepted events of every type", lambda c: c.interactions),
+    "interaction_rate": ("Events citing a served list per impression", lambda c: c.interaction_rate),
+    "conversions": ("PURCHASE events", lambda c: c.conversions),
+    "avg_watch_seconds": ("Mean seconds watched per WATCH event", lambda c: c.avg_watch_seconds),
+    "completion_rate": ("Mean completed fraction of WATCH events", lambda c: c.completion_rate),
+}
+
+
+class LiveMetricsExporter:
+    """Gauges `recograph_live_<name>{tenant, scenario, window}` for the scenarios with traffic lately.
+
+    Refreshed from the same snapshot reader as the `metrics` subscription by a background task; the scenarios are
+    those the metrics channel named within the last hour (at most `MAX_RECENT`), so label sets stay bounded, and a
+    scenario that falls silent loses its series.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        labels = ("tenant", "scenario", "window")
+        self._gauges = {
+            name: (metrics.gauge(f"live_{name}", f"{doc} in the sliding window, per scenario.", labels), read)
+            for name, (doc, read) in _LIVE_GAUGES.items()
+        }
+        self._exported: set[tuple[str, str]] = set()
+        self._listeners = metrics.gauge("live_metrics_listeners", "Open `metrics` subscriptions in this process.")
+
+    def update(self, snapshots: Sequence[tuple[str, MetricsSnapshot]]) -> None:
+        """Set the gauges from (tenant, snapshot) pairs and drop the series of scenarios no longer among them."""
+        current = {(tenant, s.scenario_id) for tenant, s in snapshots}
+        for tenant, scenario in self._exported - current:
+            self._remove(tenant, scenario)
+        for tenant, snapshot in snapshots:
+            window = snapshot.window.value.lower()
+            for gauge, read in self._gauges.values():
+                gauge.labels(tenant, snapshot.scenario_id, window).set(read(snapshot.totals))
+        self._exported = current
+
+    def _remove(self, tenant: str, scenario: str) -> None:
+        for gauge, _ in self._gauges.values():
+            for window in LIVE_WINDOWS:
+                with contextlib.suppress(KeyError):  # this window was never set for it
+                    gauge.remove(tenant, scenario, window.value.lower())
+
+    async def refresh(self, live: LiveMetrics) -> None:
+        """Read the recent scenarios' windows (one round trip) and update the gauges."""
+        self._listeners.set(live.feed.listeners() if live.feed is not None else 0)
+        pairs = live.recent()
+        requests = [SnapshotRequest(t, s, w) for t, s in pairs for w in LIVE_WINDOWS]
+        snapshots = await live.snapshots(requests) if requests else []
+        self.update([(r.tenant_id, snap) for r, snap in zip(requests, snapshots, strict=True)])
+
+    async def run(self, live: LiveMetrics, interval_s: float = LIVE_REFRESH_S) -> None:
+        """Hear the metrics channels and refresh every interval until cancelled; Redis failures only skip a round."""
+        while True:
+            try:
+                await live.start()
+                await self.refresh(live)
+            except DomainError as exc:
+                _log.warning("live_metrics.refresh_failed", error=exc.message)
+            await asyncio.sleep(interval_s)

@@ -23,6 +23,7 @@ from models.embedded import EmbeddedServers
 from models.mongo import connect_mongo, mongo_alive
 from models.settings import Settings
 from models.vectors import VectorStore, open_vector_store
+from workers.settings import job_policy
 
 log = structlog.get_logger()
 
@@ -99,9 +100,11 @@ async def open_runtime(settings: Settings, *, with_vectors: bool = True) -> Runt
     # Only a process that serves (and so holds the vector store) keeps models in memory; CLI commands do not.
     registry = _registry(settings, vectors, models_dir, channel) if with_vectors else None
     learning = LearningConfig(
-        models_dir=models_dir, time_limit_s=settings.training.train_time_limit_s, swaps=registry, notifier=channel
+        models_dir=models_dir, time_limit_s=settings.training.train_time_limit_s, swaps=registry, notifier=channel,
+        similarity_time_limit_s=settings.jobs.similarity_time_limit_s,
     )
-    services = Services.build(cache=cache, vectors=vectors, engines=registry, queue=ArqQueue(arq), learning=learning)
+    services = Services.build(cache=cache, vectors=vectors, engines=registry, queue=ArqQueue(arq), learning=learning,
+                              jobs_policy=job_policy(settings))
     return Runtime(
         settings=settings, servers=servers, mongo=mongo, cache=cache, vectors=vectors, services=services, arq=arq,
         registry=registry, models_dir=models_dir, scratch_models=scratch,

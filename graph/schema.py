@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import structlog
 import strawberry
@@ -19,11 +19,13 @@ from graph.types.apikey import ApiKey, NewApiKey
 from graph.types.common import ApiKeyScope
 from graph.types.interaction import IngestResult, InteractionInput
 from graph.types.item import Item, ItemConnection, ItemFilter, ItemInput, UpsertItemsResult
-from graph.types.job import Job
+from graph.types.job import Job, JobConnection, JobKind, JobStatus
+from graph.types.metrics import MetricsSnapshot, MetricsWindow, domain_window
 from graph.types.profile import User, UserProfile, load_profile
 from graph.types.recommendation import RecommendationList
 from graph.types.scenario import CreateScenarioInput, Scenario, ScenarioConnection, UpdateScenarioInput
-from resolvers import interactions, jobs, keys, recommendations, scenarios
+from resolvers import interactions, jobs, keys, recommendations, scenarios, subscriptions
+from resolvers import metrics as live
 from resolvers import items as catalogue
 
 log = structlog.get_logger()
@@ -90,6 +92,24 @@ class Query:
         doc = await jobs.get_job(info.context, id=id)
         return Job.from_domain(doc) if doc else None
 
+    @strawberry.field(description="Your jobs, newest first, optionally of one scenario, status or kind.")
+    async def jobs(
+        self, info: strawberry.Info, scenario_id: strawberry.ID | None = None, status: JobStatus | None = None,
+        kind: JobKind | None = None, first: int | None = 20, after: str | None = None,
+    ) -> JobConnection:
+        page = await jobs.list_jobs(
+            info.context, scenario_id=scenario_id, status=status.value if status else None,
+            kind=kind.value if kind else None, first=first, after=after,
+        )
+        return JobConnection.from_domain(page)
+
+    @strawberry.field(description="A scenario's live metrics over a sliding window ending now (default: the last hour).")
+    async def metrics(
+        self, info: strawberry.Info, scenario_id: strawberry.ID, window: MetricsWindow | None = MetricsWindow.HOUR
+    ) -> MetricsSnapshot:
+        snapshot = await live.metrics_snapshot(info.context, scenario_id=scenario_id, window=domain_window(window))
+        return MetricsSnapshot.from_domain(snapshot)
+
 
 @strawberry.type
 class Mutation:
@@ -133,6 +153,14 @@ class Mutation:
     async def train_scenario(self, info: strawberry.Info, scenario_id: strawberry.ID) -> Job:
         return Job.from_domain(await jobs.train_scenario(info.context, scenario_id=scenario_id))
 
+    @strawberry.mutation(description="Queue a job of one kind for a scenario (or return the queued/running one).")
+    async def run_job(self, info: strawberry.Info, scenario_id: strawberry.ID, kind: JobKind) -> Job:
+        return Job.from_domain(await jobs.run_job(info.context, scenario_id=scenario_id, kind=kind.value))
+
+    @strawberry.mutation(description="Cancel a QUEUED job (it never runs) or a RUNNING one (its worker stops it).")
+    async def cancel_job(self, info: strawberry.Info, id: strawberry.ID) -> Job:
+        return Job.from_domain(await jobs.cancel_job(info.context, id=id))
+
     @strawberry.mutation(description="Create an API key for your tenant; the secret is returned once.")
     async def create_api_key(self, info: strawberry.Info, scope: ApiKeyScope) -> NewApiKey:
         return NewApiKey.from_domain(await keys.create_key(info.context, scope=Scope(scope.value)))
@@ -144,6 +172,23 @@ class Mutation:
     @strawberry.mutation(description="Replace an API key by a new one of the same scope and revoke the old one.")
     async def rotate_api_key(self, info: strawberry.Info, id: strawberry.ID) -> NewApiKey:
         return NewApiKey.from_domain(await keys.rotate_key(info.context, id=id))
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="A scenario's live metrics: a snapshot at once, then at most one a second while events arrive."
+    )
+    async def metrics(
+        self, info: strawberry.Info, scenario_id: strawberry.ID, window: MetricsWindow | None = MetricsWindow.HOUR
+    ) -> AsyncGenerator[MetricsSnapshot, None]:
+        async for snapshot in subscriptions.metrics(info.context, scenario_id=scenario_id, window=domain_window(window)):
+            yield MetricsSnapshot.from_domain(snapshot)
+
+    @strawberry.subscription(description="One of your jobs at once, then on each change; completes when it ends.")
+    async def job_progress(self, info: strawberry.Info, id: strawberry.ID) -> AsyncGenerator[Job, None]:
+        async for doc in subscriptions.job_progress(info.context, id=id):
+            yield Job.from_domain(doc)
 
 
 def guard_extensions(*, max_depth: int = 12, max_tokens: int = 5000, max_aliases: int = 30) -> list[SchemaExtension]:
@@ -172,7 +217,8 @@ class RecographSchema(strawberry.federation.Schema):
 def build_schema(extensions: Sequence[SchemaExtension | type[SchemaExtension]] = ()) -> strawberry.federation.Schema:
     """Return the federation v2 schema with the given extensions."""
     return RecographSchema(
-        query=Query, mutation=Mutation, types=[User, Item, Scenario], extensions=list(extensions),
+        query=Query, mutation=Mutation, subscription=Subscription, types=[User, Item, Scenario],
+        extensions=list(extensions),
         federation_version="2.7",
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 
 from redis import asyncio as aioredis
@@ -39,13 +40,23 @@ class ItemMeta:
 
     @classmethod
     def decode(cls, raw: str | bytes) -> ItemMeta:
-        """Parse what `encode` wrote."""
-        s, c, t, st, d = json.loads(raw)
-        return cls(tuple(s), tuple(c), tuple(t), st, d)
+        """Parse what `encode` wrote (memoised: the consumer and ingest read the same items again and again)."""
+        return _decode_meta(raw)
+
+
+@lru_cache(maxsize=65536)
+def _decode_meta(raw: str | bytes) -> ItemMeta:
+    s, c, t, st, d = json.loads(raw)
+    return ItemMeta(tuple(s), tuple(c), tuple(t), st, d)
 
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+# Preference labels ("c:<category>", "t:<tag>") live in the user's profile hash `t:{T}:pf:{user}` beside the
+# counters the event consumer keeps there (domain.realtime.keys).
+LABEL_PREFIXES = ("c:", "t:")
 
 
 def tenant_key(tenant_id: str, *parts: str) -> str:
@@ -160,13 +171,16 @@ class RedisCache:
         return int(raw or 0)
 
     async def erase_user(self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str) -> int:
-        """Delete the user's seen sets and preference scores, bump their cache version; return how many keys went."""
+        """Delete the user's seen sets, preference scores and profile hot state, bump their cache version; return
+        how many keys went."""
         keys = [tenant_key(tenant_id, "seen", s, user_id) for s in scenario_ids]
-        keys.append(tenant_key(tenant_id, "prefs", user_id))
+        # Preferences, and the profile hot state the event consumer keeps (domain.realtime.keys).
+        keys.extend(tenant_key(tenant_id, part, user_id) for part in ("pf", "rc"))
         try:
             async with self._r.pipeline(transaction=False) as pipe:
                 pipe.delete(*keys)
                 pipe.incr(tenant_key(tenant_id, "uv", user_id))  # cached lists keyed by the old version go stale
+                pipe.srem(tenant_key(tenant_id, "pdirty"), user_id)  # no snapshot of it may be written again
                 results = await pipe.execute()
         except RedisError as exc:
             raise CacheUnavailable(str(exc)) from exc
@@ -180,7 +194,7 @@ class RedisCache:
             async with self._r.pipeline(transaction=False) as pipe:
                 for user_id, labels in deltas.items():
                     args = [x for label, amount in labels.items() for x in (label, repr(float(amount)))]
-                    await self._add_scores(keys=[tenant_key(tenant_id, "prefs", user_id)], args=args, client=pipe)
+                    await self._add_scores(keys=[tenant_key(tenant_id, "pf", user_id)], args=args, client=pipe)
                 await pipe.execute()
         except RedisError as exc:
             raise CacheUnavailable(str(exc)) from exc
@@ -191,11 +205,12 @@ class RedisCache:
         try:
             async with self._r.pipeline(transaction=False) as pipe:
                 for user_id in users:
-                    pipe.hgetall(tenant_key(tenant_id, "prefs", user_id))
+                    pipe.hgetall(tenant_key(tenant_id, "pf", user_id))
                 rows = await pipe.execute()
         except RedisError as exc:
             raise CacheUnavailable(str(exc)) from exc
-        return {u: {_text(k): float(v) for k, v in row.items()} for u, row in zip(users, rows, strict=True) if row}
+        labels = ({_text(k): float(v) for k, v in row.items() if _text(k)[:2] in LABEL_PREFIXES} for row in rows)
+        return {u: found for u, found in zip(users, labels, strict=True) if found}
 
     async def get_blob(self, *parts: str, tenant_id: str) -> str | None:
         """Return a cached string (served lists, cached answers) or None."""
@@ -286,7 +301,7 @@ class InMemoryCache:
         self._check()
         keys = [tenant_key(tenant_id, "seen", s, user_id) for s in scenario_ids]
         deleted = sum(self.sets.pop(k, None) is not None for k in keys)
-        deleted += self.prefs.pop(tenant_key(tenant_id, "prefs", user_id), None) is not None
+        deleted += self.prefs.pop(tenant_key(tenant_id, "pf", user_id), None) is not None
         uv = tenant_key(tenant_id, "uv", user_id)
         self.counters[uv] = self.counters.get(uv, 0) + 1
         return deleted
@@ -295,14 +310,14 @@ class InMemoryCache:
         """Add per-user preference deltas."""
         self._check()
         for user_id, labels in deltas.items():
-            scores = self.prefs.setdefault(tenant_key(tenant_id, "prefs", user_id), {})
+            scores = self.prefs.setdefault(tenant_key(tenant_id, "pf", user_id), {})
             for label, amount in labels.items():
                 scores[label] = scores.get(label, 0.0) + float(amount)
 
     async def label_scores(self, user_ids: Sequence[str], *, tenant_id: str) -> dict[str, dict[str, float]]:
         """Return each user's preference scores; users without any are left out."""
         self._check()
-        found = {u: self.prefs.get(tenant_key(tenant_id, "prefs", u)) for u in user_ids}
+        found = {u: self.prefs.get(tenant_key(tenant_id, "pf", u)) for u in user_ids}
         return {u: dict(v) for u, v in found.items() if v}
 
     async def get_blob(self, *parts: str, tenant_id: str) -> str | None:

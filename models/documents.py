@@ -105,11 +105,30 @@ class Interaction(Document):
         indexes = [
             IndexModel([("tenant_id", ASCENDING), ("user_id", ASCENDING), ("ts", DESCENDING)]),
             IndexModel([("tenant_id", ASCENDING), ("scenario_id", ASCENDING), ("ts", DESCENDING)]),
+            # The event consumer replays what arrived since its watermark (after Redis was away).
+            IndexModel([("tenant_id", ASCENDING), ("received_at", ASCENDING)]),
         ]
 
 
+class Impression(Document):
+    """One page of recommendations served: written in batches by the event consumer, for offline attribution."""
+
+    id: str = Field(alias="_id")  # composite of tenant and request id
+    tenant_id: str
+    scenario_id: str
+    user_id: str
+    request_id: str
+    variant: str | None = None
+    items: list[dict[str, Any]] = Field(default_factory=list)  # {"i": item id, "s": [recall sources]}
+    served_at: datetime
+
+    class Settings:
+        name = "impressions"
+        indexes = [IndexModel([("tenant_id", ASCENDING), ("scenario_id", ASCENDING), ("served_at", DESCENDING)])]
+
+
 class UserProfile(Document):
-    """Counters and recent items kept current on ingest; preference scores live in Redis (see domain.profiles)."""
+    """A snapshot of the profile hot state in Redis, written in batches by the event consumer (domain.profiles)."""
 
     id: str = Field(alias="_id")
     tenant_id: str
@@ -120,6 +139,7 @@ class UserProfile(Document):
     recent: list[dict[str, Any]] = Field(default_factory=list)
     first_seen: datetime | None = None
     last_seen: datetime | None = None
+    active_hours: dict[str, int] = Field(default_factory=dict)  # UTC hour of day -> events
 
     class Settings:
         name = "user_profiles"
@@ -202,5 +222,5 @@ class Job(Document):
 
 
 DOCUMENTS: list[type[Document]] = [
-    Tenant, ApiKey, Scenario, Item, Interaction, UserProfile, ModelVersion, Experiment, Job,
+    Tenant, ApiKey, Scenario, Item, Interaction, UserProfile, ModelVersion, Experiment, Job, Impression,
 ]

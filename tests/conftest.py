@@ -35,6 +35,7 @@ def isolated_settings(**server: Any) -> Settings:
             "redis": base.redis.model_copy(update={"url": None}),
             "qdrant": base.qdrant.model_copy(update={"url": None}),
             "telemetry": TelemetrySettings(tracing=False),
+            "jobs": base.jobs.model_copy(update={"cron": False}),  # a schedule firing mid-test would add jobs
         }
     )
 

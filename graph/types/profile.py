@@ -31,6 +31,12 @@ class LabelScore:
 
 
 @strawberry.type
+class HourCount:
+    hour: int = strawberry.field(description="Hour of the day in UTC, 0-23.")
+    count: int
+
+
+@strawberry.type
 class RecentInteraction:
     item_id: strawberry.ID
     scenario_id: strawberry.ID
@@ -44,7 +50,7 @@ class RecentInteraction:
         return Item.from_domain(doc) if doc else None
 
 
-@strawberry.type(description="What recograph knows about one end user, kept current on ingest.")
+@strawberry.type(description="What recograph knows about one end user, kept current by the event consumer.")
 class UserProfile:
     user_id: strawberry.ID
     interaction_count: int
@@ -54,6 +60,7 @@ class UserProfile:
     recent: list[RecentInteraction] = strawberry.field(description="Newest first.")
     first_seen: datetime | None
     last_seen: datetime | None
+    active_hours: list[HourCount] = strawberry.field(description="Interactions by UTC hour of the day, by hour.")
 
     @classmethod
     def from_domain(cls, p: ProfileView) -> UserProfile:
@@ -70,6 +77,7 @@ class UserProfile:
             ],
             first_seen=p.first_seen,
             last_seen=p.last_seen,
+            active_hours=[HourCount(hour=h, count=n) for h, n in sorted(p.active_hours.items())],
         )
 
 

@@ -13,7 +13,7 @@ from domain.errors import BadInput
 from domain.events import InteractionData, check_event
 from domain.ids import check_first, decode_cursor, encode_cursor
 from domain.profiles import (
-    EPOCH, HALF_LIFE_SECONDS, ProfileEvent, event_weight, label_deltas, profile_updates, shifted, view,
+    EPOCH, HALF_LIFE_SECONDS, ProfileEvent, event_weight, label_deltas, shifted, view,
 )
 from models.cache import ItemMeta
 
@@ -138,20 +138,16 @@ def test_event_weight_uses_scenario_weights_then_defaults():
 
 
 def doc_from_updates(events: list[ProfileEvent], weights=None) -> tuple[SimpleNamespace, dict[str, float]]:
-    """Apply profile_updates to an empty document as MongoDB would, and sum the label deltas as Redis would."""
-    (op,) = profile_updates(events, tenant_id="t")
-    update = op._doc
-    doc = {"interaction_count": 0, "counts_by_type": {}, "counts_by_scenario": {}, "recent": []}
-    for path, amount in update["$inc"].items():
-        head, _, rest = path.partition(".")
-        if rest:
-            doc[head][rest] = doc[head].get(rest, 0) + amount
-        else:
-            doc[head] += amount
-    push = update["$push"]["recent"]
-    doc["recent"] = sorted(push["$each"], key=lambda r: r["t"])[push["$slice"]:]
-    profile = SimpleNamespace(user_id="u", first_seen=update["$min"]["first_seen"],
-                              last_seen=update["$max"]["last_seen"], **doc)
+    """Fold events into a stored profile as the consumer's snapshot holds it, and sum their label deltas."""
+    by_type: dict[str, int] = {}
+    for e in events:
+        by_type[e.type] = by_type.get(e.type, 0) + 1
+    recent = [{"i": e.item_id, "s": e.scenario_id, "y": e.type, "t": e.ts} for e in sorted(events, key=lambda e: e.ts)]
+    profile = SimpleNamespace(
+        user_id="u", interaction_count=len(events), counts_by_type=by_type, counts_by_scenario={"s": len(events)},
+        recent=recent[-50:], first_seen=min(e.ts for e in events), last_seen=max(e.ts for e in events),
+        active_hours={str(e.ts.hour): 1 for e in events},
+    )
     return profile, label_deltas(events, {"s": weights or {}})["u"]
 
 

@@ -1,0 +1,225 @@
+"""The real-time service: run consumers, catch up after Redis outages, rebuild hot state from MongoDB.
+
+Replays go through the consumer's own script, so they are exactly as idempotent:
+- `catch_up` re-applies (through the markers) every event MongoDB received since the tenant's watermark minus a
+  margin: what ingest stored while Redis could not take it. A tenant without a watermark (a Redis that lost its
+  data, a first start) is rebuilt whole instead, metrics of the last day included.
+- `rebuild` recomputes profiles and popularity of a tenant (or of one scenario: its popularity and the profiles of
+  its users) from scratch while holding the tenant's rebuild lock, which makes the consumer wait for it. It
+  re-applies only events the consumer had already applied (marked, or older than the markers reach); events still
+  on their way through the stream are left to the consumer. Live metrics are not recounted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+from domain.catalogue import CatalogueService
+from domain.errors import Unavailable
+from domain.realtime import contracts as c
+from domain.realtime.apply import MARKER_TTL_S, REPLAY_ASPECTS
+from domain.realtime.consumer import StreamConsumer
+from domain.realtime.keys import (
+    GROUP, done_key, prefix, profile_key, rebuild_key, recent_key, stream_key, watermark_key,
+)
+from domain.realtime.persist import MongoWriter
+from domain.realtime.processor import Processor
+from domain.realtime.stream import StreamEvent, millis
+from domain.scenarios.service import ScenarioService
+from models.documents import Interaction, Tenant
+
+log = structlog.get_logger()
+Progress = Callable[[float], Awaitable[None]]
+CATCH_UP_MARGIN_S = 600  # replay this much before the watermark: concurrent ingests reach the stream out of order
+REPLAY_BATCH = 1000
+LOCK_TTL_MS = 60_000  # a rebuild renews its lock every batch; a crashed one frees the tenant after this
+LOCK_WAIT_S = 600.0
+LAG_COUNT_LIMIT = 1000
+_FIELDS = {"event_id": 1, "scenario_id": 1, "user_id": 1, "item_id": 1, "type": 1, "value": 1, "ts": 1,
+           "received_at": 1, "request_id": 1}
+
+
+def event_of(doc: dict[str, Any]) -> StreamEvent:
+    """Return the stream form of a stored interaction."""
+    return StreamEvent(
+        doc["event_id"], doc["scenario_id"], doc["user_id"], doc["item_id"], doc["type"], doc.get("value"),
+        millis(doc["ts"]), millis(doc["received_at"]), doc.get("request_id"),
+    )
+
+
+class RealtimeService:
+    """Consumers, catch-up and rebuilds over one Redis client."""
+
+    def __init__(self, client: aioredis.Redis, catalogue: CatalogueService, scenarios: ScenarioService) -> None:
+        self._r = client
+        self.processor = Processor(client, catalogue, scenarios)
+
+    def consumer(self, **options: Any) -> StreamConsumer:
+        """Return a consumer of every tenant's stream that catches up when it starts and when Redis returns."""
+        return StreamConsumer(self._r, self.processor, MongoWriter(self._r), on_recover=self.catch_up_all, **options)
+
+    async def catch_up_all(self) -> int:
+        """Catch up every tenant; return the events re-applied."""
+        total = 0
+        for tenant in await Tenant.find_all().to_list():
+            total += await self.catch_up(tenant_id=tenant.id)
+        return total
+
+    async def catch_up(self, *, tenant_id: str) -> int:
+        """Re-apply what MongoDB received since the watermark (minus a margin); rebuild a tenant without one."""
+        raw = await self._r.get(watermark_key(tenant_id))
+        if raw is None:
+            if not await Interaction.get_pymongo_collection().find_one({"tenant_id": tenant_id}, {"_id": 1}):
+                return 0
+            return await self._rebuild(tenant_id, None, None, fresh=True)
+        since = datetime.fromtimestamp(int(raw) / 1000, UTC) - timedelta(seconds=CATCH_UP_MARGIN_S)
+        applied = 0
+        async for events in _batches({"tenant_id": tenant_id, "received_at": {"$gte": since}}):
+            aspects = dict.fromkeys(range(len(events)), REPLAY_ASPECTS)
+            while (n := await self.processor.apply(events, tenant_id=tenant_id, aspects=aspects)) < 0:
+                await asyncio.sleep(0.2)  # a rebuild holds the tenant; these events are not its to replay
+            applied += n
+        if applied:
+            log.info("realtime.caught_up", tenant_id=tenant_id, events=applied)
+        return applied
+
+    async def rebuild(self, *, tenant_id: str, scenario_id: str | None = None, progress: Progress | None = None) -> int:
+        """Recompute profiles and popularity (of one scenario and its users, or of the whole tenant) from MongoDB;
+        return the events re-applied."""
+        return await self._rebuild(tenant_id, scenario_id, progress, fresh=False)
+
+    async def _rebuild(self, tenant_id: str, scenario_id: str | None, progress: Progress | None, *, fresh: bool) -> int:
+        scope: dict[str, Any] = {"tenant_id": tenant_id}
+        if scenario_id is not None:
+            scope["scenario_id"] = scenario_id
+        async with self._lock(tenant_id):
+            users = await Interaction.get_pymongo_collection().distinct("user_id", scope)
+            query = scope if scenario_id is None else {"tenant_id": tenant_id, "$or": [
+                {"scenario_id": scenario_id}, {"user_id": {"$in": users}}]}
+            total = await Interaction.get_pymongo_collection().count_documents(query)
+            await self._reset(tenant_id, scenario_id, users, markers=fresh)
+            applied, seen, wanted = 0, 0, set(users)
+            async for events in _batches(query):
+                applied += await self._replay(tenant_id, events, scenario_id, wanted, fresh=fresh)
+                seen += len(events)
+                await self._r.pexpire(rebuild_key(tenant_id), LOCK_TTL_MS)
+                if progress is not None and total:
+                    await progress(min(seen / total, 1.0))
+        log.info("realtime.rebuilt", tenant_id=tenant_id, scenario_id=scenario_id, events=applied, fresh=fresh)
+        return applied
+
+    async def _replay(
+        self, tenant_id: str, events: list[StreamEvent], scenario_id: str | None, users: set[str], *, fresh: bool
+    ) -> int:
+        if fresh:  # nothing survived: apply everything once, marking it, metrics of the last day included
+            recent = (time.time() - c.METRICS_MINUTE_TTL_S) * 1000
+            aspects = {n: "opms" if e.received_ms >= recent else "ops" for n, e in enumerate(events)}
+            return await self.processor.apply(events, tenant_id=tenant_id, aspects=aspects, live=False)
+        done = await self._applied_before(tenant_id, events)
+        chosen = [e for e, ok in zip(events, done, strict=True) if ok]
+        aspects = {n: ("o" if scenario_id in (None, e.scenario_id) else "") + ("p" if e.user_id in users else "")
+                   for n, e in enumerate(chosen)}
+        return await self.processor.apply(chosen, tenant_id=tenant_id, aspects=aspects, check_markers=False,
+                                          live=False)
+
+    async def _applied_before(self, tenant_id: str, events: Sequence[StreamEvent]) -> list[bool]:
+        """Return, per event, whether the consumer has applied it (marked, or older than the markers reach)."""
+        horizon = (time.time() - MARKER_TTL_S + 3600) * 1000
+        async with self._r.pipeline(transaction=False) as pipe:
+            for e in events:
+                pipe.sismember(done_key(tenant_id, e.received_ms // 1000 // 86400), e.marker)
+            marked = await pipe.execute()
+        return [bool(m) or e.received_ms < horizon for e, m in zip(events, marked, strict=True)]
+
+    async def _reset(self, tenant_id: str, scenario_id: str | None, users: Sequence[str], *, markers: bool) -> None:
+        """Delete the profiles of users and the popularity of the scenario (all scenarios when None)."""
+        keys = [k for u in users for k in (profile_key(tenant_id, u), recent_key(tenant_id, u))]
+        scenario = scenario_id or "*"
+        patterns = [f"{prefix(tenant_id)}pop:{scenario}:*", f"{prefix(tenant_id)}popnew:{scenario}"]
+        if markers:
+            patterns.append(f"{prefix(tenant_id)}done:*")
+        for pattern in patterns:
+            keys.extend([k async for k in self._r.scan_iter(match=_escape(pattern), count=1000)])
+        for start in range(0, len(keys), 1000):
+            await self._r.delete(*keys[start : start + 1000])
+
+    def _lock(self, tenant_id: str) -> _Lock:
+        return _Lock(self._r, rebuild_key(tenant_id))
+
+    async def wait_drained(self, *, tenant_id: str, timeout_s: float = 10.0) -> bool:
+        """Wait until the consumer group has read and acknowledged everything in the tenant's stream."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if await self.lag(tenant_id=tenant_id) == (0, 0):
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    async def lag(self, *, tenant_id: str) -> tuple[int, int]:
+        """Return (entries not yet delivered to the group, at most LAG_COUNT_LIMIT on Redis 6.2; entries delivered
+        but not acknowledged) of a tenant."""
+        key = stream_key(tenant_id)
+        try:
+            info = await self._r.xinfo_stream(key)
+            groups = await self._r.xinfo_groups(key)
+        except RedisError:
+            return (0, 0)  # no stream yet
+        group = next((g for g in groups if _text(g["name"]) == GROUP), None)
+        if group is None:
+            return (int(info["length"]), 0)
+        if group.get("lag") is not None:  # Redis 7 counts it
+            return (int(group["lag"]), int(group["pending"]))
+        delivered = _text(group["last-delivered-id"])
+        if delivered == _text(info["last-generated-id"]):
+            return (0, int(group["pending"]))
+        # Redis 6.2 does not count entries past the group's cursor: count a bounded number of them.
+        behind = await self._r.xrange(key, f"({delivered}", "+", count=LAG_COUNT_LIMIT)
+        return (len(behind), int(group["pending"]))
+
+
+class _Lock:
+    """The tenant's rebuild lock: waits for another rebuild, expires if its holder dies."""
+
+    def __init__(self, client: aioredis.Redis, key: str) -> None:
+        self._r, self._key, self._token = client, key, uuid.uuid4().hex
+
+    async def __aenter__(self) -> None:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while not await self._r.set(self._key, self._token, nx=True, px=LOCK_TTL_MS):
+            if time.monotonic() > deadline:
+                raise Unavailable("another rebuild of this tenant is still running")
+            await asyncio.sleep(0.2)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if _text(await self._r.get(self._key) or b"") == self._token:
+            await self._r.delete(self._key)
+
+
+async def _batches(query: dict[str, Any]) -> AsyncIterator[list[StreamEvent]]:
+    cursor = Interaction.get_pymongo_collection().find(query, _FIELDS, batch_size=REPLAY_BATCH)
+    batch: list[StreamEvent] = []
+    async for doc in cursor:
+        batch.append(event_of(doc))
+        if len(batch) >= REPLAY_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _escape(pattern: str) -> str:
+    """Escape the glob characters of key parts (the tenant's hash-tag braces) but keep `*` as a wildcard."""
+    return "".join("\\" + ch if ch in "[]?\\{}" else ch for ch in pattern)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

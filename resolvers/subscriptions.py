@@ -1,0 +1,50 @@
+"""Subscription resolvers: async generators of domain objects, checked exactly like the matching queries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from domain.errors import NotFound
+from domain.jobs import JobStatus
+from domain.realtime.snapshots import MetricsSnapshot, MetricsWindow
+from models.documents import Job
+from resolvers.context import READERS, RequestContext
+from resolvers.metrics import DEFAULT_WINDOW, checked_scenario, live_metrics
+
+JOB_POLL_S = 0.5
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+async def metrics(
+    ctx: RequestContext, *, scenario_id: str, window: MetricsWindow | None
+) -> AsyncIterator[MetricsSnapshot]:
+    """Yield the scenario's snapshot at once, then a fresh one (at most one a second) while its counters move."""
+    tenant_id = await checked_scenario(ctx, scenario_id=scenario_id)
+    stream = live_metrics(ctx).stream(tenant_id=tenant_id, scenario_id=scenario_id, window=window or DEFAULT_WINDOW)
+    try:
+        async for snapshot in stream:
+            yield snapshot
+    finally:
+        await stream.aclose()  # leave the feed now, not when the generator is collected
+
+
+def _state(job: Job) -> tuple:
+    return job.status, job.progress, job.stage, job.attempts, job.error
+
+
+async def job_progress(ctx: RequestContext, *, id: str, poll_s: float = JOB_POLL_S) -> AsyncIterator[Job]:
+    """Yield one of the caller's jobs at once, then each change; stop after it ends (another tenant's: NOT_FOUND)."""
+    tenant_id = ctx.require(READERS).tenant_id
+    job = await ctx.services.jobs.get(id, tenant_id=tenant_id)
+    if job is None:
+        raise NotFound(f"no job {id}", field="id")
+    yield job
+    while JobStatus(job.status) not in TERMINAL:
+        await asyncio.sleep(poll_s)
+        latest = await ctx.services.jobs.get(id, tenant_id=tenant_id)
+        if latest is None:  # removed while watched
+            return
+        if _state(latest) != _state(job):
+            yield latest
+        job = latest

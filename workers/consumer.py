@@ -1,0 +1,73 @@
+"""Run the event consumer: as a task beside the API in embedded mode, beside the arq worker in `recograph worker`.
+
+The consumer is long-running rather than a job: it reads every tenant's stream in the consumer group, so any
+number of processes may run one, and entries a dead one left pending are claimed by the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import structlog
+from arq.worker import Worker
+
+from domain.realtime.consumer import ConsumerStats, StreamConsumer
+from domain.services import Services
+from models.settings import Settings
+from workers.settings import close_context, open_context
+
+log = structlog.get_logger()
+_RUNNING: list[StreamConsumer] = []  # this process's consumers, for the metrics exporter
+
+
+@asynccontextmanager
+async def consumer_running(services: Services, **options: Any) -> AsyncIterator[StreamConsumer | None]:
+    """Run a consumer over the services' Redis while the block runs (nothing without Redis); stop it after."""
+    if services.realtime is None:
+        yield None
+        return
+    consumer = services.realtime.consumer(**options)
+    task = asyncio.create_task(consumer.run(), name="recograph-consumer")
+    _RUNNING.append(consumer)
+    try:
+        yield consumer
+    finally:
+        _RUNNING.remove(consumer)
+        consumer.stop()
+        with suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=10)
+
+
+def consumer_metrics() -> dict[str, float]:
+    """Return this process's consumer counters (summed over its consumers) for Prometheus."""
+    total = ConsumerStats()
+    for consumer in _RUNNING:
+        for name in ("read", "applied", "claimed", "batches", "errors"):
+            setattr(total, name, getattr(total, name) + getattr(consumer.stats, name))
+        total.last_batch_at = max(total.last_batch_at, consumer.stats.last_batch_at)
+    return {
+        "recograph_consumer_read_total": total.read, "recograph_consumer_applied_total": total.applied,
+        "recograph_consumer_claimed_total": total.claimed, "recograph_consumer_batches_total": total.batches,
+        "recograph_consumer_errors_total": total.errors, "recograph_consumer_last_batch_timestamp": total.last_batch_at,
+        "recograph_consumers_running": len(_RUNNING),
+    }
+
+
+def run_beside(worker: Worker, settings: Settings) -> None:
+    """Run the arq worker and a consumer in the worker's event loop until a signal stops the worker."""
+    worker.loop.run_until_complete(_main(worker, settings))
+
+
+async def _main(worker: Worker, settings: Settings) -> None:
+    ctx = await open_context(settings)
+    try:
+        async with consumer_running(ctx["services"]):
+            worker.main_task = asyncio.ensure_future(worker.main())  # what arq's signal handler cancels
+            with suppress(asyncio.CancelledError):
+                await worker.main_task
+    finally:
+        await worker.close()
+        await close_context(ctx)
