@@ -9,15 +9,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
-from litestar import Response, get
+from litestar import Request, Response, get
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from strawberry.extensions import SchemaExtension
 
 from domain.errors import DomainError
+from domain.realtime.backlog import MAX_TENANTS, Backlog, read_backlog
 from domain.realtime.snapshots import Counters, MetricsSnapshot, MetricsWindow, SnapshotRequest
+from workers.consumer import consumer_metrics
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
 
     from litestar.handlers import HTTPRouteHandler
 
@@ -25,13 +28,15 @@ if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
     from strawberry.types import ExecutionContext
 
-__all__ = ("DURATION_BUCKETS", "NAMESPACE", "GraphQLMetricsExtension", "LiveMetricsExporter", "Metrics")
+__all__ = ("DURATION_BUCKETS", "NAMESPACE", "ConsumerExporter", "GraphQLMetricsExtension", "LiveMetricsExporter",
+           "Metrics")
 
 _log = structlog.get_logger()
 
 NAMESPACE = "recograph"
 # Served queries answer in about a millisecond from memory; the tail is cold caches and large mutations.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+SCRAPE_TIMEOUT_S = 1.0  # a scrape hook (a Redis read) that takes longer is skipped for that scrape
 # Operation names come from clients; past this many distinct names, new ones share one label value.
 MAX_OPERATION_NAMES = 200
 OTHER_OPERATIONS = "other"
@@ -58,6 +63,8 @@ class Metrics:
         self.http_request_seconds = self.histogram(
             "http_request_seconds", "Routed HTTP request duration until the handler returns.", ("path",)
         )
+        self._scrape_hooks: list[Callable[[Any], Awaitable[None]]] = []
+        self.consumer = ConsumerExporter(self)
 
     def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
         """Create the counter `recograph_<name>` in this registry."""
@@ -96,13 +103,26 @@ class Metrics:
         """Render the registry in the Prometheus text format 0.0.4."""
         return generate_latest(self.registry)
 
+    def on_scrape(self, hook: Callable[[Any], Awaitable[None]]) -> None:
+        """Run `hook(app_state)` before each render (bounded by SCRAPE_TIMEOUT_S): for values read on demand."""
+        self._scrape_hooks.append(hook)
+
+    async def scrape(self, state: Any) -> bytes:
+        """Run the scrape hooks (a slow or failing one only leaves its values as they were), then render."""
+        for hook in self._scrape_hooks:
+            try:
+                await asyncio.wait_for(hook(state), SCRAPE_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - a scrape answers with what it has, whatever one reader hit
+                _log.warning("metrics.scrape_hook_failed", error=repr(exc))
+        return self.render()
+
     def route(self, path: str = "/metrics", **handler_options: Any) -> HTTPRouteHandler:
         """Return a GET handler at `path` serving the registry; options (guards, opt) go to `litestar.get`."""
 
         # Rendering takes well under a millisecond for this registry, so it stays on the event loop.
-        @get(path, include_in_schema=False, sync_to_thread=False, **handler_options)
-        def prometheus_metrics() -> Response[bytes]:
-            return Response(self.render(), media_type=CONTENT_TYPE)
+        @get(path, include_in_schema=False, **handler_options)
+        async def prometheus_metrics(request: Request) -> Response[bytes]:
+            return Response(await self.scrape(request.app.state), media_type=CONTENT_TYPE)
 
         return prometheus_metrics
 
@@ -240,3 +260,93 @@ class LiveMetricsExporter:
             except DomainError as exc:
                 _log.warning("live_metrics.refresh_failed", error=exc.message)
             await asyncio.sleep(interval_s)
+
+
+# The event consumer: its counters where it runs in this process, and its backlog as Redis holds it.
+_CONSUMER_COUNTERS = {
+    "read": "Stream entries read by this process's consumers (new and claimed).",
+    "applied": "Stream entries that changed state (the rest had been applied already).",
+    "claimed": "Stream entries reclaimed from consumers that died.",
+    "batches": "Batches applied.",
+    "errors": "Redis and MongoDB failures the consumers survived.",
+}
+BACKLOG_MIN_INTERVAL_S = 1.0  # scrapes closer together than this reuse the last read
+
+
+class ConsumerExporter:
+    """Prometheus series of the event consumer.
+
+    - `recograph_consumer_{read,applied,claimed,batches,errors}_total`, `recograph_consumer_last_batch_timestamp`
+      and `recograph_consumers_running`: this process's consumers (`workers.consumer.consumer_metrics`), read on
+      each scrape; zero in a process that runs none.
+    - The backlog, from Redis and so right wherever the consumers run: `recograph_consumer_stream_length`,
+      `recograph_consumer_lag` (entries not delivered yet; counted up to a bound on Redis 6.2),
+      `recograph_consumer_lag_seconds` and `recograph_consumer_pending` (delivered, not acknowledged) per tenant,
+      for at most `max_tenants` tenants; `recograph_consumer_streams` (tenant streams in all),
+      `recograph_consumer_alive` (some consumer renewed its heartbeat) and `recograph_consumer_backlog_up` (the
+      last read succeeded). Read on scrape, at most once per BACKLOG_MIN_INTERVAL_S, in one or two round trips.
+    """
+
+    def __init__(self, metrics: Metrics, *, max_tenants: int = MAX_TENANTS) -> None:
+        self._max_tenants = max_tenants
+        metrics.registry.register(_ProcessConsumerCollector())
+        labels = ("tenant",)
+        self._length = metrics.gauge("consumer_stream_length", "Entries in the tenant's event stream.", labels)
+        self._lag = metrics.gauge("consumer_lag", "Stream entries not yet delivered to the consumer group.", labels)
+        self._lag_seconds = metrics.gauge(
+            "consumer_lag_seconds", "Receive time of the newest entry minus that of the last one delivered.", labels)
+        self._pending = metrics.gauge("consumer_pending", "Entries delivered to a consumer, not acknowledged.", labels)
+        self._streams = metrics.gauge("consumer_streams", "Tenant event streams registered.")
+        self._alive = metrics.gauge("consumer_alive", "1 while some consumer renews its heartbeat in Redis.")
+        self._up = metrics.gauge("consumer_backlog_up", "1 when the last read of the backlog from Redis succeeded.")
+        self._exported: set[str] = set()
+        self._read_at = -BACKLOG_MIN_INTERVAL_S
+        metrics.on_scrape(self._scrape)
+
+    def update(self, backlog: Backlog) -> None:
+        """Set the backlog series and drop those of tenants no longer read."""
+        current = {row.tenant_id for row in backlog.tenants}
+        for tenant in self._exported - current:
+            for gauge in (self._length, self._lag, self._lag_seconds, self._pending):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(tenant)
+        for row in backlog.tenants:
+            self._length.labels(row.tenant_id).set(row.length)
+            self._lag.labels(row.tenant_id).set(row.lag)
+            self._lag_seconds.labels(row.tenant_id).set(row.lag_seconds)
+            self._pending.labels(row.tenant_id).set(row.pending)
+        self._exported = current
+        self._streams.set(backlog.streams)
+        self._alive.set(1 if backlog.consumer_alive else 0)
+
+    async def refresh(self, client: Any) -> None:
+        """Read the backlog from Redis and update the series; a failed read sets `consumer_backlog_up` to 0."""
+        self._read_at = time.monotonic()
+        try:
+            backlog = await read_backlog(client, max_tenants=self._max_tenants)
+        except BaseException:
+            self._up.set(0)
+            raise
+        self.update(backlog)
+        self._up.set(1)
+
+    async def _scrape(self, state: Any) -> None:
+        runtime = getattr(state, "runtime", None)  # set by the app's lifespan; absent in bare test apps
+        if runtime is None or time.monotonic() - self._read_at < BACKLOG_MIN_INTERVAL_S:
+            return
+        await self.refresh(runtime.cache.client)
+
+
+class _ProcessConsumerCollector:
+    """Collect this process's consumer counters on scrape."""
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        values = consumer_metrics()
+        for name, doc in _CONSUMER_COUNTERS.items():
+            yield CounterMetricFamily(f"{NAMESPACE}_consumer_{name}", doc,
+                                      value=values[f"{NAMESPACE}_consumer_{name}_total"])
+        yield GaugeMetricFamily(f"{NAMESPACE}_consumer_last_batch_timestamp",
+                                "Wall clock of the last batch this process's consumers applied (0: none).",
+                                value=values[f"{NAMESPACE}_consumer_last_batch_timestamp"])
+        yield GaugeMetricFamily(f"{NAMESPACE}_consumers_running", "Consumers running in this process.",
+                                value=values[f"{NAMESPACE}_consumers_running"])

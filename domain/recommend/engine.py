@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import structlog
@@ -35,7 +35,12 @@ from domain.recommend.base import (
     StageContext,
 )
 from domain.recommend.recall import CatalogueIndex, RecallContext, VectorSearch
+from domain.recommend.recall.context import LiveFeed, PopularityView
+from domain.recommend.recall.popular import live_view, trained_view
 from domain.scenarios.config import validate_config
+
+if TYPE_CHECKING:
+    from domain.realtime.popularity import LiveLists
 
 __all__ = ["Engine", "VectorSearch"]
 
@@ -46,6 +51,7 @@ SIMILAR_SOURCES = ("item_cf", "ease", "content")
 RERANK_PAGES = 3  # rerankers see this many pages of candidates (MMR and caps need room to choose)
 FALLBACK_DEPTH = 50  # a fallback source is asked for at least this many candidates
 COLD_START_LIMIT = 200  # candidates of the affinity source added for a new user with stated preferences
+POPULARITY_SOURCES = frozenset({"popular", "trending"})  # the sources that read live popularity
 
 
 class _Stage(NamedTuple):
@@ -86,7 +92,8 @@ class Engine:
     """Serve one scenario from its config, its trained model (if any) and the live catalogue."""
 
     def __init__(self, config: Mapping, model: ScenarioModel | None, *, catalogue: CatalogueView | None = None,
-                 vectors: VectorSearch | None = None, content_space: str | None = None) -> None:
+                 vectors: VectorSearch | None = None, content_space: str | None = None,
+                 live: LiveFeed | None = None) -> None:
         self.config = validate_config(config)
         self.model = model
         self.index = CatalogueIndex.build(model, catalogue)
@@ -101,11 +108,16 @@ class Engine:
         self._hard = [f for f in self._filters if f.name in HARD_FILTERS]
         self._ranker = _stage("ranker", self.config["ranker"])
         self._rerankers = [_stage("reranker", r) for r in self.config["rerank"]]
+        self._live = live
+        names = {p.name for p in self._recall} | set(self.config["fallback"]["sources"])
+        self._uses_popularity = bool(names & POPULARITY_SOURCES)
+        self._trained_view: PopularityView | None = None
+        self._views: tuple[LiveLists | None, PopularityView] | None = None  # the view of the last snapshot
 
     async def recommend(self, request: RecRequest) -> RecResult:
         """Return up to request.limit items for the user; never raises for an unknown user."""
         trace = _Trace()
-        ctx = self._context(request)
+        ctx = self._context(request, await self._popularity())
         per_source = await self._recall_all(ctx, self._plan(ctx), trace)
         trace.lap("recall")
         stage = self._stage_context(ctx)
@@ -138,11 +150,34 @@ class Engine:
 
     # --- recall ---------------------------------------------------------------------------------------------
 
-    def _context(self, request: RecRequest) -> RecallContext:
+    def _context(self, request: RecRequest, popularity: PopularityView | None = None) -> RecallContext:
         ctx = RecallContext(request=request, index=self.index, model=self.model, config=self.config,
-                            vectors=self._vectors, content_space=self._space)
+                            vectors=self._vectors, content_space=self._space, popularity=popularity)
         _ = ctx.history, ctx.history_model, ctx.excluded  # computed once, shared by every source's copy
         return ctx
+
+    async def _popularity(self) -> PopularityView | None:
+        """Return the popular and trending orders of the newest live snapshot, computed once per snapshot.
+
+        The snapshot is kept in process and refreshed in the background (at most once a second per scenario), so
+        this awaits the store only for a scenario's first request, and then at most one recall time budget.
+        """
+        if not self._uses_popularity:
+            return None
+        if self._trained_view is None:
+            self._trained_view = trained_view(self.index, self.model)
+        lists = None
+        if self._live is not None:
+            try:
+                lists = await self._live.current(wait_s=self._timeout)
+            except Exception as exc:  # noqa: BLE001 - live counts are a bonus: the trained ones answer
+                log.warning("recall.live_popularity_failed", error=repr(exc))
+        views = self._views
+        if views is None or views[0] is not lists:
+            window = self._params_of("trending").get("windowHours") or self.config["popularity"]["trendingWindowHours"]
+            views = self._views = (lists, live_view(self._trained_view, self.index, self.model, lists,
+                                                    window_hours=float(window)))
+        return views[1]
 
     def _plan(self, ctx: RecallContext) -> list[_Plan]:
         plans = list(self._recall)

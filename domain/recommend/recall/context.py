@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
 from domain.learning.model import ScenarioModel
 from domain.recommend.base import Candidates, CatalogueView, RecRequest
 from domain.recommend.recall.index import CatalogueIndex, best_positions
+
+if TYPE_CHECKING:
+    from domain.realtime.popularity import LiveLists
 
 HISTORY_CAP = 200  # the most recent items that personal sources read
 # What a user does next follows their last few items most: an item's weight above the floor halves every
@@ -26,6 +29,24 @@ class VectorSearch(Protocol):
                      exclude_ids: Collection[str] = ()) -> list[tuple[str, float]]:
         """Return the (item id, cosine score) of the nearest items in a space, best first."""
         ...
+
+
+class LiveFeed(Protocol):
+    """The live popularity of one scenario (domain.realtime.popularity.ScenarioPopularity)."""
+
+    async def current(self, *, wait_s: float = 0.0) -> LiveLists | None:
+        """Return the newest kept snapshot, waiting on the store at most wait_s; None when there is none."""
+        ...
+
+
+@dataclass(frozen=True)
+class PopularityView:
+    """The popular and trending orders over the catalogue (positive scores, best first), computed once per live
+    snapshot (or once per engine from the trained counts) so that a request only walks a prefix."""
+
+    popular: Candidates
+    trending: Candidates
+    live: bool = False  # live counts went into it
 
 
 class Recall(Protocol):
@@ -60,6 +81,7 @@ class RecallContext:
     params: Mapping[str, Any] = field(default_factory=dict)
     vectors: VectorSearch | None = None
     content_space: str | None = None
+    popularity: PopularityView | None = None  # set by the engine; None: the sources use the trained counts
 
     @property
     def catalogue(self) -> CatalogueView:
