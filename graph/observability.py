@@ -313,8 +313,11 @@ def _otlp_processor(endpoint: str) -> SpanProcessor:
 
 
 def setup_tracing(telemetry: TelemetrySettings, *, span_processor: SpanProcessor | None = None) -> TracingHandle | None:
-    """Create a tracer provider from settings and instrument the database clients; None when tracing is off."""
-    if not telemetry.tracing:
+    """Create a tracer provider from settings and instrument the database clients; None when tracing is off or
+    nothing would receive the spans (no OTLP endpoint and no `span_processor`)."""
+    # Without an exporter every request and Redis/pymongo command would still create, sample and end spans that go
+    # nowhere: a few percent of a request's CPU for nothing.
+    if not telemetry.tracing or (not telemetry.otlp_endpoint and span_processor is None):
         return None
     provider = TracerProvider(
         resource=Resource.create({SERVICE_NAME: telemetry.service_name}),

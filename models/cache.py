@@ -50,6 +50,36 @@ def _decode_meta(raw: str | bytes) -> ItemMeta:
     return ItemMeta(tuple(s), tuple(c), tuple(t), st, d)
 
 
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """What serving reads about a user in one round trip (`Cache.user_state`)."""
+
+    version: int  # the user's cache version
+    answer: str | None  # the answer blob stored for this version, if any
+    seen: set[str] | None  # the scenario's seen set; None when an answer was found (then it is not read)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobWrite:
+    """One string for `Cache.put_blobs`; with a `version`, it is readable through `user_state` while the user's
+    cache version is still that one."""
+
+    parts: tuple[str, ...]
+    value: str
+    ttl_s: int
+    version: int | None = None
+
+
+def _versioned(version: int, value: str) -> str:
+    return f"{version}|{value}"
+
+
+def _unversioned(version: int, raw: str | None) -> str | None:
+    """Return the value stored under `version`, or None for a missing one or one of another version."""
+    prefix = f"{version}|"
+    return raw[len(prefix):] if raw is not None and raw.startswith(prefix) else None
+
+
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -76,6 +106,10 @@ class Cache(Protocol):
     async def label_scores(self, user_ids: Sequence[str], *, tenant_id: str) -> dict[str, dict[str, float]]: ...
     async def get_blob(self, *parts: str, tenant_id: str) -> str | None: ...
     async def put_blob(self, *parts: str, value: str, ttl_s: int, tenant_id: str) -> None: ...
+    async def put_blobs(self, writes: Sequence[BlobWrite], *, tenant_id: str) -> None: ...
+    async def user_state(
+        self, scenario_id: str, user_id: str, answer: Sequence[str] | None, *, tenant_id: str
+    ) -> UserState: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -86,6 +120,17 @@ for i = 1, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1])
 return 1
 """
 
+# The user's version, the answer stored for that version, else the seen set: what serving needs, in one round trip.
+# KEYS: version counter, answer blob, seen set; ARGV[1]: '1' to read the answer.
+_USER_STATE = """
+local v = redis.call('GET', KEYS[1]) or '0'
+if ARGV[1] == '1' then
+  local a = redis.call('GET', KEYS[2])
+  if a and string.sub(a, 1, #v + 1) == v .. '|' then return {v, a} end
+end
+return {v, false, redis.call('SMEMBERS', KEYS[3])}
+"""
+
 
 class RedisCache:
     """Cache on a Redis server; pipelines each call into one round trip."""
@@ -93,6 +138,7 @@ class RedisCache:
     def __init__(self, client: aioredis.Redis) -> None:
         self._r = client
         self._add_scores = client.register_script(_ADD_SCORES)
+        self._user_state = client.register_script(_USER_STATE)
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 1.0) -> RedisCache:
@@ -227,6 +273,35 @@ class RedisCache:
         except RedisError as exc:
             raise CacheUnavailable(str(exc)) from exc
 
+    async def put_blobs(self, writes: Sequence[BlobWrite], *, tenant_id: str) -> None:
+        """Store strings that expire after their ttl_s, in one round trip."""
+        if not writes:
+            return
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for w in writes:
+                    value = w.value if w.version is None else _versioned(w.version, w.value)
+                    pipe.set(tenant_key(tenant_id, *w.parts), value, ex=w.ttl_s)
+                await pipe.execute()
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
+
+    async def user_state(
+        self, scenario_id: str, user_id: str, answer: Sequence[str] | None, *, tenant_id: str
+    ) -> UserState:
+        """Return the user's cache version, the blob at `answer` (None: not wanted) when it was stored with
+        `put_blobs` under that version, and, without such an answer, the user's seen set in the scenario."""
+        keys = [tenant_key(tenant_id, "uv", user_id), tenant_key(tenant_id, *(answer or ("-",))),
+                tenant_key(tenant_id, "seen", scenario_id, user_id)]
+        try:
+            row = await self._user_state(keys=keys, args=["1" if answer else "0"])
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
+        version = int(row[0])
+        if len(row) == 2:
+            return UserState(version=version, answer=_unversioned(version, _text(row[1])), seen=None)
+        return UserState(version=version, answer=None, seen={_text(v) for v in row[2]})
+
     async def ping(self) -> bool:
         """Return whether Redis answers (never raises)."""
         try:
@@ -329,6 +404,23 @@ class InMemoryCache:
         """Store a string."""
         self._check()
         self.blobs[tenant_key(tenant_id, *parts)] = value
+
+    async def put_blobs(self, writes: Sequence[BlobWrite], *, tenant_id: str) -> None:
+        """Store strings (expiry is not modelled)."""
+        self._check()
+        for w in writes:
+            self.blobs[tenant_key(tenant_id, *w.parts)] = w.value if w.version is None else _versioned(w.version, w.value)
+
+    async def user_state(
+        self, scenario_id: str, user_id: str, answer: Sequence[str] | None, *, tenant_id: str
+    ) -> UserState:
+        """Return the user's version, the answer stored under it (when wanted), else the seen set."""
+        self._check()
+        version = self.counters.get(tenant_key(tenant_id, "uv", user_id), 0)
+        if answer and (found := _unversioned(version, self.blobs.get(tenant_key(tenant_id, *answer)))) is not None:
+            return UserState(version=version, answer=found, seen=None)
+        return UserState(version=version, answer=None,
+                         seen=set(self.sets.get(tenant_key(tenant_id, "seen", scenario_id, user_id), set())))
 
     async def ping(self) -> bool:
         """Return whether the fake is up."""

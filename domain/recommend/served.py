@@ -16,6 +16,7 @@ from typing import Any
 from domain.recommend.base import Recommendation
 
 FORMAT = 1  # bump when the encoding changes: older blobs then decode as missing
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode  # built once, not per `json.dumps` call
 
 
 @dataclass(slots=True)
@@ -59,11 +60,10 @@ class ServedList:
         """Return the list as compact JSON."""
         table: dict[tuple[str, ...], int] = {}
         keys = [table.setdefault(src, len(table)) for src in self.sources]
-        return json.dumps(
+        return _encode(
             {"f": FORMAT, "r": self.request_id, "s": self.scenario_id, "u": self.user_id, "x": self.exclude_seen,
              "c": self.context, "d": self.complete, "i": self.item_ids, "p": self.scores, "k": keys,
-             "t": list(table)},
-            separators=(",", ":"), default=str,
+             "t": list(table)}
         )
 
     @classmethod

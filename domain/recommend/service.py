@@ -31,12 +31,14 @@ from domain.realtime.contracts import ImpressionSink
 from domain.recommend.base import Recommendation, RecRequest, RecResult
 from domain.recommend.served import ServedList
 from domain.scenarios.service import ScenarioService
-from models.cache import Cache, CacheUnavailable
+from models.cache import BlobWrite, Cache, CacheUnavailable, UserState
 
 log = structlog.get_logger()
 
 SERVED_TTL_S = 3600
 ANSWER_TTL_S = 60
+# A user with no history gets popular and trending items, which follow the live hour: recompute them sooner.
+COLD_ANSWER_TTL_S = 10
 SERVED_PAGES = 3  # pages computed per answer or extension: MMR and caps get room, `after` rarely recomputes
 MIN_SERVED = 50  # items computed at least per answer or extension
 MAX_CHUNK = 400  # items computed at most per answer or extension (beyond one page)
@@ -118,16 +120,21 @@ class RecommendationService:
     ) -> tuple[RecommendationPage, Awaitable[None] | None]:
         """Answer from the user's cached answer, else compute a served list a few pages deep; return the page and,
         for a computed list, the write that keeps it (the caller awaits it)."""
-        version = await self._user_version(served.user_id, tenant_id=tenant_id)
-        answer = (served.scenario_id, served.user_id, version, key)
-        if not debug and (hit := await self._cached(answer, tenant_id=tenant_id)) is not None:
+        answer = ("answer", served.scenario_id, served.user_id, key)
+        # One round trip: the user's version, the answer cached under it, else the seen set the engine needs.
+        state = await self._user_state(served, None if debug else answer, tenant_id=tenant_id)
+        if state is not None and (hit := ServedList.decode(state.answer)) is not None:
             if hit.complete or len(hit) >= limit:  # an answer cached for a smaller page may be too short
                 return _page(hit, 0, limit), None
         depth = served_depth(limit)
-        result = await self._compute(served, depth, limit, debug, tenant_id=tenant_id)
+        seen = set() if state is None else state.seen
+        result, cold = await self._compute(served, depth, limit, debug, tenant_id=tenant_id, seen=seen)
         served.request_id = uuid.uuid4().hex
         served.extend(result.items, complete=len(result.items) < depth)
-        return replace(_page(served, 0, limit), debug=result.debug), self._remember(served, answer, tenant_id=tenant_id)
+        version = None if state is None else state.version
+        ttl_s = COLD_ANSWER_TTL_S if cold else ANSWER_TTL_S
+        return replace(_page(served, 0, limit), debug=result.debug), self._remember(served, answer, version, ttl_s,
+                                                                                   tenant_id=tenant_id)
 
     async def _continue(
         self, after: str, limit: int, *, scenario_id: str, user_id: str, tenant_id: str
@@ -148,8 +155,8 @@ class RecommendationService:
         if depth <= 0:
             served.complete = True
         else:
-            result = await self._compute(served, depth, page, False, tenant_id=tenant_id,
-                                         also_exclude=frozenset(served.item_ids))
+            result, _ = await self._compute(served, depth, page, False, tenant_id=tenant_id,
+                                            also_exclude=frozenset(served.item_ids))
             listed = set(served.item_ids)
             fresh = [r for r in result.items if r.item_id not in listed]
             done = len(result.items) < depth or not fresh or len(served) + len(fresh) >= MAX_SERVED
@@ -158,11 +165,15 @@ class RecommendationService:
 
     async def _compute(
         self, served: ServedList, depth: int, page: int, debug: bool, *, tenant_id: str,
-        also_exclude: Collection[str] = frozenset(),
-    ) -> RecResult:
+        also_exclude: Collection[str] = frozenset(), seen: set[str] | None = None,
+    ) -> tuple[RecResult, bool]:
+        """Rank for the served list's user; `seen` is the user's seen set when already read (None: read it).
+        Return the result and whether the user has no history (a cold start)."""
         engine = await self._engine(tenant_id, served.scenario_id)
-        request = await self._request(engine, served, depth, page, debug, also_exclude, tenant_id=tenant_id)
-        return await engine.recommend(request)
+        if seen is None:
+            seen = await self._seen(served.scenario_id, served.user_id, tenant_id=tenant_id)
+        request = await self._request(engine, served, depth, page, debug, also_exclude, seen, tenant_id=tenant_id)
+        return await engine.recommend(request), not request.history
 
     async def _engine(self, tenant_id: str, scenario_id: str) -> Any:
         if self._engines is None:  # CLI processes serve no recommendations
@@ -170,13 +181,12 @@ class RecommendationService:
         return await self._engines.get(tenant_id, scenario_id)
 
     async def _request(
-        self, engine: Any, served: ServedList, depth: int, page: int, debug: bool, also_exclude: Collection[str], *,
-        tenant_id: str,
+        self, engine: Any, served: ServedList, depth: int, page: int, debug: bool, also_exclude: Collection[str],
+        live: set[str], *, tenant_id: str,
     ) -> RecRequest:
         model = getattr(engine, "model", None)
         user_id = served.user_id
         trained = model.user_history(user_id) if model is not None else []
-        live = await self._seen(served.scenario_id, user_id, tenant_id=tenant_id)
         history = [*trained, *sorted(live.difference(trained))] if live else trained
         categories: dict[str, float] = {}
         tags: dict[str, float] = {}
@@ -201,9 +211,11 @@ class RecommendationService:
         except Exception as exc:  # noqa: BLE001 - the sink promises not to raise; serving must not depend on it
             log.warning("impressions.failed", error=repr(exc), scenario_id=scenario_id)
 
-    async def _user_version(self, user_id: str, *, tenant_id: str) -> int | None:
+    async def _user_state(
+        self, served: ServedList, answer: tuple[str, ...] | None, *, tenant_id: str
+    ) -> UserState | None:
         try:
-            return await self._cache.user_version(user_id, tenant_id=tenant_id)
+            return await self._cache.user_state(served.scenario_id, served.user_id, answer, tenant_id=tenant_id)
         except CacheUnavailable:
             return None  # without Redis nothing is cached: every request recomputes
 
@@ -213,43 +225,29 @@ class RecommendationService:
         except CacheUnavailable:
             return set()
 
-    async def _cached(self, answer: tuple, *, tenant_id: str) -> ServedList | None:
-        scenario_id, user_id, version, key = answer
-        if version is None:
-            return None
-        try:
-            raw = await self._cache.get_blob("answer", scenario_id, user_id, f"{version}:{key}", tenant_id=tenant_id)
-        except CacheUnavailable:
-            return None
-        return ServedList.decode(raw)
-
     async def _load_served(self, request_id: str, *, tenant_id: str) -> ServedList | None:
         try:
             return ServedList.decode(await self._cache.get_blob("served", request_id, tenant_id=tenant_id))
         except CacheUnavailable:
             return None
 
-    async def _remember(self, served: ServedList, answer: tuple, *, tenant_id: str) -> None:
-        """Store the served list under its request id and, with a user version, as the user's cached answer."""
+    async def _remember(
+        self, served: ServedList, answer: tuple[str, ...], version: int | None, ttl_s: int, *, tenant_id: str
+    ) -> None:
+        """Store the served list under its request id and, with a user version, as the user's cached answer for
+        that version (one round trip)."""
         encoded = served.encode()  # once: stored as the served list and the answer
-        if answer[2] is None:  # no user version: nothing is cached
-            await self._store_served(served, tenant_id=tenant_id, encoded=encoded)
-            return
-        await asyncio.gather(self._store_served(served, tenant_id=tenant_id, encoded=encoded),
-                             self._store_answer(answer, encoded, tenant_id=tenant_id))
+        writes = [BlobWrite(("served", served.request_id), encoded, SERVED_TTL_S)]
+        if version is not None:  # no user version (Redis was down): nothing is cached
+            writes.append(BlobWrite(answer, encoded, ttl_s, version=version))
+        await self._put(writes, tenant_id=tenant_id)
 
-    async def _store_answer(self, answer: tuple, encoded: str, *, tenant_id: str) -> None:
-        scenario_id, user_id, version, key = answer
-        try:
-            await self._cache.put_blob("answer", scenario_id, user_id, f"{version}:{key}", value=encoded,
-                                       ttl_s=ANSWER_TTL_S, tenant_id=tenant_id)
-        except CacheUnavailable:
-            pass
+    async def _store_served(self, served: ServedList, *, tenant_id: str) -> None:
+        await self._put([BlobWrite(("served", served.request_id), served.encode(), SERVED_TTL_S)], tenant_id=tenant_id)
 
-    async def _store_served(self, served: ServedList, *, tenant_id: str, encoded: str | None = None) -> None:
+    async def _put(self, writes: list[BlobWrite], *, tenant_id: str) -> None:
         try:
-            await self._cache.put_blob("served", served.request_id, value=encoded or served.encode(),
-                                       ttl_s=SERVED_TTL_S, tenant_id=tenant_id)
+            await self._cache.put_blobs(writes, tenant_id=tenant_id)
         except CacheUnavailable as exc:
             log.warning("cache.unavailable", op="recommend.served", error=str(exc))
 
@@ -277,5 +275,12 @@ def _check_context(context: Mapping | None) -> dict[str, Any]:
 
 
 def _answer_key(config_version: int, exclude_seen: bool, context: Mapping) -> str:
-    digest = hashlib.blake2b(json.dumps(context, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+    digest = _context_digest(context) if context else _NO_CONTEXT
     return f"c{config_version}:{int(exclude_seen)}:{digest}"
+
+
+def _context_digest(context: Mapping) -> str:
+    return hashlib.blake2b(json.dumps(context, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+_NO_CONTEXT = _context_digest({})  # most requests carry no context: the same key part every time

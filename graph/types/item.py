@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from graph.types.recommendation import RecommendationList
 
 
+_SHARED: dict[int, tuple[ItemDoc, Item]] = {}  # id(document) -> (document, its conversion), see Item.from_shared
+_SHARED_MAX = 60_000
+
+
 @strawberry.federation.type(keys=["id"], description="A catalogue item; `id` is the client's own id.")
 class Item:
     id: strawberry.ID
@@ -51,6 +55,20 @@ class Item:
             scenario_ids=[strawberry.ID(s) for s in doc.scenarios], created_at=doc.created_at,
             updated_at=doc.updated_at,
         )
+
+    @classmethod
+    def from_shared(cls, doc: ItemDoc) -> Item:
+        """Convert a stored item shared across requests (the hot item cache), once per document."""
+        # Every list converts the same few thousand cached documents again and again; a lazily parsed document
+        # costs ten field parses per conversion. Keyed by identity: a changed item is a new document object.
+        entry = _SHARED.get(id(doc))
+        if entry is not None and entry[0] is doc:
+            return entry[1]
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        item = cls.from_domain(doc)
+        _SHARED[id(doc)] = (doc, item)  # holding the document keeps its id from being reused
+        return item
 
     @classmethod
     async def resolve_reference(cls, info: strawberry.Info, id: strawberry.ID) -> Item | None:

@@ -29,7 +29,7 @@ class RecommendationList:
     async def items(self, info: strawberry.Info) -> list[Recommendation]:
         docs = await get_items(info.context, ids=[r.item_id for r in self.page.items])
         return [
-            Recommendation(item=Item.from_domain(doc), score=rec.score, sources=list(rec.sources))
+            Recommendation(item=Item.from_shared(doc), score=rec.score, sources=list(rec.sources))
             for rec, doc in zip(self.page.items, docs, strict=True)
             if doc is not None
         ]

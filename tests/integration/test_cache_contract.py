@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from models.cache import CacheUnavailable, InMemoryCache, ItemMeta, RedisCache, tenant_key
+from models.cache import BlobWrite, CacheUnavailable, InMemoryCache, ItemMeta, RedisCache, tenant_key
 from models.embedded.servers import start_redis
 
 
@@ -86,6 +86,53 @@ async def test_blobs_are_per_tenant(cache):
     await cache.put_blob("served", "r1", value='["a"]', ttl_s=60, tenant_id="t1")
     assert await cache.get_blob("served", "r1", tenant_id="t1") == '["a"]'
     assert await cache.get_blob("served", "r1", tenant_id="t2") is None
+
+
+async def test_put_blobs_stores_several_in_one_call(cache):
+    await cache.put_blobs([BlobWrite(("served", "r1"), "one", 60), BlobWrite(("served", "r2"), "two", 60)], tenant_id="t1")
+    assert await cache.get_blob("served", "r1", tenant_id="t1") == "one"
+    assert await cache.get_blob("served", "r2", tenant_id="t1") == "two"
+    assert await cache.get_blob("served", "r1", tenant_id="t2") is None
+
+
+async def test_user_state_gives_the_answer_of_the_current_version_else_the_seen_set(cache):
+    answer = ("answer", "s1", "u1", "k")
+    await cache.record_seen([("s1", "u1", "i1")], tenant_id="t1")
+    state = await cache.user_state("s1", "u1", answer, tenant_id="t1")
+    assert (state.version, state.answer, state.seen) == (1, None, {"i1"})
+
+    await cache.put_blobs([BlobWrite(answer, '{"a":1}', 60, version=1)], tenant_id="t1")
+    state = await cache.user_state("s1", "u1", answer, tenant_id="t1")
+    assert (state.version, state.answer, state.seen) == (1, '{"a":1}', None)  # a hit does not read the seen set
+    # Not asked for (debug answers), of another tenant, or of another scenario's options: the seen set instead.
+    assert (await cache.user_state("s1", "u1", None, tenant_id="t1")).seen == {"i1"}
+    assert (await cache.user_state("s1", "u1", answer, tenant_id="t2")).answer is None
+    assert (await cache.user_state("s1", "u1", ("answer", "s1", "u1", "other"), tenant_id="t1")).answer is None
+
+    await cache.record_seen([("s1", "u1", "i2")], tenant_id="t1")  # the version moves: the answer is stale
+    state = await cache.user_state("s1", "u1", answer, tenant_id="t1")
+    assert (state.version, state.answer, state.seen) == (2, None, {"i1", "i2"})
+    # Version 12 must not read an answer stored for version 1 (a prefix of it), nor the other way round.
+    for _ in range(10):
+        await cache.record_seen([("s1", "u1", "i3")], tenant_id="t1")
+    assert (await cache.user_state("s1", "u1", answer, tenant_id="t1")).answer is None
+
+
+async def test_user_state_of_an_unknown_user(cache):
+    state = await cache.user_state("s1", "nobody", ("answer", "s1", "nobody", "k"), tenant_id="t1")
+    assert (state.version, state.answer, state.seen) == (0, None, set())
+
+
+async def test_user_state_and_put_blobs_without_redis_raise_cache_unavailable():
+    from tests.conftest import free_port
+
+    dead = RedisCache.from_url(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    for down in (InMemoryCache(up=False), dead):
+        with pytest.raises(CacheUnavailable):
+            await down.user_state("s1", "u1", None, tenant_id="t1")
+        with pytest.raises(CacheUnavailable):
+            await down.put_blobs([BlobWrite(("served", "r"), "x", 60)], tenant_id="t1")
+    await dead.close()
 
 
 async def test_label_scores_add_up_per_user_and_tenant(cache):

@@ -238,6 +238,24 @@ def test_tracing_off_gives_no_handle_and_no_plugins() -> None:
     assert strawberry_extensions(_telemetry(resolver_spans=True), None) == []
 
 
+def test_tracing_without_an_exporter_sets_nothing_up() -> None:
+    # Spans nobody receives would still be created and sampled for every request and database command.
+    assert setup_tracing(_telemetry(tracing=True, otlp_endpoint=None, sample_ratio=1.0)) is None
+    assert not RedisInstrumentor().is_instrumented_by_opentelemetry
+    assert not PymongoInstrumentor().is_instrumented_by_opentelemetry
+
+
+def test_an_otlp_endpoint_turns_tracing_on() -> None:
+    handle = setup_tracing(_telemetry(tracing=True, otlp_endpoint="http://127.0.0.1:1", sample_ratio=1.0))
+    assert handle is not None
+    try:
+        assert RedisInstrumentor().is_instrumented_by_opentelemetry
+        assert len(tracing_plugins(handle)) == 2
+    finally:
+        handle.shutdown()
+    assert not RedisInstrumentor().is_instrumented_by_opentelemetry
+
+
 async def test_resolver_spans_only_when_configured(handle: TracingHandle, exporter: InMemorySpanExporter) -> None:
     assert strawberry_extensions(_telemetry(), handle) == []
     extensions = strawberry_extensions(_telemetry(resolver_spans=True), handle)

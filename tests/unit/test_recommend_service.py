@@ -166,6 +166,39 @@ async def test_every_page_answered_is_an_impression(parts) -> None:  # noqa: ANN
     assert all(p["tenant_id"] == TENANT and p["scenario_id"] == SCENARIO and p["variant"] is None for p in sink.pages)
 
 
+class CountingCache(InMemoryCache):
+    """The fake cache, noting each call (each is one Redis round trip on the real one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if not name.startswith("_") and callable(value) and name not in ("calls", "record_seen"):
+            super().__getattribute__("calls").append(name)
+        return value
+
+
+async def test_an_answer_costs_one_cache_read_and_at_most_one_write(model: ScenarioModel) -> None:
+    cache, sink = CountingCache(), Sink()
+    service = RecommendationService(
+        cache, FakeScenarios(), NoProfiles(), Engines(Engine(scenario(), model)), impressions=sink  # type: ignore[arg-type]
+    )
+    first = await ask(service, first=5)
+    assert cache.calls == ["user_state", "put_blobs"]  # version, cached answer and seen set read at once
+    top = ids(first)[0]
+    await cache.record_seen([(SCENARIO, "u0", top)], tenant_id=TENANT)
+    cache.calls.clear()
+    computed = await ask(service, first=5)
+    assert cache.calls == ["user_state", "put_blobs"]
+    assert top not in ids(computed)  # the seen set read with the version excludes what u0 just saw
+    cache.calls.clear()
+    cached = await ask(service, first=5)
+    assert cache.calls == ["user_state"] and cached.request_id == computed.request_id
+    assert len(sink.pages) == 3
+
+
 async def test_a_failing_sink_never_fails_the_answer(parts) -> None:  # noqa: ANN001
     service, _, sink, _ = parts
     sink.fail = True
@@ -199,3 +232,26 @@ def test_a_served_list_round_trips_and_refuses_garbage() -> None:
     assert done is not None and not done.has_more(0)
     for raw in (None, "", "not json", "[1, 2]", '{"f": 0}', '{"f": 1, "r": "x"}'):
         assert ServedList.decode(raw) is None
+
+
+class TtlCache(InMemoryCache):
+    """The fake cache, keeping the time to live of each cached answer written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer_ttls: list[int] = []
+
+    async def put_blobs(self, writes, *, tenant_id: str) -> None:  # noqa: ANN001
+        self.answer_ttls += [w.ttl_s for w in writes if w.parts[0] == "answer"]
+        await super().put_blobs(writes, tenant_id=tenant_id)
+
+
+async def test_a_cold_users_answer_is_kept_briefly_as_live_popularity_moves(model: ScenarioModel) -> None:
+    cache = TtlCache()
+    service = RecommendationService(
+        cache, FakeScenarios(), NoProfiles(), Engines(Engine(scenario(), model)), impressions=Sink()  # type: ignore[arg-type]
+    )
+    await ask(service, "u3")  # a user the model was trained on
+    await ask(service, "newcomer")  # nobody knows anything about
+    assert cache.answer_ttls == [service_module.ANSWER_TTL_S, service_module.COLD_ANSWER_TTL_S]
+    assert service_module.COLD_ANSWER_TTL_S < service_module.ANSWER_TTL_S
