@@ -1,7 +1,7 @@
 """Freshness: from `recordInteractions` returning to the next `recommendations` no longer containing the item AND
 `profile` showing it, under a background load of events.
 
-`recograph serve` runs as its own process (embedded servers, in-process consumer). A probe user asks for
+`recograph serve` runs as its own process (embedded servers; the consumer in its child process). A probe user asks for
 recommendations, clicks the first item, and from the moment the mutation returns polls both queries until the item
 is gone from the list and first in the profile's recent items. Probes run once with no other traffic (baseline) and
 once while `--workers` background tasks record `--rate` events/s in all for other users, in batches of `--batch`.

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
-from litestar import Litestar, Response
+from litestar import Litestar, Request, Response, post
 from threadpoolctl import threadpool_limits
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
@@ -25,7 +25,8 @@ from graph.observability import (
 from graph.runtime import Runtime, open_runtime
 from graph.schema import build_schema, guard_extensions
 from models.settings import Settings
-from workers.consumer import consumer_running
+from resolvers.context import RequestContext
+from workers.consumer import consumer_child, consumer_running
 from workers.metrics import JobMetrics
 from workers.settings import in_process_worker
 
@@ -60,6 +61,13 @@ def _graphql_controller(settings: Settings, metrics: Metrics, tracing) -> type:
             "response": Provide(_response),
         }
 
+        @post(status_code=200)
+        async def handle_http_post(self, request: Request, context: RequestContext) -> Response:
+            # Strawberry's handler also takes `root_value` and `response`; Litestar resolves several dependencies of
+            # one level in an anyio task group (a child task each, per request). One dependency is awaited inline.
+            self.temporal_response = Response({})
+            return await self.execute_request(request=request, context=context, root_value=None)
+
     return GraphQLController
 
 
@@ -86,7 +94,12 @@ async def _background(runtime: Runtime) -> AsyncIterator[None]:
         worker = in_process_worker(runtime.services, redis_url=runtime.servers.redis_url, settings=runtime.settings)
     task = asyncio.create_task(worker.async_run()) if worker is not None else None
     try:
-        if runtime.settings.server.run_worker:  # the event consumer too (more processes may run their own)
+        if runtime.settings.server.run_worker and runtime.settings.server.consumer_process:
+            # the event consumer too (more processes may run their own), off this process's event loop
+            async with consumer_child(runtime.settings, mongo_url=runtime.servers.mongo_url,
+                                      redis_url=runtime.servers.redis_url, logs_dir=runtime.servers.logs_dir):
+                yield
+        elif runtime.settings.server.run_worker:
             async with consumer_running(runtime.services):
                 yield
         else:

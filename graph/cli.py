@@ -23,7 +23,7 @@ from graph.observability import configure_logging
 from graph.runtime import Runtime, open_runtime
 from models.embedded import EmbeddedStartError, ServerUnavailable
 from models.settings import Settings
-from workers.consumer import run_beside
+from workers.consumer import run_beside, run_until_signal
 from workers.settings import missing_urls, standalone_worker
 
 app = typer.Typer(help="recograph: recommendations as a GraphQL subgraph.", no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -53,6 +53,14 @@ def _settings(host: str | None = None, port: int | None = None, data_dir: Path |
         if value is not None:
             updates[name] = value
     return settings.model_copy(update={"server": server.model_copy(update=updates)})
+
+
+def _serving(settings: Settings) -> Settings:
+    """Return settings for a serving process: the event consumer in a child process unless configured, so its CPU
+    stays off the serving loop."""
+    if "consumer_process" in settings.server.model_fields_set:
+        return settings
+    return settings.model_copy(update={"server": settings.server.model_copy(update={"consumer_process": True})})
 
 
 def _run(work: Callable[[], Awaitable[T]]) -> T:
@@ -99,7 +107,7 @@ def serve(
     in_memory: bool = typer.Option(False, "--in-memory", help="Keep nothing on disk."),
 ) -> None:
     """Serve GraphQL at /graphql, starting embedded servers for unset URLs."""
-    settings = _settings(host, port, data_dir, in_memory)
+    settings = _serving(_settings(host, port, data_dir, in_memory))
 
     async def work() -> None:
         runtime = await open_runtime(settings)
@@ -201,7 +209,7 @@ def demo_up(
     in_memory: bool = typer.Option(False, "--in-memory"),
 ) -> None:
     """Load the demo tenant and train it if needed, print its keys, and serve (what `make run` does)."""
-    settings = _settings(host, port, None, in_memory)
+    settings = _serving(_settings(host, port, None, in_memory))
 
     async def work() -> None:
         runtime = await open_runtime(settings)
@@ -257,3 +265,15 @@ def worker() -> None:
                       "the jobs[/red]")
         raise typer.Exit(1)
     run_beside(standalone_worker(settings), settings)  # the arq worker and the event consumer
+
+
+@app.command()
+def consumer() -> None:
+    """Run the event consumer alone until SIGTERM, attached to running servers (MONGODB_URL and REDIS_URL, or the
+    data directory's); in embedded mode `serve` starts one as its child."""
+    settings = _settings()
+    _run(lambda: _with_runtime(settings, lambda rt: run_until_signal(rt.services)))
+
+
+if __name__ == "__main__":
+    app()

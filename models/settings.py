@@ -24,6 +24,10 @@ class ServerSettings(BaseSettings):
     log_level: str = Field("INFO", description="Log level for structlog JSON logs.")
     log_json: bool = Field(True, description="Render logs as JSON lines (false: human-readable console).")
     run_worker: bool = Field(True, description="Run the arq worker inside the API process (embedded mode).")
+    consumer_process: bool = Field(
+        False, description="Run the event consumer beside the worker as a child process (`recograph consumer`) rather "
+        "than a task in the API process; `serve` turns it on unless set."
+    )
 
 
 class MongoSettings(BaseSettings):

@@ -1,4 +1,5 @@
-"""Run the event consumer: as a task beside the API in embedded mode, beside the arq worker in `recograph worker`.
+"""Run the event consumer: beside the arq worker in `recograph worker`; in embedded mode as `recograph consumer`, a
+child process of `serve` (or, when configured, a task in the API process).
 
 The consumer is long-running rather than a job: it reads every tenant's stream in the consumer group, so any
 number of processes may run one, and entries a dead one left pending are claimed by the others.
@@ -7,8 +8,12 @@ number of processes may run one, and entries a dead one left pending are claimed
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -16,6 +21,7 @@ from arq.worker import Worker
 
 from domain.realtime.consumer import ConsumerStats, StreamConsumer
 from domain.services import Services
+from models.embedded.process import Child, spawn
 from models.settings import Settings
 from workers.settings import close_context, open_context
 
@@ -39,6 +45,31 @@ async def consumer_running(services: Services, **options: Any) -> AsyncIterator[
         consumer.stop()
         with suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, timeout=10)
+
+
+async def run_until_signal(services: Services) -> None:
+    """Run a consumer until SIGTERM or SIGINT (the `recograph consumer` process)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with consumer_running(services):
+        await stop.wait()
+
+
+@asynccontextmanager
+async def consumer_child(settings: Settings, *, mongo_url: str, redis_url: str, logs_dir: Path) -> AsyncIterator[Child]:
+    """Run `recograph consumer` attached to these servers while the block runs, as a child that dies with this
+    process; stop it after (SIGTERM: it applies and acknowledges what it read first)."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "MONGODB_URL": mongo_url, "REDIS_URL": redis_url, "MONGODB_DATABASE": settings.mongo.database,
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    child = await spawn("consumer", [sys.executable, "-m", "graph.cli", "consumer"], logs_dir / "consumer.log", env=env)
+    log.info("consumer.child_started", pid=child.pid)
+    try:
+        yield child
+    finally:
+        await child.stop()
 
 
 def consumer_metrics() -> dict[str, float]:

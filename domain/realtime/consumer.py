@@ -25,13 +25,15 @@ from redis.exceptions import RedisError, ResponseError
 
 from domain.realtime.contracts import metrics_channel
 from domain.realtime.keys import FIELD, GROUP, HEARTBEAT, HEARTBEAT_TTL_MS, STREAMS, stream_key
-from domain.realtime.persist import MongoWriter
+from domain.realtime.apply import Payload
+from domain.realtime.persist import SNAPSHOT_RATE, MongoWriter
 from domain.realtime.processor import Processor
 from domain.realtime.stream import Entry, StreamImpression, decode
 
 log = structlog.get_logger()
 Message = tuple[bytes | str, dict]
-Batch = tuple[str, list[Message], list[Entry], str]  # tenant, messages, their entries, the script payload
+Batch = tuple[str, list[Message], list[Entry], Payload]  # tenant, messages, their entries, the script payload
+SEND_PAUSE_S = 0.001  # how long the reader yields after launching a batch, so its script is on the wire first
 
 
 @dataclass
@@ -133,7 +135,7 @@ class StreamConsumer:
                 await self._r.set(HEARTBEAT, self.name, px=HEARTBEAT_TTL_MS)
                 if time.monotonic() >= next_flush:
                     next_flush = time.monotonic() + self._flush_every_s
-                    await self.flush()
+                    await self._writer.flush(max(1, int(SNAPSHOT_RATE * self._flush_every_s)))
             except (RedisError, OSError, PyMongoError) as exc:
                 self._failed("consumer.flush_failed", exc)
             await self._pause(min(1.0, self._flush_every_s))
@@ -197,7 +199,11 @@ class StreamConsumer:
                 raise
             self._streams.clear()  # the stream was deleted (or Redis restarted): recreate the groups
             return 0
-        self._launch()  # read first: a read sent while a script runs would wait for it
+        if self._launch():  # read first: a read sent while a script runs would wait for it
+            # Let the apply task send its script before preparing: preparing never yields to the loop, so without
+            # this the script would only be sent once this round's batches were prepared, and the two would not
+            # overlap. The task runs until it waits for the reply, well within the pause.
+            await asyncio.sleep(SEND_PAUSE_S)
         sizes = [len(messages) for _, messages in reply or []]
         for key, messages in reply or []:
             await self._stage(tenant_of(key), messages)
@@ -242,11 +248,14 @@ class StreamConsumer:
         payload = await self._processor.prepare(entries, tenant_id=tenant_id)
         self._staged.append((tenant_id, messages, entries, payload))
 
-    def _launch(self) -> None:
-        """Start applying the prepared batches (in order, in one task) unless some are in flight already."""
+    def _launch(self) -> bool:
+        """Start applying the prepared batches (in order, in one task) unless some are in flight already; return
+        whether a task started."""
         if self._staged and self._inflight is None:
             batches, self._staged = self._staged, []
             self._inflight = asyncio.create_task(self._apply_all(batches))
+            return True
+        return False
 
     async def _wait(self) -> None:
         if self._inflight is not None:
@@ -263,7 +272,7 @@ class StreamConsumer:
         for batch in batches:
             await self._apply(*batch)
 
-    async def _apply(self, tenant_id: str, messages: list[Message], entries: list[Entry], payload: str) -> None:
+    async def _apply(self, tenant_id: str, messages: list[Message], entries: list[Entry], payload: Payload) -> None:
         applied = await self._processor.run(payload, tenant_id=tenant_id)
         if applied < 0:
             self._held.setdefault(tenant_id, []).extend(messages)  # a rebuild holds the tenant: retry, unacknowledged

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from redis import asyncio as aioredis
 
 from domain.catalogue import CatalogueService
-from domain.realtime.apply import ALL_ASPECTS, Applier, Planned, encode
+from domain.realtime.apply import ALL_ASPECTS, EMPTY, Applier, Payload, Planned, encode
 from domain.realtime.stream import Entry, StreamEvent
 from domain.scenarios.service import ScenarioService
 from models.cache import ItemMeta
@@ -41,17 +41,17 @@ class Processor:
 
     async def prepare(
         self, entries: Sequence[Entry], *, tenant_id: str, aspects: Mapping[int, str] | None = None
-    ) -> str:
+    ) -> Payload:
         """Return the script payload of entries (item metadata and scenario weights looked up once)."""
         if not entries:
-            return "[]"
+            return EMPTY
         events = [e for e in entries if isinstance(e, StreamEvent)]
         metas = await self.metas({e.item_id for e in events}, tenant_id=tenant_id)
         weights = await self.weights({e.scenario_id for e in events}, tenant_id=tenant_id)
         planned = [Planned(e, (aspects or {}).get(n, ALL_ASPECTS)) for n, e in enumerate(entries)]
-        return encode(planned, metas, weights)
+        return encode(planned, metas, weights, tenant_id=tenant_id)
 
-    async def run(self, payload: str, *, tenant_id: str, check_markers: bool = True, live: bool = True) -> int:
+    async def run(self, payload: Payload, *, tenant_id: str, check_markers: bool = True, live: bool = True) -> int:
         """Apply a prepared payload (see `apply`)."""
         return await self._applier.run(payload, tenant_id=tenant_id, check_markers=check_markers, live=live)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 import strawberry
 from strawberry.scalars import JSON
@@ -35,6 +37,27 @@ class InteractionInput:
             request_id=None if self.request_id is None else str(self.request_id),
             event_id=None if self.event_id is None else str(self.event_id),
         )
+
+
+# GraphQL field name -> python name, for `_from_input`.
+_NAMES = (
+    ("scenarioId", "scenario_id"), ("userId", "user_id"), ("itemId", "item_id"), ("type", "type"), ("value", "value"),
+    ("timestamp", "timestamp"), ("context", "context"), ("requestId", "request_id"), ("eventId", "event_id"),
+)
+
+
+def _from_input(cls: type[InteractionInput], value: Mapping[str, Any], _: object) -> InteractionInput:
+    """Build an input from its GraphQL value. graphql-core has coerced every field already (enum, scalars), so
+    Strawberry's generic conversion, field by field with type resolution (~0.17 ms an event, most of a
+    recordInteractions call), has nothing left to do."""
+    kwargs = {python: value[name] for name, python in _NAMES if name in value}
+    kind = kwargs["type"]
+    if not isinstance(kind, InteractionType):
+        kwargs["type"] = InteractionType(kind)
+    return cls(**kwargs)
+
+
+InteractionInput.__strawberry_definition__.from_input = _from_input
 
 
 @strawberry.type

@@ -159,6 +159,12 @@ class EmbeddedServers:
         }
         runtime.write(data_dir, self._runtime)
 
+    @property
+    def logs_dir(self) -> Path:
+        """Return where the embedded servers (and other children of this process) write their logs."""
+        root = self.data_dir or self._scratch
+        return root / "logs" if root is not None else Path(tempfile.gettempdir()) / "recograph-logs"
+
     def set_api_url(self, url: str) -> None:
         """Record the serving API's URL in runtime.json, when this object owns that file."""
         if self._runtime is not None and self.data_dir is not None:

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -106,18 +106,20 @@ async def port_open(port: int, timeout_s: float = 0.5) -> bool:
     return True
 
 
-async def spawn(name: str, argv: list[str], log_path: Path, *, wake_port: int | None = None) -> Child:
-    """Start argv with its output appended to log_path, tied to this process's life."""
+async def spawn(
+    name: str, argv: list[str], log_path: Path, *, wake_port: int | None = None, env: Mapping[str, str] | None = None
+) -> Child:
+    """Start argv with its output appended to log_path, tied to this process's life (with env, else ours)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
         offset = out.tell()
-        process = await asyncio.get_running_loop().run_in_executor(_SPAWNER, partial(_popen, argv, out))
+        process = await asyncio.get_running_loop().run_in_executor(_SPAWNER, partial(_popen, argv, out, env))
     _LIVE.add(process)
     _register_atexit()
     return Child(name, process, log_path, offset, wake_port)
 
 
-def _popen(argv: list[str], out: IO[bytes]) -> subprocess.Popen[bytes]:
+def _popen(argv: list[str], out: IO[bytes], env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     # A new session keeps a terminal's Ctrl-C away from the servers: the app stops them itself, after it has
     # closed its own connections, instead of them dying under it.
     return subprocess.Popen(
@@ -127,6 +129,7 @@ def _popen(argv: list[str], out: IO[bytes]) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
         preexec_fn=_death_signal_setup(os.getpid()),
+        env=env,
     )
 
 

@@ -146,3 +146,44 @@ async def test_no_consumer_runs_without_redis_and_metrics_still_answer():
         assert consumer_metrics()["recograph_consumers_running"] == before["recograph_consumers_running"]
     assert set(before) >= {"recograph_consumer_read_total", "recograph_consumer_applied_total",
                            "recograph_consumer_claimed_total", "recograph_consumer_errors_total"}
+
+
+def test_a_batch_payload_sends_each_repeated_string_once():
+    import json
+
+    from domain.realtime.apply import EVENT_WIDTH, Planned, encode
+
+    meta = ItemMeta(scenarios=("sc",), categories=("drama",), tags=("a", "b"), duration_seconds=60.0)
+    second = StreamEvent("e2", "sc", "u1", "i1", "CLICK", None, 1_700_000_002_000, 1_700_000_003_000)
+    payload = encode([Planned(EVENT), Planned(second), Planned(PAGE)], {"i1": meta}, {}, tenant_id="T")
+    strings, label_sets, metric_sets, pages, events = json.loads(payload.json)
+    assert len(events) == 2 * EVENT_WIDTH and len(pages) == 1
+    assert strings.count("u1") == 1 and strings.count("i1") == 1 and strings.count("sc") == 1
+    assert label_sets == [["c:drama", "t:a", "t:b"]]
+    assert len(metric_sets) == 2  # a WATCH and a CLICK
+    assert payload.newest_ms == 1_700_000_003_000 and payload.size == 3
+    assert events[2] == "e:e1" and pages[0][2] == "i:r1"
+    assert encode([], {}, {}, tenant_id="T").size == 0
+
+
+def test_interaction_inputs_convert_like_strawberry_would():
+    from graphql import coerce_input_value
+    from strawberry.types.arguments import convert_argument
+
+    from graph.schema import schema
+    from graph.types.interaction import InteractionInput
+
+    raw = {"scenarioId": "s", "userId": "u", "itemId": "i", "type": "WATCH", "value": 3, "eventId": "e",
+           "timestamp": "2026-01-01T00:00:00Z", "context": {"page": 2}}
+    value = coerce_input_value(raw, schema._schema.get_type("InteractionInput"))
+    args = (schema.schema_converter.scalar_registry, schema.config)
+    definition = InteractionInput.__strawberry_definition__
+    fast = convert_argument(value, InteractionInput, *args)
+    hook, definition.from_input = definition.from_input, None
+    try:
+        generic = convert_argument(value, InteractionInput, *args)
+    finally:
+        definition.from_input = hook
+    assert hook is not None and fast == generic
+    assert fast.to_domain() == InteractionData("s", "u", "i", "WATCH", 3.0, datetime(2026, 1, 1, tzinfo=UTC),
+                                               {"page": 2}, None, "e")
