@@ -58,18 +58,58 @@ async def run_until_signal(services: Services) -> None:
 
 
 @asynccontextmanager
-async def consumer_child(settings: Settings, *, mongo_url: str, redis_url: str, logs_dir: Path) -> AsyncIterator[Child]:
+async def consumer_child(
+    settings: Settings, *, mongo_url: str, redis_url: str, logs_dir: Path, check_every_s: float = 1.0
+) -> AsyncIterator[ConsumerSupervisor]:
     """Run `recograph consumer` attached to these servers while the block runs, as a child that dies with this
-    process; stop it after (SIGTERM: it applies and acknowledges what it read first)."""
+    process and is started again when it dies; stop it after (SIGTERM: it applies and acknowledges what it read
+    first)."""
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "MONGODB_URL": mongo_url, "REDIS_URL": redis_url, "MONGODB_DATABASE": settings.mongo.database,
            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    child = await spawn("consumer", [sys.executable, "-m", "graph.cli", "consumer"], logs_dir / "consumer.log", env=env)
-    log.info("consumer.child_started", pid=child.pid)
+    supervisor = ConsumerSupervisor(env, logs_dir / "consumer.log")
+    await supervisor.start()
+    watch = asyncio.create_task(supervisor.watch(check_every_s), name="recograph-consumer-supervisor")
     try:
-        yield child
+        yield supervisor
     finally:
-        await child.stop()
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        await supervisor.stop()
+
+
+class ConsumerSupervisor:
+    """Keep one consumer child running: a child that exits is started again (the entries it left pending are
+    claimed by the next one, so nothing is lost or counted twice)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self._env = env
+        self._log_path = log_path
+        self.child: Child | None = None
+        self.restarts = 0
+
+    async def start(self) -> None:
+        """Start the child."""
+        self.child = await spawn("consumer", [sys.executable, "-m", "graph.cli", "consumer"], self._log_path,
+                                 env=self._env)
+        log.info("consumer.child_started", pid=self.child.pid)
+
+    async def watch(self, every_s: float) -> None:
+        """Check every `every_s` that the child lives; start another when it has exited."""
+        while True:
+            await asyncio.sleep(every_s)
+            if self.child is not None and (code := self.child.exit_code()) is not None:
+                log.warning("consumer.child_exited", pid=self.child.pid, exit_code=code, tail=self.child.tail())
+                self.restarts += 1
+                try:
+                    await self.start()
+                except (OSError, RuntimeError) as exc:
+                    log.error("consumer.child_restart_failed", error=str(exc))
+
+    async def stop(self) -> None:
+        """Stop the child."""
+        if self.child is not None:
+            await self.child.stop()
 
 
 def consumer_metrics() -> dict[str, float]:
