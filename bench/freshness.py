@@ -51,10 +51,10 @@ class Api:
         return body["data"]
 
 
-async def set_up(api: Api) -> str:
+async def set_up(api: Api, name: str = "fresh") -> str:
     """Create a scenario of fresh items (no training needed) and return its id."""
     config = {"recall": [{"source": "fresh", "weight": 1, "limit": 200}]}
-    sid = (await api(CREATE, {"i": {"name": "fresh", "template": "NEWS", "config": config}}))["createScenario"]["id"]
+    sid = (await api(CREATE, {"i": {"name": name, "template": "NEWS", "config": config}}))["createScenario"]["id"]
     now = datetime.now(UTC)
     items = [{"id": f"i{k}", "categories": [f"c{k % 10}"], "publishedAt": (now - timedelta(minutes=k)).isoformat()}
              for k in range(ITEMS)]
