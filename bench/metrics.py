@@ -25,7 +25,7 @@ from gql.transport.websockets import WebsocketsTransport
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from freshness import ITEMS, RECORD, Api, background, set_up, summary  # noqa: E402
+from freshness import ITEMS, RECORD, Api, background, report, set_up  # noqa: E402
 from harness import free_port  # noqa: E402
 from ingest import ServeProcess  # noqa: E402
 
@@ -95,12 +95,7 @@ async def main(args: argparse.Namespace) -> int:
             await asyncio.gather(following, return_exceptions=True)
     finally:
         serve.stop()
-    p99 = sorted(loaded)[min(len(loaded) - 1, int(round(0.99 * (len(loaded) - 1))))]
-    print("\n| leg | probes | p50 ms | p99 ms | max ms | background |\n|---|---:|---:|---:|---:|---|")
-    print(summary("no other traffic (baseline)", idle, "none"))
-    print(summary("under load", loaded, f"{achieved:,.0f} events/s recorded (asked {args.rate:,})"))
-    print(f"\ntarget: p99 under load < {TARGET_P99_S * 1000:.0f} ms: {'met' if p99 < TARGET_P99_S else 'NOT met'}")
-    return 0 if p99 < TARGET_P99_S else 1
+    return report(idle, loaded, achieved, args.rate, TARGET_P99_S)
 
 
 if __name__ == "__main__":

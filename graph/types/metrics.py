@@ -42,34 +42,8 @@ def _counters(counters: domain.Counters) -> dict[str, int | float]:
     }
 
 
-@strawberry.type(description="Counters of one recall source or experiment variant, with their rates.")
-class MetricsBreakdown:
-    name: str = strawberry.field(description="The recall source (e.g. `item_cf`) or the variant's name.")
-    impressions: int = strawberry.field(description="Items shown.")
-    clicks: int = strawberry.field(description="CLICK events.")
-    ctr: float = strawberry.field(description="clicks / impressions (0 without impressions).")
-    interactions: int = strawberry.field(description="Accepted events of every type.")
-    attributed: int = strawberry.field(description="Events citing a requestId this scenario served.")
-    interaction_rate: float = strawberry.field(description="attributed / impressions.")
-    watches: int = strawberry.field(description="WATCH events.")
-    watch_seconds: float = strawberry.field(description="Seconds watched in WATCH events.")
-    avg_watch_seconds: float = strawberry.field(description="watchSeconds / watches.")
-    completion_rate: float = strawberry.field(description=_COMPLETION)
-    conversions: int = strawberry.field(description="PURCHASE events.")
-    conversion_rate: float = strawberry.field(description="conversions / impressions.")
-
-    @classmethod
-    def from_domain(cls, breakdown: domain.Breakdown) -> MetricsBreakdown:
-        """Convert a domain breakdown."""
-        return cls(name=breakdown.name, **_counters(breakdown.counters))
-
-
-@strawberry.type(description="A scenario's live metrics: totals from windowStart to windowEnd (now), with rates.")
-class MetricsSnapshot:
-    scenario_id: strawberry.ID
-    window: MetricsWindow
-    window_start: datetime = strawberry.field(description="Start of the first minute counted: totals are since then.")
-    window_end: datetime = strawberry.field(description="When the snapshot was read.")
+@strawberry.type(description="Live counters with their rates.")
+class MetricsCounters:
     impressions: int = strawberry.field(description="Items shown (the length of each page answered).")
     clicks: int = strawberry.field(description="CLICK events.")
     ctr: float = strawberry.field(description="clicks / impressions (0 without impressions).")
@@ -82,6 +56,24 @@ class MetricsSnapshot:
     completion_rate: float = strawberry.field(description=_COMPLETION)
     conversions: int = strawberry.field(description="PURCHASE events.")
     conversion_rate: float = strawberry.field(description="conversions / impressions.")
+
+
+@strawberry.type(description="Counters of one recall source or experiment variant, with their rates.")
+class MetricsBreakdown(MetricsCounters):
+    name: str = strawberry.field(description="The recall source (e.g. `item_cf`) or the variant's name.")
+
+    @classmethod
+    def from_domain(cls, breakdown: domain.Breakdown) -> MetricsBreakdown:
+        """Convert a domain breakdown."""
+        return cls(name=breakdown.name, **_counters(breakdown.counters))
+
+
+@strawberry.type(description="A scenario's live metrics: totals from windowStart to windowEnd (now), with rates.")
+class MetricsSnapshot(MetricsCounters):
+    scenario_id: strawberry.ID
+    window: MetricsWindow
+    window_start: datetime = strawberry.field(description="Start of the first minute counted: totals are since then.")
+    window_end: datetime = strawberry.field(description="When the snapshot was read.")
     by_source: list[MetricsBreakdown] = strawberry.field(description="Per recall source, most impressions first.")
     by_variant: list[MetricsBreakdown] = strawberry.field(description="Per experiment variant, most impressions first.")
 
