@@ -234,3 +234,12 @@ def _document(e: InteractionData, doc_id: str, event_id: str, tenant_id: str, no
         "event_id": event_id,
         "received_at": now,
     }
+
+
+async def newest_event_time(*, tenant_id: str, scenario_id: str) -> datetime | None:
+    """Return the event time of the scenario's newest stored interaction (None without any): what time windows on
+    stored events count back from, so an imported history behaves like live traffic."""
+    newest = await Interaction.get_pymongo_collection().find_one(
+        {"tenant_id": tenant_id, "scenario_id": scenario_id}, {"ts": 1}, sort=[("ts", -1)]
+    )
+    return None if newest is None else newest["ts"]

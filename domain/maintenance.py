@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from domain.errors import NotFound
+from domain.events import newest_event_time
 from domain.ids import utcnow
 from domain.learning import versions
 from models.cache import Cache, tenant_key
@@ -85,13 +86,11 @@ class MaintenanceService:
         """
         if not days:
             return 0
-        scoped = {"tenant_id": tenant_id, "scenario_id": scenario_id}
-        collection = Interaction.get_pymongo_collection()
-        newest = await collection.find_one(scoped, {"ts": 1}, sort=[("ts", -1)])
+        newest = await newest_event_time(tenant_id=tenant_id, scenario_id=scenario_id)
         if newest is None:
             return 0
-        cutoff = newest["ts"] - timedelta(days=days)
-        result = await collection.delete_many({**scoped, "ts": {"$lt": cutoff}})  # the (tenant, scenario, ts) index
+        scoped = {"tenant_id": tenant_id, "scenario_id": scenario_id, "ts": {"$lt": newest - timedelta(days=days)}}
+        result = await Interaction.get_pymongo_collection().delete_many(scoped)  # the (tenant, scenario, ts) index
         return result.deleted_count
 
     async def delete_orphan_keys(self, *, tenant_id: str) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from domain.errors import DomainError, NotFound, Unavailable
+from domain.events import newest_event_time
 from domain.recommend.service import RecommendationService
 from domain.scenarios.service import ScenarioService
 from models.cache import CacheUnavailable
@@ -39,11 +40,11 @@ class CandidatePolicy:
 
 async def active_users(*, tenant_id: str, scenario_id: str, hours: float, limit: int) -> list[str]:
     """Return up to `limit` users with interactions in the scenario's last `hours` (of event time), latest first."""
-    scoped = {"tenant_id": tenant_id, "scenario_id": scenario_id}
-    newest = await Interaction.get_pymongo_collection().find_one(scoped, {"ts": 1}, sort=[("ts", -1)])
+    newest = await newest_event_time(tenant_id=tenant_id, scenario_id=scenario_id)
     if newest is None:
         return []
-    match = {**scoped, "ts": {"$gte": newest["ts"] - timedelta(hours=hours)}}  # one dict: the index applies
+    since = newest - timedelta(hours=hours)
+    match = {"tenant_id": tenant_id, "scenario_id": scenario_id, "ts": {"$gte": since}}  # one dict: the index applies
     rows = await Interaction.get_pymongo_collection().aggregate([
         {"$match": match}, {"$group": {"_id": "$user_id", "last": {"$max": "$ts"}}},
         {"$sort": {"last": -1, "_id": 1}}, {"$limit": limit},
