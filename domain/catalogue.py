@@ -19,7 +19,7 @@ from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
 from domain.errors import BadInput
-from domain.hotcache import HotCache
+from domain.hotcache import HotCache, Revalidator
 from domain.ids import check_first, decode_cursor, encode_cursor, utcnow
 from domain.scenarios.service import Page, ScenarioService
 from models.cache import Cache, CacheUnavailable, ItemMeta, meta_from_item
@@ -32,6 +32,8 @@ MAX_ID = 256
 MAX_LABELS = 100
 MAX_ATTRIBUTES_BYTES = 64 * 1024
 DUPLICATE_KEY = 11000
+ITEM_TTL_S = 30.0  # how long a shown item is reused as read; other processes' changes show after it
+ITEM_STALE_S = 3600.0  # how long past that it is still shown while a background read refreshes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +145,11 @@ class CatalogueService:
     def __init__(self, cache: Cache, scenarios: ScenarioService) -> None:
         self._cache = cache
         self._scenarios = scenarios
-        self._hot: HotCache[Item] = HotCache()  # items shown in every list: keep MongoDB off the request path
+        # Items shown in every list: keep MongoDB off the request path. A value past its TTL is still shown while
+        # a background task re-reads it (for an hour at most), so a list waits on MongoDB only for items it has
+        # never shown; this process's own writes drop their items at once.
+        self._hot: HotCache[Item] = HotCache(ttl_s=ITEM_TTL_S, stale_s=ITEM_STALE_S)
+        self._reread = Revalidator(self._reread_items, name="items")
 
     async def upsert(self, items: Sequence[ItemData], *, tenant_id: str, scenario_id: str) -> UpsertResult:
         """Insert or update items under a scenario; bad rows are reported, good rows stored."""
@@ -244,13 +250,40 @@ class CatalogueService:
         self._hot.drop_where(lambda key: key[0] == tenant_id)
 
     async def get_many(self, ids: Sequence[str], *, tenant_id: str) -> list[Item | None]:
-        """Return items in the order of ids, None for missing ones (hot cache, then one query)."""
-        by_id = {i: doc for i in dict.fromkeys(ids) if (doc := self._hot.get((tenant_id, i))) is not None}
-        if missing := [composite_id(tenant_id, i) for i in dict.fromkeys(ids) if i not in by_id]:
-            for doc in await Item.find({"_id": {"$in": missing}, "tenant_id": tenant_id}).to_list():
-                by_id[doc.item_id] = doc
-                self._hot.put((tenant_id, doc.item_id), doc)
+        """Return items in the order of ids, None for missing ones (hot cache, then one query for the items not
+        held; held items past their TTL are re-read in the background)."""
+        by_id: dict[str, Item] = {}
+        missing: list[str] = []
+        stale: list[tuple[str, str]] = []
+        for item_id in dict.fromkeys(ids):
+            doc, old = self._hot.lookup((tenant_id, item_id))
+            if doc is None:
+                missing.append(item_id)
+            else:
+                by_id[item_id] = doc
+                if old:
+                    stale.append((tenant_id, item_id))
+        if missing:
+            by_id.update(await self._read_items(missing, tenant_id=tenant_id))
+        if stale:
+            self._reread.schedule(stale)
         return [by_id.get(i) for i in ids]
+
+    async def _read_items(self, ids: Sequence[str], *, tenant_id: str) -> dict[str, Item]:
+        """Read items from MongoDB into the hot cache; return those found."""
+        found = await Item.find({"_id": {"$in": [composite_id(tenant_id, i) for i in ids]}, "tenant_id": tenant_id}
+                                ).to_list()
+        for doc in found:
+            self._hot.put((tenant_id, doc.item_id), doc)
+        return {doc.item_id: doc for doc in found}
+
+    async def _reread_items(self, keys: list[tuple[str, str]]) -> None:
+        by_tenant: dict[str, list[str]] = {}
+        for tenant_id, item_id in keys:
+            by_tenant.setdefault(tenant_id, []).append(item_id)
+        for tenant_id, ids in by_tenant.items():
+            found = await self._read_items(ids, tenant_id=tenant_id)
+            self._hot.drop((tenant_id, i) for i in ids if i not in found)  # deleted meanwhile
 
     async def metas(self, ids: Sequence[str], *, tenant_id: str) -> dict[str, ItemMeta]:
         """Return ingest metadata for the ids that exist: cache first, MongoDB for the rest."""

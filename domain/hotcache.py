@@ -1,33 +1,55 @@
-"""A small in-process LRU with expiry, for objects read on every request (items shown in lists)."""
+"""A small in-process LRU with expiry, for objects read on every request (items shown in lists, scenarios), and a
+helper that re-reads stale entries in the background so requests do not wait on the store for them."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
+import structlog
+
 V = TypeVar("V")
+K = TypeVar("K", bound=Hashable)
+
+log = structlog.get_logger()
 
 
 class HotCache(Generic[V]):
-    """Keep up to `size` values for `ttl_s` seconds; other API pods see changes within ttl_s."""
+    """Keep up to `size` values for `ttl_s` seconds; other API pods see changes within ttl_s.
 
-    def __init__(self, *, size: int = 50_000, ttl_s: float = 30.0) -> None:
+    With `stale_s`, a value past its TTL is still returned by `lookup` for that much longer, marked stale, so the
+    caller can answer at once and re-read it in the background (stale-while-revalidate); `get` never returns it.
+    """
+
+    def __init__(self, *, size: int = 50_000, ttl_s: float = 30.0, stale_s: float = 0.0) -> None:
         self._data: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
         self._size = size
         self._ttl = ttl_s
+        self._stale = stale_s
 
     def get(self, key: Hashable) -> V | None:
         """Return a live value or None."""
+        value, stale = self.lookup(key)
+        return None if stale else value
+
+    def lookup(self, key: Hashable) -> tuple[V | None, bool]:
+        """Return (value, stale): a live value with False, a value past its TTL but within `stale_s` with True (re-read
+        it), else (None, True)."""
         entry = self._data.get(key)
         if entry is None:
-            return None
-        if entry[0] < time.monotonic():
-            del self._data[key]
-            return None
+            return None, True
+        expires, value = entry
+        now = time.monotonic()
+        if expires < now:
+            if expires + self._stale < now:
+                del self._data[key]
+                return None, True
+            return value, True
         self._data.move_to_end(key)
-        return entry[1]
+        return value, False
 
     def put(self, key: Hashable, value: V) -> None:
         """Store a value, evicting the least recently used beyond the size."""
@@ -45,3 +67,37 @@ class HotCache(Generic[V]):
         """Forget keys (after a local write)."""
         for key in keys:
             self._data.pop(key, None)
+
+
+class Revalidator(Generic[K]):
+    """Re-read keys in background tasks, each key at most once at a time; failures are logged and retried on the
+    next stale read."""
+
+    def __init__(self, reread: Callable[[list[K]], Awaitable[object]], *, name: str) -> None:
+        self._reread = reread
+        self._name = name
+        self._pending: set[K] = set()
+        self._tasks: set[asyncio.Task] = set()
+
+    def schedule(self, keys: Iterable[K]) -> None:
+        """Start re-reading the keys not already being re-read."""
+        fresh = [k for k in dict.fromkeys(keys) if k not in self._pending]
+        if not fresh:
+            return
+        self._pending.update(fresh)
+        task = asyncio.create_task(self._run(fresh), name=f"recograph.revalidate.{self._name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, keys: list[K]) -> None:
+        try:
+            await self._reread(keys)
+        except Exception as exc:  # noqa: BLE001 - a failed re-read leaves the stale value; the next read retries
+            log.warning("hotcache.revalidate_failed", cache=self._name, keys=len(keys), error=repr(exc))
+        finally:
+            self._pending.difference_update(keys)
+
+    async def drain(self) -> None:
+        """Wait for the re-reads in flight (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

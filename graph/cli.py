@@ -56,11 +56,10 @@ def _settings(host: str | None = None, port: int | None = None, data_dir: Path |
 
 
 def _serving(settings: Settings) -> Settings:
-    """Return settings for a serving process: the event consumer in a child process unless configured, so its CPU
-    stays off the serving loop."""
-    if "consumer_process" in settings.server.model_fields_set:
-        return settings
-    return settings.model_copy(update={"server": settings.server.model_copy(update={"consumer_process": True})})
+    """Return settings for a serving process: unless configured, the event consumer runs in a child process, so its
+    CPU stays off the serving loop, and the heap is frozen after models load, so full collections stay short."""
+    updates = {name: True for name in ("consumer_process", "freeze_heap") if name not in settings.server.model_fields_set}
+    return settings.model_copy(update={"server": settings.server.model_copy(update=updates)}) if updates else settings
 
 
 def _run(work: Callable[[], Awaitable[T]]) -> T:

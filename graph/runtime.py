@@ -17,6 +17,7 @@ from pymongo import AsyncMongoClient
 from domain.jobs import ArqQueue
 from domain.learning.service import LearningConfig
 from domain.recommend.serving import ModelRegistry, SwapChannel
+from graph.heap import HeapSettler
 from domain.services import Services
 from models.cache import RedisCache
 from models.embedded import EmbeddedServers
@@ -40,6 +41,7 @@ class Runtime:
     registry: ModelRegistry | None = None  # the serving copy of every scenario's model (serving processes only)
     models_dir: Path | None = None
     scratch_models: bool = False  # models_dir is a temporary directory to remove on close
+    heap: HeapSettler | None = None  # freezes the heap after models change (serving processes, `freeze_heap`)
 
     async def health(self, timeout_s: float = 1.0) -> dict[str, bool]:
         """Return whether each component answers within timeout_s (a probe must answer fast)."""
@@ -98,7 +100,8 @@ async def open_runtime(settings: Settings, *, with_vectors: bool = True) -> Runt
     models_dir, scratch = _models_dir(settings)
     channel = SwapChannel(cache.client)
     # Only a process that serves (and so holds the vector store) keeps models in memory; CLI commands do not.
-    registry = _registry(settings, vectors, models_dir, channel) if with_vectors else None
+    heap = HeapSettler() if with_vectors and settings.server.freeze_heap else None
+    registry = _registry(settings, vectors, models_dir, channel, heap) if with_vectors else None
     learning = LearningConfig(
         models_dir=models_dir, time_limit_s=settings.training.train_time_limit_s, swaps=registry, notifier=channel,
         similarity_time_limit_s=settings.jobs.similarity_time_limit_s,
@@ -107,7 +110,7 @@ async def open_runtime(settings: Settings, *, with_vectors: bool = True) -> Runt
                               jobs_policy=job_policy(settings))
     return Runtime(
         settings=settings, servers=servers, mongo=mongo, cache=cache, vectors=vectors, services=services, arq=arq,
-        registry=registry, models_dir=models_dir, scratch_models=scratch,
+        registry=registry, models_dir=models_dir, scratch_models=scratch, heap=heap,
     )
 
 
@@ -123,10 +126,12 @@ def _models_dir(settings: Settings) -> tuple[Path, bool]:
     return path, scratch
 
 
-def _registry(settings: Settings, vectors: VectorStore | None, models_dir: Path, channel: SwapChannel) -> ModelRegistry:
+def _registry(
+    settings: Settings, vectors: VectorStore | None, models_dir: Path, channel: SwapChannel, heap: HeapSettler | None
+) -> ModelRegistry:
     training = settings.training
     return ModelRegistry(
         vectors=vectors, models_dir=models_dir, channel=channel, refresh_s=training.models_refresh_s,
         catalogue_refresh_s=training.catalogue_refresh_s, max_loaded=training.max_loaded_scenarios,
-        ann_min_items=training.ann_min_items,
+        ann_min_items=training.ann_min_items, on_change=heap.request if heap is not None else None,
     )

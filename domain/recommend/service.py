@@ -56,7 +56,7 @@ class RecommendationPage:
 
 
 class EngineSource(Protocol):
-    async def get(self, tenant_id: str, scenario_id: str) -> Any: ...
+    async def get(self, tenant_id: str, scenario_id: str, *, config_version: int | None = None) -> Any: ...
 
 
 def served_depth(limit: int) -> int:
@@ -88,12 +88,14 @@ class RecommendationService:
         scenario = await self._scenarios.cached(scenario_id, tenant_id=tenant_id)
         store: Awaitable[None] | None = None
         if after is not None:
-            page = await self._continue(after, limit, scenario_id=scenario_id, user_id=user_id, tenant_id=tenant_id)
+            page = await self._continue(after, limit, scenario_id=scenario_id, user_id=user_id, tenant_id=tenant_id,
+                                        config_version=scenario.config_version)
         else:
             key = _answer_key(scenario.config_version, exclude_seen, context)
             served = ServedList(request_id="", scenario_id=scenario_id, user_id=user_id, exclude_seen=exclude_seen,
                                 context=context)
-            page, store = await self._first_page(served, key, limit, debug, tenant_id=tenant_id)
+            page, store = await self._first_page(served, key, limit, debug, tenant_id=tenant_id,
+                                                 config_version=scenario.config_version)
         record = self._record(page, tenant_id=tenant_id, scenario_id=scenario_id, user_id=user_id)
         # Storing a computed list and noting the impression are independent writes: one wait for both.
         await (asyncio.gather(store, record) if store is not None else record)
@@ -104,8 +106,8 @@ class RecommendationService:
     ) -> RecommendationPage:
         """Return items similar to one item within a scenario."""
         limit = check_first(first, maximum=max_first)
-        await self._scenarios.cached(scenario_id, tenant_id=tenant_id)
-        engine = await self._engine(tenant_id, scenario_id)
+        scenario = await self._scenarios.cached(scenario_id, tenant_id=tenant_id)
+        engine = await self._engine(tenant_id, scenario_id, scenario.config_version)
         result: RecResult = await engine.similar(item_id, limit=limit, exclude=frozenset({item_id}))
         served = ServedList(request_id=uuid.uuid4().hex, scenario_id=scenario_id, user_id="", exclude_seen=False,
                             context={})
@@ -116,7 +118,7 @@ class RecommendationService:
         return page
 
     async def _first_page(
-        self, served: ServedList, key: str, limit: int, debug: bool, *, tenant_id: str
+        self, served: ServedList, key: str, limit: int, debug: bool, *, tenant_id: str, config_version: int
     ) -> tuple[RecommendationPage, Awaitable[None] | None]:
         """Answer from the user's cached answer, else compute a served list a few pages deep; return the page and,
         for a computed list, the write that keeps it (the caller awaits it)."""
@@ -128,7 +130,8 @@ class RecommendationService:
                 return _page(hit, 0, limit), None
         depth = served_depth(limit)
         seen = set() if state is None else state.seen
-        result, cold = await self._compute(served, depth, limit, debug, tenant_id=tenant_id, seen=seen)
+        result, cold = await self._compute(served, depth, limit, debug, tenant_id=tenant_id, seen=seen,
+                                           config_version=config_version)
         served.request_id = uuid.uuid4().hex
         served.extend(result.items, complete=len(result.items) < depth)
         version = None if state is None else state.version
@@ -137,7 +140,7 @@ class RecommendationService:
                                                                                    tenant_id=tenant_id)
 
     async def _continue(
-        self, after: str, limit: int, *, scenario_id: str, user_id: str, tenant_id: str
+        self, after: str, limit: int, *, scenario_id: str, user_id: str, tenant_id: str, config_version: int
     ) -> RecommendationPage:
         """Return the page of a served list that `after` points at, extending the list when it pages past it."""
         request_id, _, offset = (decode_cursor(after) or "").partition("@")
@@ -146,17 +149,17 @@ class RecommendationService:
             raise BadInput("this cursor has expired or is not from this API; ask again without `after`", field="after")
         start = int(offset)
         if start + limit > len(served) and not served.complete:
-            await self._extend(served, start + limit, limit, tenant_id=tenant_id)
+            await self._extend(served, start + limit, limit, tenant_id=tenant_id, config_version=config_version)
         return _page(served, start, limit)
 
-    async def _extend(self, served: ServedList, wanted: int, page: int, *, tenant_id: str) -> None:
+    async def _extend(self, served: ServedList, wanted: int, page: int, *, tenant_id: str, config_version: int) -> None:
         """Append newly ranked items, none served before under the list's request id, until `wanted` are listed."""
         depth = min(max(wanted - len(served), served_depth(page)), MAX_SERVED - len(served))
         if depth <= 0:
             served.complete = True
         else:
             result, _ = await self._compute(served, depth, page, False, tenant_id=tenant_id,
-                                            also_exclude=frozenset(served.item_ids))
+                                            also_exclude=frozenset(served.item_ids), config_version=config_version)
             listed = set(served.item_ids)
             fresh = [r for r in result.items if r.item_id not in listed]
             done = len(result.items) < depth or not fresh or len(served) + len(fresh) >= MAX_SERVED
@@ -165,20 +168,20 @@ class RecommendationService:
 
     async def _compute(
         self, served: ServedList, depth: int, page: int, debug: bool, *, tenant_id: str,
-        also_exclude: Collection[str] = frozenset(), seen: set[str] | None = None,
+        also_exclude: Collection[str] = frozenset(), seen: set[str] | None = None, config_version: int | None = None,
     ) -> tuple[RecResult, bool]:
         """Rank for the served list's user; `seen` is the user's seen set when already read (None: read it).
         Return the result and whether the user has no history (a cold start)."""
-        engine = await self._engine(tenant_id, served.scenario_id)
+        engine = await self._engine(tenant_id, served.scenario_id, config_version)
         if seen is None:
             seen = await self._seen(served.scenario_id, served.user_id, tenant_id=tenant_id)
         request = await self._request(engine, served, depth, page, debug, also_exclude, seen, tenant_id=tenant_id)
         return await engine.recommend(request), not request.history
 
-    async def _engine(self, tenant_id: str, scenario_id: str) -> Any:
+    async def _engine(self, tenant_id: str, scenario_id: str, config_version: int | None) -> Any:
         if self._engines is None:  # CLI processes serve no recommendations
             raise Unavailable("this process runs no recommendation engine")
-        return await self._engines.get(tenant_id, scenario_id)
+        return await self._engines.get(tenant_id, scenario_id, config_version=config_version)
 
     async def _request(
         self, engine: Any, served: ServedList, depth: int, page: int, debug: bool, also_exclude: Collection[str],

@@ -133,9 +133,10 @@ class ModelRegistry:
     def __init__(
         self, *, vectors: VectorStore | None, models_dir: Path | None, channel: SwapChannel | None = None,
         config_ttl_s: float = 1.0, refresh_s: float = 30.0, catalogue_refresh_s: float = 30.0, max_loaded: int = 200,
-        ann_min_items: int = 50_000, live: LivePopularity | None = None,
+        ann_min_items: int = 50_000, live: LivePopularity | None = None, on_change: Callable[[], None] | None = None,
     ) -> None:
         self._vectors = vectors
+        self._on_change = on_change  # told after a model or item view is installed (the process settles its heap)
         # Live popularity comes from the Redis the swap notices use unless a reader is given.
         self._live = live if live is not None or channel is None else LivePopularity(channel.client)
         self._ann_min_items = ann_min_items
@@ -150,11 +151,21 @@ class ModelRegistry:
         self._used: set[Key] = set()  # served since their items were last checked
         self._tasks: list[asyncio.Task] = []
 
-    async def get(self, tenant_id: str, scenario_id: str) -> Engine:
-        """Return the scenario's Engine (untrained until a version is active); NotFound for a missing scenario."""
+    async def get(self, tenant_id: str, scenario_id: str, *, config_version: int | None = None) -> Engine:
+        """Return the scenario's Engine (untrained until a version is active); NotFound for a missing scenario.
+
+        A caller that has just read the scenario passes its `config_version`: the Engine is then rebuilt only when
+        that is newer than the one served, with no read of its own. Without it the config is re-read at most every
+        `config_ttl_s`.
+        """
         key = (tenant_id, scenario_id)
         served = self._served.get(key)
-        if served is None or time.monotonic() - served.config_checked > self._config_ttl:
+        if served is None:
+            served = await self._current(key)
+        elif config_version is not None:
+            if config_version > served.config_version:
+                served = await self._current(key, force=True)
+        elif time.monotonic() - served.config_checked > self._config_ttl:
             served = await self._current(key)
         self._served.move_to_end(key)
         self._used.add(key)
@@ -249,11 +260,12 @@ class ModelRegistry:
     def _lock(self, key: Key) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
-    async def _current(self, key: Key) -> Served:
-        """Load the scenario, or rebuild its Engine when the config changed; drop it when it is gone."""
+    async def _current(self, key: Key, *, force: bool = False) -> Served:
+        """Load the scenario, or rebuild its Engine when the config changed; drop it when it is gone. Unless forced,
+        a check made within the config TTL (by a request this one waited for) stands."""
         async with self._lock(key):
             served = self._served.get(key)
-            if served is not None and time.monotonic() - served.config_checked <= self._config_ttl:
+            if served is not None and not force and time.monotonic() - served.config_checked <= self._config_ttl:
                 return served  # another request checked it while this one waited
             scenario = await Scenario.find_one({"_id": key[1], "tenant_id": key[0]})
             if scenario is None:
@@ -354,6 +366,7 @@ class ModelRegistry:
         engine = self._engine(key, scenario, served.model, catalogue, served.space)
         self._served[key] = replace(served, engine=engine, catalogue=catalogue, fingerprint=fingerprint,
                                     config_version=scenario.config_version, catalogue_checked=time.monotonic())
+        self._changed()
         log.info("models.catalogue_refreshed", tenant_id=key[0], scenario_id=key[1], items=len(catalogue))
 
     def _keep(self, key: Key, served: Served) -> None:
@@ -363,6 +376,11 @@ class ModelRegistry:
             old, _ = self._served.popitem(last=False)
             self._locks.pop(old, None)
             self._used.discard(old)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
 
     def _forget(self, key: Key) -> None:
         self._served.pop(key, None)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.errors import BadInput, NotFound
-from domain.hotcache import HotCache
+from domain.hotcache import HotCache, Revalidator
 from domain.ids import check_first, decode_cursor, encode_cursor, new_id, utcnow
 from domain.scenarios.config import build_config, merge_config, validate_config
 from domain.scenarios.templates import TEMPLATES
@@ -27,6 +27,7 @@ class Page:
 
 SCENARIO_TTL_S = 2.0  # how long a scenario read for serving is reused; other processes' changes show after it
 SCENARIOS_KEPT = 10_000
+SCENARIO_STALE_S = 600.0  # how long past the TTL a scenario is still used while it is re-read in the background
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,10 @@ class ScenarioService:
     def __init__(self, cache: Cache, *, ttl_s: float = SCENARIO_TTL_S) -> None:
         self._cache = cache
         # Read paths (recommendations, item listings) ask for a scenario on every request: keep MongoDB off them.
-        self._recent: HotCache[Scenario] = HotCache(size=SCENARIOS_KEPT, ttl_s=ttl_s)
+        # Past the TTL a scenario is still used while a background read refreshes it, so requests never wait on
+        # MongoDB for a scenario they have used lately.
+        self._recent: HotCache[Scenario] = HotCache(size=SCENARIOS_KEPT, ttl_s=ttl_s, stale_s=SCENARIO_STALE_S)
+        self._reread = Revalidator(self._reread_scenarios, name="scenarios")
         self._changes = 0  # bumped by every local change, so a read that raced with one is not kept
 
     async def create(self, *, tenant_id: str, name: str, template: str, config: Mapping | None) -> Scenario:
@@ -113,13 +117,27 @@ class ScenarioService:
         """Return the tenant's scenario as read at most the TTL ago (this process's own changes show at once), or
         raise NotFound naming the argument. For read paths; the returned document must not be changed."""
         key = (tenant_id, scenario_id)
-        if (scenario := self._recent.get(key)) is not None:
+        scenario, stale = self._recent.lookup(key)
+        if scenario is not None:
+            if stale:
+                self._reread.schedule([key])
             return scenario
         changes = self._changes
         scenario = await self.get_or_raise(scenario_id, tenant_id=tenant_id, field=field)
         if changes == self._changes:
             self._recent.put(key, scenario)
         return scenario
+
+    async def _reread_scenarios(self, keys: list[tuple[str, str]]) -> None:
+        for tenant_id, scenario_id in keys:
+            changes = self._changes
+            scenario = await self.get(scenario_id, tenant_id=tenant_id)
+            if changes != self._changes:
+                continue  # changed here meanwhile: the next read goes to MongoDB
+            if scenario is None:
+                self._recent.drop([(tenant_id, scenario_id)])  # deleted elsewhere: the next read says so
+            else:
+                self._recent.put((tenant_id, scenario_id), scenario)
 
     def _forget(self, scenario_id: str, *, tenant_id: str) -> None:
         self._changes += 1

@@ -91,8 +91,9 @@ async def start_redis(home: Path, log_path: Path, *, persist: bool, timeout_s: f
     """Start redis-server with its files in home (persisting them when persist) and wait for a ping."""
     command = find_redis_command()
     home.mkdir(parents=True, exist_ok=True)
-    # Append-only file plus Redis's default RDB save points, so writes survive a restart; in memory: neither.
-    keep = ["--appendonly", "yes"] if persist else ["--save", "", "--appendonly", "no"]
+    # The append-only file alone keeps writes across a restart (its rewrites start from an RDB preamble); RDB save
+    # points on top would only add forks and full dumps beside serving. In memory: neither.
+    keep = ["--appendonly", "yes", "--save", ""] if persist else ["--save", "", "--appendonly", "no"]
 
     def argv(port: int) -> list[str]:
         return [command, "--port", str(port), "--bind", LOOPBACK, "--daemonize", "no", "--dir", str(home), *keep]

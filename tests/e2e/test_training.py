@@ -208,14 +208,20 @@ async def test_another_process_converges_by_notice_and_by_re_check(served, gql, 
 
 async def test_the_registry_follows_item_and_config_changes(served, gql, owner):
     sid = await shop(gql, owner.admin, "changes", users=10, items=20)
+    changes = []
     registry = ModelRegistry(vectors=served.runtime.vectors, models_dir=served.runtime.models_dir, config_ttl_s=0,
-                             catalogue_refresh_s=0)
+                             catalogue_refresh_s=0, on_change=lambda: changes.append(1))
     engine = await registry.get(owner.tenant_id, sid)
     assert engine.model is None and len(engine.catalogue) == 20  # untrained: served from the catalogue alone
+    assert len(changes) == 1  # a loaded item view: the process settles its heap
+    await registry.refresh()
+    assert len(changes) == 1  # nothing changed, nothing to settle
+    await registry.get(owner.tenant_id, sid)  # used again: its items are checked on the next refresh
     await gql.data(UPSERT, {"s": sid, "items": [{"id": "late", "title": "Late arrival"}]}, key=owner.admin)
     await registry.refresh()
     refreshed = await registry.get(owner.tenant_id, sid)
     assert "late" in refreshed.catalogue.index and len(refreshed.catalogue) == 21
+    assert len(changes) == 2
     update = "mutation($id: ID!, $input: UpdateScenarioInput!) { updateScenario(id: $id, input: $input) { id } }"
     config = {"fallback": {"minItems": 7}}
     await gql.data(update, {"id": sid, "input": {"config": config}}, key=owner.admin)

@@ -49,7 +49,7 @@ class Engines:
     engine: Engine
     asked: int = 0
 
-    async def get(self, tenant_id: str, scenario_id: str) -> Engine:
+    async def get(self, tenant_id: str, scenario_id: str, *, config_version: int | None = None) -> Engine:
         self.asked += 1
         return self.engine
 
