@@ -29,8 +29,8 @@ class ServerSettings(BaseSettings):
         "than a task in the API process; `serve` turns it on unless set."
     )
     freeze_heap: bool = Field(
-        False, description="After start-up and after each model swap, freeze the heap so the garbage collector's full "
-        "scans skip long-lived objects (no 200-300 ms pauses under load); `serve` turns it on unless set."
+        False, description="After start-up and after each model or item-view change, freeze the heap so the garbage "
+        "collector's full scans skip long-lived objects (no 200-300 ms pauses under load); `serve` turns it on unless set."
     )
 
 

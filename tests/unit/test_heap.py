@@ -30,7 +30,19 @@ def test_settle_freezes_survivors_and_frees_frozen_cycles_next_time():
     gc.collect()
     assert ref() is not None  # frozen: full collections no longer scan it (nor free it)
     settler.settle()
-    assert ref() is None  # the next settle collects the frozen generation too
+    assert ref() is not None  # a settle soon after a full one only freezes
+    settler.settle(full=True)
+    assert ref() is None  # a full settle collects the frozen generation too
+
+
+def test_settles_are_full_once_the_last_full_one_is_old_enough():
+    settler = HeapSettler(full_every_s=0.0)
+    node = Node()
+    ref = weakref.ref(node)
+    settler.settle()
+    del node
+    settler.settle()
+    assert ref() is None
 
 
 async def test_requests_coalesce_into_one_settle(monkeypatch):
