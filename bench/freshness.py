@@ -144,12 +144,17 @@ async def main(args: argparse.Namespace) -> int:
     return report(idle, loaded, achieved, args.rate, TARGET_P99_S)
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--probes", type=int, default=200)
+def load_arguments(parser: argparse.ArgumentParser, *, probes: int) -> argparse.ArgumentParser:
+    """Add the probe count and the background load's options (shared with bench/metrics.py)."""
+    parser.add_argument("--probes", type=int, default=probes)
     parser.add_argument("--rate", type=int, default=1000, help="background events per second")
     parser.add_argument("--batch", type=int, default=100, help="events per background recordInteractions call")
     parser.add_argument("--workers", type=int, default=8,
                         help="background calls in flight, each paced to rate/workers (a 100-event call takes "
-                             "0.3-0.5 s under this load: 4 in flight cannot offer 1,000 events/s)")
+                             "about 0.4 s under this load: 4 in flight cannot offer 1,000 events/s)")
+    return parser
+
+
+if __name__ == "__main__":
+    parser = load_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), probes=200)
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -25,7 +25,7 @@ from gql.transport.websockets import WebsocketsTransport
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from freshness import ITEMS, RECORD, Api, background, report, set_up  # noqa: E402
+from freshness import ITEMS, RECORD, Api, background, load_arguments, report, set_up  # noqa: E402
 from harness import free_port  # noqa: E402
 from ingest import ServeProcess  # noqa: E402
 
@@ -99,11 +99,5 @@ async def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--probes", type=int, default=100)
-    parser.add_argument("--rate", type=int, default=1000, help="background events per second")
-    parser.add_argument("--batch", type=int, default=100, help="events per background recordInteractions call")
-    parser.add_argument("--workers", type=int, default=8,
-                        help="background calls in flight, each paced to rate/workers (a 100-event call takes "
-                             "0.3-0.5 s under this load: 4 in flight cannot offer 1,000 events/s)")
+    parser = load_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), probes=100)
     sys.exit(asyncio.run(main(parser.parse_args())))
