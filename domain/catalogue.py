@@ -19,9 +19,10 @@ from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
 from domain.errors import BadInput
-from domain.hotcache import HotCache, Revalidator
+from domain.hotcache import HotCache, Invalidations, Revalidator
 from domain.ids import check_first, decode_cursor, encode_cursor, utcnow
 from domain.scenarios.service import Page, ScenarioService
+from domain.windows import KeyWindows
 from models.cache import Cache, CacheUnavailable, ItemMeta, meta_from_item
 from models.documents import Item, composite_id
 
@@ -142,9 +143,18 @@ def _item_fields(data: ItemData, now: datetime) -> dict[str, Any]:
 class CatalogueService:
     """Item storage scoped by tenant."""
 
-    def __init__(self, cache: Cache, scenarios: ScenarioService) -> None:
+    def __init__(
+        self, cache: Cache, scenarios: ScenarioService, *, windowed_listing: bool = False,
+        invalidations: Invalidations | None = None,
+    ) -> None:
+        """`windowed_listing`: page `list` through key windows, for a server that sorts every match before limiting
+        (the embedded one; see domain/windows.py). `invalidations`: tell other processes which items changed."""
         self._cache = cache
         self._scenarios = scenarios
+        self._invalidations = invalidations or Invalidations(None)
+        self._invalidations.on("items", lambda tenant_id, ids: self._hot.drop((tenant_id, i) for i in ids))
+        self._invalidations.on("tenant-items", lambda tenant_id, _: self.forget_cached(tenant_id=tenant_id))
+        self._windows = KeyWindows(self._listing_keys) if windowed_listing else None
         # Items shown in every list: keep MongoDB off the request path. A value past its TTL is still shown while
         # a background task re-reads it (for an hour at most), so a list waits on MongoDB only for items it has
         # never shown; this process's own writes drop their items at once.
@@ -170,6 +180,7 @@ class CatalogueService:
             self._hot.drop((tenant_id, d.id) for d in accepted)
             new = await self._write(accepted, tenant_id=tenant_id, scenario_id=scenario_id, now=now)
             await self._mirror(accepted, new, tenant_id=tenant_id, scenario_id=scenario_id)
+            await self._invalidations.publish("items", tenant_id, [d.id for d in accepted if d.id])
         result.upserted = len(accepted)
         return result
 
@@ -243,11 +254,28 @@ class CatalogueService:
             await self._cache.drop_item_meta(list(ids), tenant_id=tenant_id)
         except CacheUnavailable as exc:
             log.warning("cache.unavailable", op="items.delete", error=str(exc))
+        await self._invalidations.publish("items", tenant_id, list(dict.fromkeys(ids)))
         return result.modified_count
+
+    @property
+    def windowed(self) -> bool:
+        """Whether `list` pages through key windows."""
+        return self._windows is not None
+
+    async def drain(self) -> None:
+        """Wait for the background reads in flight (tests, shutdown)."""
+        await self._reread.drain()
+        if self._windows is not None:
+            await self._windows.drain()
 
     def forget_cached(self, *, tenant_id: str) -> None:
         """Drop the tenant's items from the in-process cache (after a bulk change such as deleting a scenario)."""
         self._hot.drop_where(lambda key: key[0] == tenant_id)
+
+    async def forget_everywhere(self, *, tenant_id: str) -> None:
+        """Drop the tenant's cached items here and in the other processes."""
+        self.forget_cached(tenant_id=tenant_id)
+        await self._invalidations.publish("tenant-items", tenant_id)
 
     async def get_many(self, ids: Sequence[str], *, tenant_id: str) -> list[Item | None]:
         """Return items in the order of ids, None for missing ones (hot cache, then one query for the items not
@@ -319,15 +347,30 @@ class CatalogueService:
         await self._scenarios.cached(scenario_id, tenant_id=tenant_id)
         limit = check_first(first, maximum=max_first)
         matching = _filter_query(filters or ItemFilter(), tenant_id=tenant_id, scenario_id=scenario_id)
-        query = dict(matching)
-        if (start := decode_cursor(after)) is not None:
-            query["item_id"] = {"$gt": start}
-        docs = await Item.find(query).sort("item_id").limit(limit + 1).to_list()
+        start = decode_cursor(after)
+        bounds = [None] if self._windows is None else await self._windows.bounds(
+            (tenant_id, scenario_id), after=start, need=limit + 1
+        )
+        for bound in bounds:  # the last has no bound: it alone would do, but on the embedded server it reads them all
+            keys = {"$gt": start} if start is not None else {}
+            if bound is not None:
+                keys["$lte"] = bound
+            query = {**matching, "item_id": keys} if keys else matching
+            docs = await Item.find(query).sort("item_id").limit(limit + 1).to_list()
+            if len(docs) > limit:
+                break
         nodes = docs[:limit]
         total = lambda: Item.get_pymongo_collection().count_documents(matching)  # noqa: E731
         return Page(
             nodes=nodes, cursors=[encode_cursor(d.item_id) for d in nodes], has_next=len(docs) > limit, total=total
         )
+
+    async def _listing_keys(self, listing: tuple[str, str]) -> list[str]:
+        tenant_id, scenario_id = listing
+        cursor = Item.get_pymongo_collection().find(
+            {"tenant_id": tenant_id, "scenarios": scenario_id}, {"_id": 0, "item_id": 1}
+        )
+        return [doc["item_id"] async for doc in cursor]
 
 
 def _filter_query(f: ItemFilter, *, tenant_id: str, scenario_id: str) -> dict[str, Any]:

@@ -1,15 +1,20 @@
-"""A small in-process LRU with expiry, for objects read on every request (items shown in lists, scenarios), and a
-helper that re-reads stale entries in the background so requests do not wait on the store for them."""
+"""A small in-process LRU with expiry, for objects read on every request (items shown in lists, scenarios), a
+helper that re-reads stale entries in the background so requests do not wait on the store for them, and the
+notices that tell other processes (serving children, other pods) to drop what a write made stale."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
+from redis.exceptions import RedisError
+
+from models.channel import Channel
 
 V = TypeVar("V")
 K = TypeVar("K", bound=Hashable)
@@ -101,3 +106,42 @@ class Revalidator(Generic[K]):
         """Wait for the re-reads in flight (tests, shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+class Invalidations:
+    """Tell the other processes which of their cached entries a write here made stale, and drop ours when they tell.
+
+    Notices travel on Redis pub/sub, at most once: an entry whose notice is lost (Redis away, a process starting)
+    still expires with its cache's TTL. Each kind of entry has one handler, `on(kind, handler(tenant_id, keys))`.
+    """
+
+    def __init__(self, channel: Channel | None) -> None:
+        self._channel = channel
+        self._origin = uuid.uuid4().hex  # our own notices come back too: skip them
+        self._handlers: dict[str, Callable[[str, list[str]], None]] = {}
+
+    def on(self, kind: str, handler: Callable[[str, list[str]], None]) -> None:
+        """Call handler(tenant_id, keys) for each notice of this kind from another process."""
+        self._handlers[kind] = handler
+
+    async def publish(self, kind: str, tenant_id: str, keys: Iterable[str] = ()) -> None:
+        """Tell the other processes (never raises: a lost notice only leaves their entries to expire)."""
+        if self._channel is None:
+            return
+        notice = {"origin": self._origin, "kind": kind, "tenant_id": tenant_id, "keys": list(keys)}
+        try:
+            await self._channel.publish(notice)
+        except (RedisError, OSError) as exc:
+            log.warning("invalidations.publish_failed", kind=kind, error=str(exc))
+
+    async def listen(self) -> None:
+        """Apply the other processes' notices until cancelled (returns at once without a channel)."""
+        if self._channel is not None:
+            await self._channel.listen(self._heard)
+
+    async def _heard(self, notice: dict[str, Any]) -> None:
+        handler = self._handlers.get(str(notice.get("kind")))
+        if handler is None or notice.get("origin") == self._origin:
+            return
+        keys = notice.get("keys")
+        handler(str(notice.get("tenant_id")), [str(k) for k in keys] if isinstance(keys, list) else [])

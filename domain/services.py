@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from domain.background import BackgroundJobs, JobPolicy
 from domain.catalogue import CatalogueService
 from domain.events import EventService
+from domain.hotcache import Invalidations
 from domain.jobs import JobQueue, JobService
 from domain.learning.service import LearningConfig, TrainingService
 from domain.privacy import PrivacyService
@@ -19,7 +20,11 @@ from domain.recommend.service import EngineSource, RecommendationService
 from domain.scenarios.service import ScenarioService
 from domain.tenancy import TenancyService
 from models.cache import Cache, RedisCache
+from models.channel import Channel
 from models.vectors import VectorStore
+
+
+INVALIDATIONS = "recograph:invalidations"  # the Redis channel of `Invalidations`
 
 
 @dataclass(frozen=True)
@@ -36,22 +41,26 @@ class Services:
     background: BackgroundJobs  # every job kind: submit, cancel, schedule fan-out, runs
     live: LiveMetrics | None = None  # live metrics snapshots and streams (need Redis)
     realtime: RealtimeService | None = None  # the event stream's consumer, catch-up and rebuilds (need Redis)
+    invalidations: Invalidations | None = None  # cached entries other processes changed (serving processes listen)
 
     @classmethod
     def build(
         cls, *, cache: Cache, vectors: VectorStore | None, engines: EngineSource | None = None,
         queue: JobQueue | None = None, learning: LearningConfig | None = None, jobs_policy: JobPolicy | None = None,
+        windowed_listing: bool = False,
     ) -> Services:
         """Wire every service over the given stores (MongoDB is reached through Beanie); jobs are submitted to
-        `queue` and trained as `learning` says (without them, submitting or training is refused)."""
-        scenarios = ScenarioService(cache)
-        jobs = JobService(queue)
-        catalogue = CatalogueService(cache, scenarios)
+        `queue` and trained as `learning` says (without them, submitting or training is refused);
+        `windowed_listing` when MongoDB sorts every match before limiting (`models.mongo.sorts_every_match`)."""
         redis = cache.client if isinstance(cache, RedisCache) else None
+        invalidations = Invalidations(Channel(redis, INVALIDATIONS) if redis is not None else None)
+        scenarios = ScenarioService(cache, invalidations=invalidations)
+        jobs = JobService(queue)
+        catalogue = CatalogueService(cache, scenarios, windowed_listing=windowed_listing, invalidations=invalidations)
         profiles = ProfileService(cache, redis)
         training = TrainingService(jobs, scenarios, vectors=vectors, config=learning)
         return cls(
-            tenancy=TenancyService(),
+            tenancy=TenancyService(invalidations),
             scenarios=scenarios,
             catalogue=catalogue,
             profiles=profiles,
@@ -67,4 +76,5 @@ class Services:
                                            engines), cache=cache, learning=learning, policy=jobs_policy),
             live=LiveMetrics.over(cache),
             realtime=RealtimeService(redis, catalogue, scenarios) if redis is not None else None,
+            invalidations=invalidations,
         )

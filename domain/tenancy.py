@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from domain.errors import BadInput, NotFound
+from domain.hotcache import Invalidations
 from domain.ids import new_id, utcnow
 from models.documents import ApiKey, Tenant
 
@@ -56,8 +57,11 @@ def _make_secret(scope: Scope) -> str:
 class TenancyService:
     """Create tenants and keys; authenticate bearer keys."""
 
-    def __init__(self) -> None:
+    def __init__(self, invalidations: Invalidations | None = None) -> None:
         self._auth_cache: dict[str, tuple[float, Principal | None]] = {}
+        # A key revoked by another process (a CLI command, another serving process) stops working here at once.
+        self._invalidations = invalidations or Invalidations(None)
+        self._invalidations.on("keys", self._forget_keys)
 
     async def create_tenant(self, name: str) -> tuple[Tenant, dict[Scope, NewKey]]:
         """Create a tenant with one key per scope."""
@@ -112,7 +116,12 @@ class TenancyService:
             {"_id": key_id, "tenant_id": tenant_id}, {"$set": {"revoked_at": utcnow()}}
         )
         self._auth_cache.pop(key.key_hash, None)
+        await self._invalidations.publish("keys", tenant_id, [key.key_hash])
         return True
+
+    def _forget_keys(self, _tenant_id: str, digests: list[str]) -> None:
+        for digest in digests:
+            self._auth_cache.pop(digest, None)
 
     async def rotate_key(self, key_id: str, *, tenant_id: str) -> NewKey:
         """Replace a key by a new one of the same scope and revoke the old one."""

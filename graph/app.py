@@ -97,6 +97,9 @@ async def _background(runtime: Runtime) -> AsyncIterator[None]:
         runtime.registry.start()
     if runtime.heap is not None:
         runtime.heap.request()  # start-up is done: settle once even before any model loads
+    listening = None
+    if runtime.registry is not None and runtime.services.invalidations is not None:  # a serving process
+        listening = asyncio.create_task(runtime.services.invalidations.listen(), name="recograph-invalidations")
     worker = None
     if runtime.settings.server.run_worker:
         worker = in_process_worker(runtime.services, redis_url=runtime.servers.redis_url, settings=runtime.settings)
@@ -113,6 +116,9 @@ async def _background(runtime: Runtime) -> AsyncIterator[None]:
         else:
             yield
     finally:
+        if listening is not None:
+            listening.cancel()
+            await asyncio.gather(listening, return_exceptions=True)
         if task is not None:
             task.cancel()  # stop polling first (close() alone misses a worker that has not started polling yet)
             await asyncio.gather(task, return_exceptions=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +21,9 @@ from domain.tenancy import Scope
 from graph import demo as demo_setup
 from graph.app import create_app
 from graph.evaluate import register as register_evaluate
+from graph.metrics import process_exited, share_across_processes
 from graph.observability import configure_logging
+from graph.processes import auto_processes, listening_socket, serving_children
 from graph.runtime import Runtime, open_runtime
 from models.embedded import EmbeddedStartError, ServerUnavailable
 from models.settings import Settings
@@ -57,8 +61,13 @@ def _settings(host: str | None = None, port: int | None = None, data_dir: Path |
 
 def _serving(settings: Settings) -> Settings:
     """Return settings for a serving process: unless configured, the event consumer runs in a child process, so its
-    CPU stays off the serving loop, and the heap is frozen after models load, so full collections stay short."""
-    updates = {name: True for name in ("consumer_process", "freeze_heap") if name not in settings.server.model_fields_set}
+    CPU stays off the serving loop, the heap is frozen after models load, so full collections stay short, and one
+    serving process runs per core (at most 4)."""
+    updates: dict[str, Any] = {
+        name: True for name in ("consumer_process", "freeze_heap") if name not in settings.server.model_fields_set
+    }
+    if "processes" not in settings.server.model_fields_set:
+        updates["processes"] = auto_processes()
     return settings.model_copy(update={"server": settings.server.model_copy(update=updates)}) if updates else settings
 
 
@@ -91,11 +100,46 @@ class _Server(uvicorn.Server):
 
 
 async def serve_runtime(settings: Settings, runtime: Runtime) -> None:
-    """Serve HTTP until SIGINT/SIGTERM; the caller closes the runtime."""
+    """Serve HTTP until SIGINT/SIGTERM (with `processes` > 1, beside serving children on the same socket); the caller
+    closes the runtime."""
     host, port = settings.server.host, settings.server.port
     runtime.servers.set_api_url(f"http://{host}:{port}")
+    children = settings.server.processes - 1
+    pooled = runtime.servers.logs_dir.parent / "prometheus" / str(os.getpid())
+    if children:
+        share_across_processes(pooled)
     config = uvicorn.Config(create_app(settings, runtime=runtime), host=host, port=port, log_config=None, lifespan="on")
-    await _Server(config).serve()
+    if not children:
+        await _Server(config).serve()
+        return
+    sock = listening_socket(host, port)
+    try:
+        async with serving_children(settings, runtime, sock.getsockname()[1], children, on_exit=process_exited):
+            await _Server(config).serve(sockets=[sock])
+    finally:
+        sock.close()
+        shutil.rmtree(pooled, ignore_errors=True)
+
+
+@app.command("serve-child", hidden=True)
+def serve_child() -> None:
+    """Serve beside `serve` on its address, attached to its servers (see graph/processes.py)."""
+    settings = Settings()
+
+    async def work() -> None:
+        # A vector store with a URL is shared; the embedded one stays with the parent (embeddings searched here).
+        runtime = await open_runtime(settings, with_vectors=settings.qdrant.url is not None, serving=True)
+        try:
+            config = uvicorn.Config(create_app(settings, runtime=runtime), log_config=None, lifespan="on")
+            sock = listening_socket(settings.server.host, settings.server.port)
+            try:
+                await _Server(config).serve(sockets=[sock])
+            finally:
+                sock.close()
+        finally:
+            await runtime.close()
+
+    _run(work)
 
 
 @app.command()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 from litestar import Request, Response, get
 
 
 @get("/health/live", sync_to_thread=False, include_in_schema=False)
-def live() -> dict[str, str]:
-    """Answer while the process runs."""
-    return {"status": "ok"}
+def live() -> dict[str, str | int]:
+    """Answer while the process runs, with its pid (which of `serve`'s processes answered)."""
+    return {"status": "ok", "pid": os.getpid()}
 
 
 @get("/health/ready", include_in_schema=False)

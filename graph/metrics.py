@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
 from litestar import Request, Response, get
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from strawberry.extensions import SchemaExtension
 
 from domain.errors import DomainError
 from domain.realtime.backlog import MAX_TENANTS, Backlog, read_backlog
 from domain.realtime.snapshots import Counters, MetricsSnapshot, MetricsWindow, SnapshotRequest
-from workers.consumer import consumer_metrics
+from workers.consumer import CONSUMER_COUNTERS, POOL_ENV, consumer_metrics
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
     from strawberry.types import ExecutionContext
 
 __all__ = ("DURATION_BUCKETS", "NAMESPACE", "ConsumerExporter", "GraphQLMetricsExtension", "LiveMetricsExporter",
-           "Metrics")
+           "Metrics", "ReadGauge", "pooled_dir", "process_exited", "share_across_processes")
 
 _log = structlog.get_logger()
 
@@ -44,11 +47,70 @@ OTHER_OPERATIONS = "other"
 CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
+def share_across_processes(directory: Path) -> None:
+    """Pool this process's Prometheus values with its children's: from now on counters, histograms and gauges keep
+    their values in files under `directory` (emptied here), children inherit the setting, and `/metrics`, whichever
+    process answers it, renders them summed. Call before the app is created."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ[POOL_ENV] = str(directory)
+    values.ValueClass = values.get_value_class()  # prometheus_client chose its value class at import
+
+
+def pooled_dir() -> str | None:
+    """Return the directory of pooled values, when this process shares them."""
+    return os.environ.get(POOL_ENV)
+
+
+def process_exited(pid: int) -> None:
+    """Drop the live gauges of a child that exited from the pooled values (its counters still count)."""
+    if (directory := pooled_dir()) is not None:
+        mark_process_dead(pid, directory)
+
+
+class ReadGauge:
+    """A gauge of values every process reads alike from a shared store (Redis), held in this process only: with
+    pooled values, the scraped process renders its own copy rather than one per process. Same `labels(...).set`,
+    `set` and `remove` as a Prometheus gauge."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str] = ()) -> None:
+        self._name = f"{NAMESPACE}_{name}"
+        self._documentation = documentation
+        self._labels = tuple(labels)
+        self._values: dict[tuple[str, ...], float] = {} if self._labels else {(): 0.0}
+
+    def labels(self, *label_values: object) -> _ReadGaugeChild:
+        return _ReadGaugeChild(self._values, tuple(str(v) for v in label_values))
+
+    def set(self, value: float) -> None:
+        self._values[()] = float(value)
+
+    def remove(self, *label_values: object) -> None:
+        """Forget a series; KeyError when it was never set."""
+        del self._values[tuple(str(v) for v in label_values)]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self._name, self._documentation, labels=self._labels)
+        for key, value in self._values.items():
+            family.add_metric(list(key), value)
+        yield family
+
+
+class _ReadGaugeChild:
+    def __init__(self, into: dict[tuple[str, ...], float], key: tuple[str, ...]) -> None:
+        self._into, self._key = into, key
+
+    def set(self, value: float) -> None:
+        self._into[self._key] = float(value)
+
+
 class Metrics:
     """Prometheus instruments of one app, in a registry of its own so several apps never collide."""
 
     def __init__(self, *, max_operation_names: int = MAX_OPERATION_NAMES) -> None:
         self.registry = CollectorRegistry()
+        self._read_gauges: list[ReadGauge] = []
         self._operation_names: set[str] = set()
         self._max_operation_names = max_operation_names
         self.graphql_operations = self.counter(
@@ -71,8 +133,17 @@ class Metrics:
         return Counter(name, documentation, labels, namespace=NAMESPACE, registry=self.registry)
 
     def gauge(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Gauge:
-        """Create the gauge `recograph_<name>` in this registry."""
-        return Gauge(name, documentation, labels, namespace=NAMESPACE, registry=self.registry)
+        """Create the gauge `recograph_<name>` of this process in this registry (pooled values: summed over the
+        live processes)."""
+        return Gauge(name, documentation, labels, namespace=NAMESPACE, registry=self.registry,
+                     multiprocess_mode="livesum")
+
+    def read_gauge(self, name: str, documentation: str, labels: Sequence[str] = ()) -> ReadGauge:
+        """Create the gauge `recograph_<name>` for values read from a shared store (see `ReadGauge`)."""
+        gauge = ReadGauge(name, documentation, labels)
+        self.registry.register(gauge)
+        self._read_gauges.append(gauge)
+        return gauge
 
     def histogram(
         self, name: str, documentation: str, labels: Sequence[str] = (), buckets: Sequence[float] = DURATION_BUCKETS
@@ -100,8 +171,14 @@ class Metrics:
         return type("GraphQLMetricsExtension", (GraphQLMetricsExtension,), {"metrics": self})
 
     def render(self) -> bytes:
-        """Render the registry in the Prometheus text format 0.0.4."""
-        return generate_latest(self.registry)
+        """Render the registry in the Prometheus text format 0.0.4 (pooled values: every process's, summed)."""
+        if (directory := pooled_dir()) is None:
+            return generate_latest(self.registry)
+        pooled = CollectorRegistry()
+        MultiProcessCollector(pooled, path=directory)
+        for gauge in self._read_gauges:
+            pooled.register(gauge)
+        return generate_latest(pooled)
 
     def on_scrape(self, hook: Callable[[Any], Awaitable[None]]) -> None:
         """Run `hook(app_state)` before each render (bounded by SCRAPE_TIMEOUT_S): for values read on demand."""
@@ -220,7 +297,7 @@ class LiveMetricsExporter:
     def __init__(self, metrics: Metrics) -> None:
         labels = ("tenant", "scenario", "window")
         self._gauges = {
-            name: (metrics.gauge(f"live_{name}", f"{doc} in the sliding window, per scenario.", labels), read)
+            name: (metrics.read_gauge(f"live_{name}", f"{doc} in the sliding window, per scenario.", labels), read)
             for name, (doc, read) in _LIVE_GAUGES.items()
         }
         self._exported: set[tuple[str, str]] = set()
@@ -263,13 +340,6 @@ class LiveMetricsExporter:
 
 
 # The event consumer: its counters where it runs in this process, and its backlog as Redis holds it.
-_CONSUMER_COUNTERS = {
-    "read": "Stream entries read by this process's consumers (new and claimed).",
-    "applied": "Stream entries that changed state (the rest had been applied already).",
-    "claimed": "Stream entries reclaimed from consumers that died.",
-    "batches": "Batches applied.",
-    "errors": "Redis and MongoDB failures the consumers survived.",
-}
 BACKLOG_MIN_INTERVAL_S = 1.0  # scrapes closer together than this reuse the last read
 
 
@@ -289,16 +359,17 @@ class ConsumerExporter:
 
     def __init__(self, metrics: Metrics, *, max_tenants: int = MAX_TENANTS) -> None:
         self._max_tenants = max_tenants
-        metrics.registry.register(_ProcessConsumerCollector())
+        if pooled_dir() is None:  # pooled: the consumers' own processes write their counters (workers.consumer)
+            metrics.registry.register(_ProcessConsumerCollector())
         labels = ("tenant",)
-        self._length = metrics.gauge("consumer_stream_length", "Entries in the tenant's event stream.", labels)
-        self._lag = metrics.gauge("consumer_lag", "Stream entries not yet delivered to the consumer group.", labels)
-        self._lag_seconds = metrics.gauge(
+        self._length = metrics.read_gauge("consumer_stream_length", "Entries in the tenant's event stream.", labels)
+        self._lag = metrics.read_gauge("consumer_lag", "Stream entries not yet delivered to the consumer group.", labels)
+        self._lag_seconds = metrics.read_gauge(
             "consumer_lag_seconds", "Receive time of the newest entry minus that of the last one delivered.", labels)
-        self._pending = metrics.gauge("consumer_pending", "Entries delivered to a consumer, not acknowledged.", labels)
-        self._streams = metrics.gauge("consumer_streams", "Tenant event streams registered.")
-        self._alive = metrics.gauge("consumer_alive", "1 while some consumer renews its heartbeat in Redis.")
-        self._up = metrics.gauge("consumer_backlog_up", "1 when the last read of the backlog from Redis succeeded.")
+        self._pending = metrics.read_gauge("consumer_pending", "Entries delivered to a consumer, not acknowledged.", labels)
+        self._streams = metrics.read_gauge("consumer_streams", "Tenant event streams registered.")
+        self._alive = metrics.read_gauge("consumer_alive", "1 while some consumer renews its heartbeat in Redis.")
+        self._up = metrics.read_gauge("consumer_backlog_up", "1 when the last read of the backlog from Redis succeeded.")
         self._exported: set[str] = set()
         self._read_at = -BACKLOG_MIN_INTERVAL_S
         metrics.on_scrape(self._scrape)
@@ -342,7 +413,7 @@ class _ProcessConsumerCollector:
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         values = consumer_metrics()
-        for name, doc in _CONSUMER_COUNTERS.items():
+        for name, doc in CONSUMER_COUNTERS.items():
             yield CounterMetricFamily(f"{NAMESPACE}_consumer_{name}", doc,
                                       value=values[f"{NAMESPACE}_consumer_{name}_total"])
         yield GaugeMetricFamily(f"{NAMESPACE}_consumer_last_batch_timestamp",

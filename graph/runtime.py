@@ -21,7 +21,7 @@ from graph.heap import HeapSettler
 from domain.services import Services
 from models.cache import RedisCache
 from models.embedded import EmbeddedServers
-from models.mongo import connect_mongo, mongo_alive
+from models.mongo import connect_mongo, mongo_alive, sorts_every_match
 from models.settings import Settings
 from models.vectors import VectorStore, open_vector_store
 from workers.settings import job_policy
@@ -74,8 +74,14 @@ async def _within(check: Awaitable[bool], timeout_s: float) -> bool:
         return False
 
 
-async def open_runtime(settings: Settings, *, with_vectors: bool = True) -> Runtime:
-    """Start or attach to the servers and open every client; undo what was opened if a step fails."""
+async def open_runtime(settings: Settings, *, with_vectors: bool = True, serving: bool | None = None) -> Runtime:
+    """Start or attach to the servers and open every client; undo what was opened if a step fails.
+
+    `serving` (default: with_vectors) keeps models in memory for answering; a serving child of `serve` serves
+    without the vector store when that is embedded (the shards open in one process only) and searches the models'
+    embeddings in memory instead, which ranks the same.
+    """
+    serving = with_vectors if serving is None else serving
     data_dir = None if settings.server.in_memory else settings.server.data_dir
     servers = EmbeddedServers(data_dir=data_dir, mongo_url=settings.mongo.url, redis_url=settings.redis.url)
     await servers.start()
@@ -83,6 +89,7 @@ async def open_runtime(settings: Settings, *, with_vectors: bool = True) -> Runt
     try:
         mongo, _ = await connect_mongo(servers.mongo_url, settings.mongo.database, timeout_ms=settings.mongo.timeout_ms)
         opened.append(mongo)
+        windowed_listing = await sorts_every_match(mongo)
         cache = RedisCache.from_url(servers.redis_url, timeout_s=settings.redis.timeout_s)
         opened.append(cache)
         arq = await create_pool(RedisSettings.from_dsn(servers.redis_url))
@@ -99,15 +106,15 @@ async def open_runtime(settings: Settings, *, with_vectors: bool = True) -> Runt
         raise
     models_dir, scratch = _models_dir(settings)
     channel = SwapChannel(cache.client)
-    # Only a process that serves (and so holds the vector store) keeps models in memory; CLI commands do not.
-    heap = HeapSettler() if with_vectors and settings.server.freeze_heap else None
-    registry = _registry(settings, vectors, models_dir, channel, heap) if with_vectors else None
+    # Only a process that serves keeps models in memory; CLI commands do not.
+    heap = HeapSettler() if serving and settings.server.freeze_heap else None
+    registry = _registry(settings, vectors, models_dir, channel, heap) if serving else None
     learning = LearningConfig(
         models_dir=models_dir, time_limit_s=settings.training.train_time_limit_s, swaps=registry, notifier=channel,
         similarity_time_limit_s=settings.jobs.similarity_time_limit_s,
     )
     services = Services.build(cache=cache, vectors=vectors, engines=registry, queue=ArqQueue(arq), learning=learning,
-                              jobs_policy=job_policy(settings))
+                              jobs_policy=job_policy(settings), windowed_listing=windowed_listing)
     return Runtime(
         settings=settings, servers=servers, mongo=mongo, cache=cache, vectors=vectors, services=services, arq=arq,
         registry=registry, models_dir=models_dir, scratch_models=scratch, heap=heap,

@@ -20,6 +20,13 @@ async def connect_mongo(url: str, database: str, *, timeout_ms: int = 5000) -> t
     return client, db
 
 
+async def sorts_every_match(client: AsyncMongoClient) -> bool:
+    """Return whether the server sorts every matching document before applying a limit, even where an index gives
+    the order: true of the embedded server (SecantusDB), false of mongod."""
+    info = await client.admin.command("buildInfo")
+    return "secantusVersion" in info
+
+
 async def mongo_alive(client: AsyncMongoClient) -> bool:
     """Return whether the server answers a ping (never raises)."""
     try:

@@ -28,6 +28,11 @@ class ServerSettings(BaseSettings):
         False, description="Run the event consumer beside the worker as a child process (`recograph consumer`) rather "
         "than a task in the API process; `serve` turns it on unless set."
     )
+    processes: int = Field(
+        1, ge=1, le=64, description="Processes answering on the port: `serve` itself plus processes-1 children that "
+        "attach to its servers and share its listening socket (each a core's worth of Python); `serve` sets it to the "
+        "CPU count, at most 4, unless set.",
+    )
     freeze_heap: bool = Field(
         False, description="After start-up and after each model or item-view change, freeze the heap so the garbage "
         "collector's full scans skip long-lived objects (no 200-300 ms pauses under load); `serve` turns it on unless set."

@@ -38,7 +38,7 @@ async def delete_scenario(ctx: RequestContext, *, id: str) -> bool:
     """Delete a scenario and what belongs to it alone."""
     tenant_id = ctx.require(ADMINS).tenant_id
     deleted = await ctx.services.scenarios.delete(id, tenant_id=tenant_id)
-    ctx.services.catalogue.forget_cached(tenant_id=tenant_id)
+    await ctx.services.catalogue.forget_everywhere(tenant_id=tenant_id)
     return deleted
 
 

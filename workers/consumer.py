@@ -18,15 +18,70 @@ from typing import Any
 
 import structlog
 from arq.worker import Worker
+from prometheus_client import Counter, Gauge
 
 from domain.realtime.consumer import ConsumerStats, StreamConsumer
 from domain.services import Services
-from models.embedded.process import Child, spawn
+from models.embedded.process import KeptChild, kept_running
 from models.settings import Settings
 from workers.settings import close_context, open_context
 
 log = structlog.get_logger()
 _RUNNING: list[StreamConsumer] = []  # this process's consumers, for the metrics exporter
+CONSUMER_COUNTERS = {
+    "read": "Stream entries read by consumers (new and claimed).",
+    "applied": "Stream entries that changed state (the rest had been applied already).",
+    "claimed": "Stream entries reclaimed from consumers that died.",
+    "batches": "Batches applied.",
+    "errors": "Redis and MongoDB failures the consumers survived.",
+}
+POOL_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set by `serve` when its processes pool their Prometheus values
+MIRROR_EVERY_S = 1.0
+
+
+class _PooledSeries:
+    """This process's consumer series in Prometheus values pooled across processes (one set per process)."""
+
+    _made: _PooledSeries | None = None
+
+    def __init__(self) -> None:
+        self.counters = {name: Counter(f"consumer_{name}", doc, namespace="recograph", registry=None)
+                         for name, doc in CONSUMER_COUNTERS.items()}
+        self.last_batch = Gauge("consumer_last_batch_timestamp", "Wall clock of the last batch a consumer applied.",
+                                namespace="recograph", registry=None, multiprocess_mode="max")
+        self.running = Gauge("consumers_running", "Consumers running.", namespace="recograph", registry=None,
+                             multiprocess_mode="livesum")
+
+    @classmethod
+    def get(cls) -> _PooledSeries:
+        if cls._made is None:
+            cls._made = cls()
+        return cls._made
+
+
+async def _mirror(consumer: StreamConsumer, every_s: float = MIRROR_EVERY_S) -> None:
+    """Add what the consumer counted since the last round to the pooled series, every `every_s` until cancelled
+    (and once more then)."""
+    series = _PooledSeries.get()
+    sent = dict.fromkeys(CONSUMER_COUNTERS, 0)
+    series.running.inc()
+
+    def flush() -> None:
+        for name, counter in series.counters.items():
+            value = getattr(consumer.stats, name)
+            if value > sent[name]:
+                counter.inc(value - sent[name])
+                sent[name] = value
+        if consumer.stats.last_batch_at:
+            series.last_batch.set(consumer.stats.last_batch_at)
+
+    try:
+        while True:
+            await asyncio.sleep(every_s)
+            flush()
+    finally:
+        flush()
+        series.running.dec()
 
 
 @asynccontextmanager
@@ -37,6 +92,7 @@ async def consumer_running(services: Services, **options: Any) -> AsyncIterator[
         return
     consumer = services.realtime.consumer(**options)
     task = asyncio.create_task(consumer.run(), name="recograph-consumer")
+    mirror = asyncio.create_task(_mirror(consumer)) if POOL_ENV in os.environ else None
     _RUNNING.append(consumer)
     try:
         yield consumer
@@ -45,6 +101,9 @@ async def consumer_running(services: Services, **options: Any) -> AsyncIterator[
         consumer.stop()
         with suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, timeout=10)
+        if mirror is not None:
+            mirror.cancel()
+            await asyncio.gather(mirror, return_exceptions=True)
 
 
 async def run_until_signal(services: Services) -> None:
@@ -60,56 +119,16 @@ async def run_until_signal(services: Services) -> None:
 @asynccontextmanager
 async def consumer_child(
     settings: Settings, *, mongo_url: str, redis_url: str, logs_dir: Path, check_every_s: float = 1.0
-) -> AsyncIterator[ConsumerSupervisor]:
+) -> AsyncIterator[KeptChild]:
     """Run `recograph consumer` attached to these servers while the block runs, as a child that dies with this
     process and is started again when it dies; stop it after (SIGTERM: it applies and acknowledges what it read
     first)."""
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "MONGODB_URL": mongo_url, "REDIS_URL": redis_url, "MONGODB_DATABASE": settings.mongo.database,
            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    supervisor = ConsumerSupervisor(env, logs_dir / "consumer.log")
-    await supervisor.start()
-    watch = asyncio.create_task(supervisor.watch(check_every_s), name="recograph-consumer-supervisor")
-    try:
+    supervisor = KeptChild("consumer", [sys.executable, "-m", "graph.cli", "consumer"], env, logs_dir / "consumer.log")
+    async with kept_running([supervisor], check_every_s):
         yield supervisor
-    finally:
-        watch.cancel()
-        await asyncio.gather(watch, return_exceptions=True)
-        await supervisor.stop()
-
-
-class ConsumerSupervisor:
-    """Keep one consumer child running: a child that exits is started again (the entries it left pending are
-    claimed by the next one, so nothing is lost or counted twice)."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self._env = env
-        self._log_path = log_path
-        self.child: Child | None = None
-        self.restarts = 0
-
-    async def start(self) -> None:
-        """Start the child."""
-        self.child = await spawn("consumer", [sys.executable, "-m", "graph.cli", "consumer"], self._log_path,
-                                 env=self._env)
-        log.info("consumer.child_started", pid=self.child.pid)
-
-    async def watch(self, every_s: float) -> None:
-        """Check every `every_s` that the child lives; start another when it has exited."""
-        while True:
-            await asyncio.sleep(every_s)
-            if self.child is not None and (code := self.child.exit_code()) is not None:
-                log.warning("consumer.child_exited", pid=self.child.pid, exit_code=code, tail=self.child.tail())
-                self.restarts += 1
-                try:
-                    await self.start()
-                except (OSError, RuntimeError) as exc:
-                    log.error("consumer.child_restart_failed", error=str(exc))
-
-    async def stop(self) -> None:
-        """Stop the child."""
-        if self.child is not None:
-            await self.child.stop()
 
 
 def consumer_metrics() -> dict[str, float]:

@@ -21,7 +21,6 @@ What keeps each part current:
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -38,6 +37,7 @@ from domain.learning.model import ScenarioModel
 from domain.recommend.base import CatalogueView
 from domain.realtime.popularity import LivePopularity
 from domain.recommend.engine import Engine
+from models.channel import Channel
 from models.documents import Item, ModelVersion, Scenario
 from models.vectors import VectorStore
 
@@ -54,43 +54,32 @@ class SwapChannel:
     """Model swap notices on Redis pub/sub: the trainer publishes, every API process listens."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self._redis = redis
+        self._channel = Channel(redis, CHANNEL)
 
     @property
     def client(self) -> aioredis.Redis:
         """Return the Redis client the notices travel over."""
-        return self._redis
+        return self._channel.client
 
     async def publish(self, tenant_id: str, scenario_id: str, version: int) -> None:
         """Announce that a version became active."""
-        notice = {"tenant_id": tenant_id, "scenario_id": scenario_id, "version": version}
-        await self._redis.publish(CHANNEL, json.dumps(notice))
+        await self._channel.publish({"tenant_id": tenant_id, "scenario_id": scenario_id, "version": version})
 
     async def listen(self, handle: Callable[[str, str, int], Awaitable[Any]], *, retry_s: float = 2.0) -> None:
         """Call handle(tenant_id, scenario_id, version) for each notice until cancelled; resubscribe after errors."""
-        while True:
-            try:
-                await self._listen_once(handle)
-            except (RedisError, OSError) as exc:
-                log.warning("models.channel_lost", error=str(exc), retry_s=retry_s)
-                await asyncio.sleep(retry_s)
 
-    async def _listen_once(self, handle: Callable[[str, str, int], Awaitable[Any]]) -> None:
-        async with self._redis.pubsub() as pubsub:
-            await pubsub.subscribe(CHANNEL)
-            while True:
-                # A short read timeout keeps the client's socket timeout from tearing down an idle subscription.
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is not None and (notice := _notice(message.get("data"))) is not None:
-                    await handle(*notice)
+        async def heard(data: dict[str, Any]) -> None:
+            if (notice := _notice(data)) is not None:
+                await handle(*notice)
+
+        await self._channel.listen(heard, retry_s=retry_s)
 
 
-def _notice(raw: Any) -> tuple[str, str, int] | None:
+def _notice(data: dict[str, Any]) -> tuple[str, str, int] | None:
     try:
-        data = json.loads(raw)
         return str(data["tenant_id"]), str(data["scenario_id"]), int(data["version"])
     except (TypeError, ValueError, KeyError):
-        log.warning("models.bad_notice", raw=str(raw)[:200])
+        log.warning("models.bad_notice", raw=str(data)[:200])
         return None
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.errors import BadInput, NotFound
-from domain.hotcache import HotCache, Revalidator
+from domain.hotcache import HotCache, Invalidations, Revalidator
 from domain.ids import check_first, decode_cursor, encode_cursor, new_id, utcnow
 from domain.scenarios.config import build_config, merge_config, validate_config
 from domain.scenarios.templates import TEMPLATES
@@ -39,8 +39,12 @@ class ScenarioStats:
 class ScenarioService:
     """Scenario configuration, always scoped by tenant."""
 
-    def __init__(self, cache: Cache, *, ttl_s: float = SCENARIO_TTL_S) -> None:
+    def __init__(
+        self, cache: Cache, *, ttl_s: float = SCENARIO_TTL_S, invalidations: Invalidations | None = None
+    ) -> None:
         self._cache = cache
+        self._invalidations = invalidations or Invalidations(None)
+        self._invalidations.on("scenarios", self._forget_changed)
         # Read paths (recommendations, item listings) ask for a scenario on every request: keep MongoDB off them.
         # Past the TTL a scenario is still used while a background read refreshes it, so requests never wait on
         # MongoDB for a scenario they have used lately.
@@ -84,12 +88,14 @@ class ScenarioService:
         col = Scenario.get_pymongo_collection()
         await col.update_one({"_id": scenario_id, "tenant_id": tenant_id}, update)
         self._forget(scenario_id, tenant_id=tenant_id)
+        await self._invalidations.publish("scenarios", tenant_id, [scenario_id])
         return await self.get_or_raise(scenario_id, tenant_id=tenant_id, field="id")
 
     async def delete(self, scenario_id: str, *, tenant_id: str) -> bool:
         """Delete a scenario, its interactions, and items that belonged to it alone."""
         result = await Scenario.get_pymongo_collection().delete_one({"_id": scenario_id, "tenant_id": tenant_id})
         self._forget(scenario_id, tenant_id=tenant_id)
+        await self._invalidations.publish("scenarios", tenant_id, [scenario_id])
         if result.deleted_count == 0:
             raise NotFound(f"no scenario {scenario_id}", field="id")
         items = Item.get_pymongo_collection()
@@ -138,6 +144,10 @@ class ScenarioService:
                 self._recent.drop([(tenant_id, scenario_id)])  # deleted elsewhere: the next read says so
             else:
                 self._recent.put((tenant_id, scenario_id), scenario)
+
+    def _forget_changed(self, tenant_id: str, scenario_ids: list[str]) -> None:
+        for scenario_id in scenario_ids:
+            self._forget(scenario_id, tenant_id=tenant_id)
 
     def _forget(self, scenario_id: str, *, tenant_id: str) -> None:
         self._changes += 1

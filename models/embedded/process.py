@@ -11,7 +11,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -168,3 +169,61 @@ def kill_leftovers(timeout_s: float = _EXIT_TIMEOUT_S) -> None:
             process.kill()
             process.wait()
     _LIVE.clear()
+
+
+class KeptChild:
+    """Keep one child process running: `watch` starts it again when it exits (after telling `on_exit` its pid)."""
+
+    def __init__(
+        self, name: str, argv: list[str], env: Mapping[str, str], log_path: Path, *,
+        on_exit: Callable[[int], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._argv = argv
+        self._env = env
+        self._log_path = log_path
+        self._on_exit = on_exit
+        self.child: Child | None = None
+        self.restarts = 0
+
+    async def start(self) -> None:
+        """Start the child."""
+        self.child = await spawn(self.name, self._argv, self._log_path, env=self._env)
+        log.info("child.started", child=self.name, pid=self.child.pid)
+
+    async def watch(self, every_s: float) -> None:
+        """Check every `every_s` that the child lives; start another when it has exited."""
+        while True:
+            await asyncio.sleep(every_s)
+            if self.child is not None and (code := self.child.exit_code()) is not None:
+                log.warning("child.exited", child=self.name, pid=self.child.pid, exit_code=code, tail=self.child.tail())
+                if self._on_exit is not None:
+                    self._on_exit(self.child.pid)
+                self.restarts += 1
+                try:
+                    await self.start()
+                except (OSError, RuntimeError) as exc:
+                    log.error("child.restart_failed", child=self.name, error=str(exc))
+
+    async def stop(self) -> None:
+        """Stop the child (SIGTERM, then SIGKILL after a grace period)."""
+        if self.child is not None:
+            await self.child.stop()
+
+
+@asynccontextmanager
+async def kept_running(children: list[KeptChild], check_every_s: float = 1.0) -> AsyncIterator[list[KeptChild]]:
+    """Start the children, restart any that exits while the block runs, and stop them all after it."""
+    started: list[KeptChild] = []
+    watches: list[asyncio.Task] = []
+    try:
+        for kept in children:
+            await kept.start()
+            started.append(kept)
+            watches.append(asyncio.create_task(kept.watch(check_every_s), name=f"recograph-keep-{kept.name}"))
+        yield children
+    finally:
+        for task in watches:
+            task.cancel()
+        await asyncio.gather(*watches, return_exceptions=True)
+        await asyncio.gather(*(kept.stop() for kept in started))

@@ -272,3 +272,36 @@ async def test_list_query_batches_item_lookups(gql, admin, served, monkeypatch):
     assert data == {"one": {"id": "l0"}, "two": {"id": "l5"}, "none": None, "again": {"id": "l0"}}
     assert len(calls) == 1, calls
     assert sorted(calls[0]) == ["l0", "l5", "nope"]
+
+
+async def test_pages_stay_exact_while_the_catalogue_changes(gql, admin, served):
+    """On the embedded server, pages come from key windows over a sample of the ids read earlier: items added
+    inside or past the sample, deleted ones and a sparse filter must not change what a page holds."""
+    catalogue = served.runtime.services.catalogue
+    assert catalogue.windowed
+    sid = await scenario(gql, admin, "windows")
+    want = {f"w{n:03d}": n for n in range(0, 240, 2)}
+    await upsert(gql, admin, sid, [{"id": i, "categories": ["rare" if n % 10 == 0 else "common"]}
+                                   for i, n in want.items()])
+
+    async def pages(f: dict | None = None, first: int = 7) -> list[str]:
+        got, after = [], None
+        while True:
+            conn = (await gql.data(LIST, {"s": sid, "f": f, "first": first, "after": after}, key=admin))["items"]
+            got += [e["node"]["id"] for e in conn["edges"]]
+            if not conn["pageInfo"]["hasNextPage"]:
+                return got
+            after = conn["pageInfo"]["endCursor"]
+
+    assert await pages() == sorted(want)  # the first page reads the sample of ids
+    added = {f"w{n:03d}": n for n in [*range(1, 100, 2), 250, 251, 999]}
+    await upsert(gql, admin, sid, [{"id": i, "categories": ["rare" if n % 10 == 0 else "common"]}
+                                   for i, n in added.items()])
+    gone = [f"w{n:03d}" for n in range(100, 160)]
+    await gql.data(DELETE, {"s": sid, "ids": gone}, key=admin)
+    now = {**want, **added}
+    for i in gone:
+        now.pop(i, None)
+    assert await pages() == sorted(now)
+    assert await pages(first=1) == sorted(now)
+    assert await pages({"category": "rare"}, first=3) == sorted(i for i, n in now.items() if n % 10 == 0)

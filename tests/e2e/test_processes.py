@@ -1,0 +1,123 @@
+"""`serve` with several processes on one port: each answers, a killed one comes back, and /metrics counts them all."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.e2e.test_cli import BIN, _alive, _children, _env, _wait_ready
+
+pytestmark = pytest.mark.slow
+
+RECOMMEND = """query($s: ID!) { recommendations(scenarioId: $s, userId: "u1", first: 5) {
+  requestId items { item { id } } } }"""
+
+
+def _pid(url: str) -> int:
+    # a fresh connection each time: connections, not requests, are shared out between the processes
+    with httpx.Client() as client:
+        return client.get(f"{url}/health/live", headers={"Connection": "close"}).json()["pid"]
+
+
+def _serving_children(pid: int) -> list[int]:
+    return [p for p in _children(pid) if "serve-child" in open(f"/proc/{p}/cmdline").read()]
+
+
+def _counted(url: str, path: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    found = re.search(rf'^recograph_http_requests_total{{path="{re.escape(path)}",status="200"}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def _gql(url: str, key: str, query: str, variables: dict | None = None) -> dict:
+    answer = httpx.post(f"{url}/graphql", json={"query": query, "variables": variables or {}},
+                        headers={"Authorization": f"Bearer {key}", "Connection": "close"}, timeout=30)
+    body = answer.json()
+    assert not body.get("errors"), body
+    return body["data"]
+
+
+def made_tenant(made: subprocess.CompletedProcess) -> str:
+    return json.loads(made.stdout)["tenant_id"]
+
+
+def test_serving_processes_share_the_port_and_their_metrics(tmp_path):
+    port = free_port()
+    env = {**_env(tmp_path, port), "RECOGRAPH_PROCESSES": "2"}
+    serve = subprocess.Popen([str(BIN), "serve"], env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, serve)
+        deadline = time.monotonic() + 60
+        pids: set[int] = set()
+        while len(pids) < 2 and time.monotonic() < deadline:  # the child answers once it has started
+            pids.add(_pid(url))
+        [child] = _serving_children(serve.pid)
+        assert pids == {serve.pid, child}
+
+        # Whichever process is scraped, it counts every process's requests.
+        before = _counted(url, "/health/live")
+        answered = [_pid(url) for _ in range(30)]
+        assert set(answered) == pids
+        assert all(_counted(url, "/health/live") >= before + 30 for _ in range(6))
+
+        # Writes through one process are read through the other.
+        made = subprocess.run([str(BIN), "tenants", "create", "acme", "--json"], env=env, capture_output=True,
+                              text=True, timeout=120)
+        keys = json.loads(made.stdout)["keys"]
+        sid = _gql(url, keys["admin"], 'mutation { createScenario(input: {name: "feed"}) { id } }')[
+            "createScenario"]["id"]
+        items = [{"id": f"i{n}", "categories": ["c"]} for n in range(8)]
+        _gql(url, keys["admin"], "mutation($s: ID!, $items: [ItemInput!]!) { upsertItems(scenarioId: $s, "
+             "items: $items) { upserted } }", {"s": sid, "items": items})
+        for _ in range(6):
+            found = _gql(url, keys["public"], RECOMMEND, {"s": sid})["recommendations"]
+            assert len(found["items"]) == 5 and found["requestId"]
+
+        # A change made through one process shows at once in the other, whose cache held the old values.
+        title = 'query { item(id: "i1") { title } }'
+        for _ in range(10):
+            assert _gql(url, keys["public"], title)["item"]["title"] is None
+        _gql(url, keys["admin"], "mutation($s: ID!) { upsertItems(scenarioId: $s, items: [{id: \"i1\", title: "
+             "\"New\"}]) { upserted } }", {"s": sid})
+        time.sleep(0.2)  # the notice crosses Redis pub/sub
+        assert {_gql(url, keys["public"], title)["item"]["title"] for _ in range(10)} == {"New"}
+
+        # So does a key revoked from another process (the CLI).
+        key_ids = {k["scope"]: k["id"] for k in _gql(url, keys["admin"], "{ apiKeys { id scope } }")["apiKeys"]}
+        revoked = subprocess.run([str(BIN), "keys", "revoke", key_ids["PUBLIC"], "--tenant", made_tenant(made)],
+                                 env=env, capture_output=True, text=True, timeout=120)
+        assert revoked.returncode == 0, revoked.stderr
+        time.sleep(0.2)
+        for _ in range(10):
+            answer = httpx.post(f"{url}/graphql", json={"query": title}, headers={
+                "Authorization": f"Bearer {keys['public']}", "Connection": "close"}).json()
+            assert answer["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED", answer
+
+        # A serving child that dies is started again, and the port keeps answering meanwhile.
+        os.kill(child, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not [p for p in _serving_children(serve.pid) if p != child]:
+            assert _pid(url) in {serve.pid, child}
+            time.sleep(0.2)
+        [again] = _serving_children(serve.pid)
+        assert again != child
+        while again not in pids and time.monotonic() < deadline:
+            pids.add(_pid(url))
+        assert again in pids
+        children = _children(serve.pid)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=60)
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in children if _alive(p)], "children outlived serve"
