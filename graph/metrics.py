@@ -14,13 +14,13 @@ import structlog
 from litestar import Request, Response, get
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import MultiProcessCollector
 from strawberry.extensions import SchemaExtension
 
 from domain.errors import DomainError
 from domain.realtime.backlog import MAX_TENANTS, Backlog, read_backlog
 from domain.realtime.snapshots import Counters, MetricsSnapshot, MetricsWindow, SnapshotRequest
-from workers.consumer import CONSUMER_COUNTERS, POOL_ENV, consumer_metrics
+from workers.consumer import CONSUMER_COUNTERS, POOL_ENV, consumer_metrics, process_exited
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -61,12 +61,6 @@ def share_across_processes(directory: Path) -> None:
 def pooled_dir() -> str | None:
     """Return the directory of pooled values, when this process shares them."""
     return os.environ.get(POOL_ENV)
-
-
-def process_exited(pid: int) -> None:
-    """Drop the live gauges of a child that exited from the pooled values (its counters still count)."""
-    if (directory := pooled_dir()) is not None:
-        mark_process_dead(pid, directory)
 
 
 class ReadGauge:

@@ -8,6 +8,7 @@ Callers treat `CacheUnavailable` as "degraded": the record of truth is MongoDB.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -87,6 +88,7 @@ def _text(value: str | bytes) -> str:
 # Preference labels ("c:<category>", "t:<tag>") live in the user's profile hash `t:{T}:pf:{user}` beside the
 # counters the event consumer keeps there (domain.realtime.keys).
 LABEL_PREFIXES = ("c:", "t:")
+ERASED_TTL_S = 7 * 86400  # an erasure outlives any event received before it and still waiting in a stream
 
 
 def tenant_key(tenant_id: str, *parts: str) -> str:
@@ -225,6 +227,8 @@ class RedisCache:
         try:
             async with self._r.pipeline(transaction=False) as pipe:
                 pipe.delete(*keys)
+                # Events received until now and not yet applied by the consumer must not bring the profile back.
+                pipe.set(tenant_key(tenant_id, "erased", user_id), int(time.time() * 1000), ex=ERASED_TTL_S)
                 pipe.incr(tenant_key(tenant_id, "uv", user_id))  # cached lists keyed by the old version go stale
                 pipe.srem(tenant_key(tenant_id, "pdirty"), user_id)  # no snapshot of it may be written again
                 results = await pipe.execute()

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from arq.worker import Worker
 from prometheus_client import Counter, Gauge
+from prometheus_client.multiprocess import mark_process_dead
 
 from domain.realtime.consumer import ConsumerStats, StreamConsumer
 from domain.services import Services
@@ -57,6 +58,13 @@ class _PooledSeries:
         if cls._made is None:
             cls._made = cls()
         return cls._made
+
+
+def process_exited(pid: int) -> None:
+    """Drop the live gauges of a child that exited (a consumer, a serving process) from the pooled Prometheus values;
+    its counters still count."""
+    if (directory := os.environ.get(POOL_ENV)) is not None:
+        mark_process_dead(pid, directory)
 
 
 async def _mirror(consumer: StreamConsumer, every_s: float = MIRROR_EVERY_S) -> None:
@@ -126,7 +134,8 @@ async def consumer_child(
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "MONGODB_URL": mongo_url, "REDIS_URL": redis_url, "MONGODB_DATABASE": settings.mongo.database,
            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    supervisor = KeptChild("consumer", [sys.executable, "-m", "graph.cli", "consumer"], env, logs_dir / "consumer.log")
+    supervisor = KeptChild("consumer", [sys.executable, "-m", "graph.cli", "consumer"], env, logs_dir / "consumer.log",
+                           on_exit=process_exited)
     async with kept_running([supervisor], check_every_s):
         yield supervisor
 

@@ -11,6 +11,10 @@ entry changes, each part named by a letter in its `aspects`:
   served page's sources and variant when the event cites a requestId recorded by an impression;
 - `i` an impression: the page's hash for attribution and its impression counters.
 Python computes what depends on item metadata and scenario weights; the script only adds.
+
+A user erased (domain.privacy) after an event was received and before it was applied keeps nothing of it: the
+erasure leaves `erased:<user>` holding its time, and the script skips the personal parts (`p`, `s`) of that
+user's events received up to then; popularity and metrics, which keep no user, still count them.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ RECENT_KEPT = 50
 ALL_ASPECTS = "opm"  # what a live entry changes (see the module docstring)
 REPLAY_ASPECTS = "opms"
 
-# KEYS: none (every key is built from the tenant prefix, so all of them share the tenant's hash slot).
+# KEYS: the tenant's watermark key, which routes the script to the tenant's hash slot in a Redis Cluster; every
+# other key is built from the tenant prefix and shares that slot.
 # ARGV: prefix, check markers ("1"/"0"), marker ttl, bucket ttl, request ttl, minute ttl, hour ttl, recent kept,
 # yield to a rebuild ("1": do nothing and return -1 while the tenant's rebuild lock is held), the newest receive
 # time of the batch (ms), then the batch as one JSON array [strings, label sets, metric sets, pages, events] (see
@@ -54,8 +59,17 @@ local minute_ttl, hour_ttl, keep = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumbe
 if live and redis.call('EXISTS', p .. 'rebuild') == 1 then return -1 end
 local batch = cjson.decode(ARGV[11])
 local S, L, M, pages, ev = batch[1], batch[2], batch[3], batch[4], batch[5]
-local W = 19
+local W = 20
 local expiring = {}
+local erased = {}
+local function erased_at(user)
+  local t = erased[user]
+  if t == nil then
+    t = tonumber(redis.call('GET', p .. 'erased:' .. user)) or false
+    erased[user] = t
+  end
+  return t
+end
 local function expire(key, ttl)
   if not expiring[key] then expiring[key] = ttl end
 end
@@ -151,7 +165,7 @@ end
 
 -- event (W values from b + 1): aspects, day key, marker, scenario, user, popularity key, item, ts ms, popularity
 -- weight, type field, scenario field, hour field, recent member, seen key, request key (0: none), label set,
--- shifted amount, metric set, metric keys (a string index; the hour key is the next one)
+-- shifted amount, metric set, metric keys (a string index; the hour key is the next one), received ms
 local has = {}
 for b = 0, #ev - 1, W do
   if new[b] then
@@ -165,13 +179,18 @@ for b = 0, #ev - 1, W do
       has[ai] = a
     end
     local scenario, ts = S[ev[b + 4]], ev[b + 8]
+    local personal = true
+    if a.p or a.s then
+      local t = erased_at(S[ev[b + 5]])
+      personal = not (t and ev[b + 20] <= t)
+    end
     if a.o and ev[b + 9] > 0 then
       local item = S[ev[b + 7]]
       local bk = table_of(pop, S[ev[b + 6]])
       bk[item] = (bk[item] or 0) + ev[b + 9]
       if not newest[scenario] or ts > newest[scenario] then newest[scenario] = ts end
     end
-    if a.p then
+    if a.p and personal then
       local user = S[ev[b + 5]]
       local u = users[user]
       if not u then u = {c = {}, labels = {}, recent = {}, f = ts, l = ts, n = 0}; users[user] = u end
@@ -189,7 +208,7 @@ for b = 0, #ev - 1, W do
       r[#r + 1] = ts
       r[#r + 1] = ev[b + 13]
     end
-    if a.s then  -- ingest marks live events seen itself; replays do it here
+    if a.s and personal then  -- ingest marks live events seen itself; replays do it here
       local s = table_of(seen, S[ev[b + 14]])
       s[#s + 1] = S[ev[b + 7]]
     end
@@ -251,7 +270,7 @@ local wm = tonumber(ARGV[10])
 if applied > 0 and wm > (tonumber(redis.call('GET', p .. 'wm')) or 0) then redis.call('SET', p .. 'wm', wm) end
 return applied
 """
-EVENT_WIDTH = 19  # values per event in the payload (W in the script)
+EVENT_WIDTH = 20  # values per event in the payload (W in the script)
 
 FLOAT_FIELDS = frozenset({c.WATCH_SECONDS, c.COMPLETION_SUM})  # added with HINCRBYFLOAT, the rest with HINCRBY
 
@@ -298,7 +317,9 @@ class Applier:
         args = [prefix(tenant_id), "1" if check_markers else "0", MARKER_TTL_S, BUCKET_TTL_S, REQUEST_TTL_S,
                 c.METRICS_MINUTE_TTL_S, c.METRICS_HOUR_TTL_S, RECENT_KEPT, "1" if live else "0", payload.newest_ms,
                 payload.json]
-        return int(await self._script(keys=[], args=args))
+        # KEYS[1] routes the script: in a Redis Cluster it runs on the node of the tenant's slot, which every key it
+        # builds shares (the {tenant} hash tag).
+        return int(await self._script(keys=[prefix(tenant_id) + "wm"], args=args))
 
 
 class _Index(dict[Any, int]):
@@ -367,7 +388,7 @@ class _Batch:
         if isinstance(e, StreamEvent):
             self.events += head
             self.events += self._event_values(e, seen="s" in p.aspects)
-            self.events.append(metric_keys)
+            self.events += (metric_keys, e.received_ms)
         else:
             self.pages.append([*head, *_page_values(e, pre, strings), metric_keys, metric_keys + 1])
 

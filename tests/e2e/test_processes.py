@@ -37,6 +37,11 @@ def _counted(url: str, path: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def _metric(url: str, name: str) -> float:
+    found = re.search(rf"^{name} (\S+)$", httpx.get(f"{url}/metrics").text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def _gql(url: str, key: str, query: str, variables: dict | None = None) -> dict:
     answer = httpx.post(f"{url}/graphql", json={"query": query, "variables": variables or {}},
                         headers={"Authorization": f"Bearer {key}", "Connection": "close"}, timeout=30)
@@ -81,6 +86,28 @@ def test_serving_processes_share_the_port_and_their_metrics(tmp_path):
         for _ in range(6):
             found = _gql(url, keys["public"], RECOMMEND, {"s": sid})["recommendations"]
             assert len(found["items"]) == 5 and found["requestId"]
+
+        # The consumer child's counters reach /metrics too.
+        events = [{"scenarioId": sid, "userId": "u2", "itemId": f"i{n}", "type": "VIEW"} for n in range(5)]
+        _gql(url, keys["admin"], "mutation($e: [InteractionInput!]!) { recordInteractions(events: $e) { accepted } }",
+             {"e": events})
+        deadline = time.monotonic() + 20
+        while _metric(url, "recograph_consumer_read_total") < 5 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert _metric(url, "recograph_consumer_read_total") >= 5
+        assert _metric(url, "recograph_consumers_running") == 1
+        # A consumer child that dies and is started again is counted once.
+        [consumer] = [p for p in _children(serve.pid) if "graph.cli consumer" in open(f"/proc/{p}/cmdline").read()
+                      .replace("\0", " ")]
+        os.kill(consumer, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+            [p for p in _children(serve.pid) if p != consumer and "consumer" in open(f"/proc/{p}/cmdline").read()]
+            and _metric(url, "recograph_consumers_running") == 1
+        ):
+            time.sleep(0.3)
+        assert _metric(url, "recograph_consumers_running") == 1
+        assert _metric(url, "recograph_consumer_read_total") >= 5
 
         # A change made through one process shows at once in the other, whose cache held the old values.
         title = 'query { item(id: "i1") { title } }'

@@ -254,3 +254,35 @@ async def test_the_consumer_waits_while_a_rebuild_holds_the_tenant(served, shop)
     await redis.delete(rebuild_key(tenant))
     await drained(services, tenant)
     assert (await read_hot(redis, ["h1"], tenant_id=tenant))["h1"].applied == 1
+
+
+async def test_events_waiting_in_the_stream_do_not_bring_an_erased_user_back(served, shop):
+    services, tenant, sid = shop
+    redis = served.runtime.cache.client
+    await redis.srem(STREAMS, tenant)  # the app's own consumer stays off: the entries wait until the erasure is done
+    key = stream_key(tenant)
+    await redis.xgroup_create(key, GROUP, id="0", mkstream=True)
+    base = int(time.time() * 1000)
+    for n, user in enumerate(["gone", "gone", "kept"]):
+        await redis.xadd(key, {FIELD: StreamEvent(f"e{n}", sid, user, "v1", "VIEW", None, base, base).encode()})
+    await services.privacy.delete_user_data("gone", tenant_id=tenant)
+
+    consumer = services.realtime.consumer(name="after-erasure")
+    consumer._streams[key] = tenant
+    assert await consumer.step() == 3
+    await consumer.settle()
+    hot = await read_hot(redis, ["gone", "kept"], tenant_id=tenant)
+    assert "gone" not in hot and hot["kept"].applied == 1
+    await consumer.flush()  # snapshots of the users the batch changed
+    assert await UserProfile.find_one({"_id": composite_id(tenant, "kept")}) is not None
+    assert await UserProfile.find_one({"_id": composite_id(tenant, "gone")}) is None
+    bucket = base // 1000 // BUCKET_S
+    view_weight = (await services.realtime.processor.weights({sid}, tenant_id=tenant))[sid].get("VIEW", 1.0)
+    assert await redis.zscore(bucket_key(tenant, sid, bucket), "v1") == pytest.approx(3 * view_weight)  # no user kept
+
+    # What the user does after the erasure counts again.
+    later = int(time.time() * 1000) + 5
+    await redis.xadd(key, {FIELD: StreamEvent("e9", sid, "gone", "v2", "VIEW", None, later, later).encode()})
+    assert await consumer.step() == 1
+    await consumer.settle()
+    assert (await read_hot(redis, ["gone"], tenant_id=tenant))["gone"].applied == 1
