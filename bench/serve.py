@@ -820,7 +820,7 @@ def bench(args: argparse.Namespace, serve: ServeProcess, work: Path) -> dict[str
         if args.py_spy > 0:
             settle(pids)
             console.print(f"py-spy: {args.py_spy} s of cold saturation ...")
-            profile = py_spy(serve.proc.pid, args.py_spy, work, lambda: gen.wrk(
+            profile = py_spy(serve.pids()[args.py_spy_process], args.py_spy, work, lambda: gen.wrk(
                 shapes["cold"], seconds=args.py_spy, threads=args.threads, connections=args.connections),
                 keep_raw=args.output.with_suffix(".py-spy.txt"))
         for row in rows:
@@ -962,6 +962,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--breakdown-users", type=int, default=40, help="cold lists timed one at a time (default 40)")
     parser.add_argument("--py-spy", type=int, default=0, metavar="SECONDS",
                         help="profile serve with py-spy for SECONDS of cold saturation (needs py-spy; default 0: off)")
+    parser.add_argument("--py-spy-process", default="serve", metavar="NAME",
+                        help="which process py-spy records: serve (default), serve-2, consumer, ...")
     parser.add_argument("--train", choices=("auto", "always", "never"), default="auto",
                         help="train the demo scenario: auto = when user 1's list has only fallback sources")
     parser.add_argument("--skip-load", type=Path, metavar="DATA_DIR",

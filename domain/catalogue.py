@@ -180,7 +180,7 @@ class CatalogueService:
             self._hot.drop((tenant_id, d.id) for d in accepted)
             new = await self._write(accepted, tenant_id=tenant_id, scenario_id=scenario_id, now=now)
             await self._mirror(accepted, new, tenant_id=tenant_id, scenario_id=scenario_id)
-            await self._invalidations.publish("items", tenant_id, [d.id for d in accepted if d.id])
+            await self._changed([d.id for d in accepted], tenant_id=tenant_id)
         result.upserted = len(accepted)
         return result
 
@@ -254,8 +254,17 @@ class CatalogueService:
             await self._cache.drop_item_meta(list(ids), tenant_id=tenant_id)
         except CacheUnavailable as exc:
             log.warning("cache.unavailable", op="items.delete", error=str(exc))
-        await self._invalidations.publish("items", tenant_id, list(dict.fromkeys(ids)))
+        await self._changed(list(dict.fromkeys(ids)), tenant_id=tenant_id)
         return result.modified_count
+
+    async def _changed(self, ids: list[str], *, tenant_id: str) -> None:
+        """Tell serving (every process) that these items changed: the items version its item views follow, and the
+        notice that drops them from other processes' caches."""
+        try:
+            await self._cache.items_changed(tenant_id=tenant_id)
+        except CacheUnavailable as exc:  # item views catch up at their next full check
+            log.warning("cache.unavailable", op="items.version", error=str(exc))
+        await self._invalidations.publish("items", tenant_id, ids)
 
     @property
     def windowed(self) -> bool:

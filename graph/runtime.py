@@ -108,7 +108,7 @@ async def open_runtime(settings: Settings, *, with_vectors: bool = True, serving
     channel = SwapChannel(cache.client)
     # Only a process that serves keeps models in memory; CLI commands do not.
     heap = HeapSettler() if serving and settings.server.freeze_heap else None
-    registry = _registry(settings, vectors, models_dir, channel, heap) if serving else None
+    registry = _registry(settings, vectors, models_dir, channel, heap, cache) if serving else None
     learning = LearningConfig(
         models_dir=models_dir, time_limit_s=settings.training.train_time_limit_s, swaps=registry, notifier=channel,
         similarity_time_limit_s=settings.jobs.similarity_time_limit_s,
@@ -134,11 +134,12 @@ def _models_dir(settings: Settings) -> tuple[Path, bool]:
 
 
 def _registry(
-    settings: Settings, vectors: VectorStore | None, models_dir: Path, channel: SwapChannel, heap: HeapSettler | None
+    settings: Settings, vectors: VectorStore | None, models_dir: Path, channel: SwapChannel, heap: HeapSettler | None,
+    cache: RedisCache,
 ) -> ModelRegistry:
     training = settings.training
     return ModelRegistry(
         vectors=vectors, models_dir=models_dir, channel=channel, refresh_s=training.models_refresh_s,
         catalogue_refresh_s=training.catalogue_refresh_s, max_loaded=training.max_loaded_scenarios,
-        ann_min_items=training.ann_min_items, on_change=heap.request if heap is not None else None,
+        ann_min_items=training.ann_min_items, on_change=heap.request if heap is not None else None, versions=cache,
     )

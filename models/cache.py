@@ -103,6 +103,8 @@ class Cache(Protocol):
     async def record_seen(self, seen: Iterable[tuple[str, str, str]], *, tenant_id: str) -> None: ...
     async def seen(self, scenario_id: str, user_id: str, *, tenant_id: str) -> set[str]: ...
     async def user_version(self, user_id: str, *, tenant_id: str) -> int: ...
+    async def items_changed(self, *, tenant_id: str) -> None: ...
+    async def items_version(self, *, tenant_id: str) -> int: ...
     async def erase_user(self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str) -> int: ...
     async def add_label_scores(self, deltas: Mapping[str, Mapping[str, float]], *, tenant_id: str) -> None: ...
     async def label_scores(self, user_ids: Sequence[str], *, tenant_id: str) -> dict[str, dict[str, float]]: ...
@@ -214,6 +216,21 @@ class RedisCache:
         """Return the user's cache version (bumped by every recorded interaction)."""
         try:
             raw = await self._r.get(tenant_key(tenant_id, "uv", user_id))
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
+        return int(raw or 0)
+
+    async def items_changed(self, *, tenant_id: str) -> None:
+        """Bump the tenant's items version: serving processes reload their item views after it changes."""
+        try:
+            await self._r.incr(tenant_key(tenant_id, "itemsv"))
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
+
+    async def items_version(self, *, tenant_id: str) -> int:
+        """Return the tenant's items version (0 before any write)."""
+        try:
+            raw = await self._r.get(tenant_key(tenant_id, "itemsv"))
         except RedisError as exc:
             raise CacheUnavailable(str(exc)) from exc
         return int(raw or 0)
@@ -374,6 +391,17 @@ class InMemoryCache:
         """Return the user's cache version."""
         self._check()
         return self.counters.get(tenant_key(tenant_id, "uv", user_id), 0)
+
+    async def items_changed(self, *, tenant_id: str) -> None:
+        """Bump the tenant's items version."""
+        self._check()
+        key = tenant_key(tenant_id, "itemsv")
+        self.counters[key] = self.counters.get(key, 0) + 1
+
+    async def items_version(self, *, tenant_id: str) -> int:
+        """Return the tenant's items version."""
+        self._check()
+        return self.counters.get(tenant_key(tenant_id, "itemsv"), 0)
 
     async def erase_user(self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str) -> int:
         """Delete the user's seen sets and preference scores, bump their cache version; return how many keys went."""

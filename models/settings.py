@@ -112,7 +112,8 @@ class TrainingSettings(BaseSettings):
         30.0, description="How often serving re-checks active model versions (in case a swap notice was missed)."
     )
     catalogue_refresh_s: float = Field(
-        30.0, description="How often serving checks the items of a scenario it served for changes (new items, edits)."
+        5.0, description="How often serving checks whether the items of a scenario it served changed (new items, "
+        "edits): one read of the tenant's items version; the item view is reloaded after a change.",
     )
     max_loaded_scenarios: int = Field(200, description="Most scenario models held in memory; least recently used go.")
     ann_min_items: int = Field(

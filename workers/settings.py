@@ -121,7 +121,7 @@ async def open_context(settings: Settings) -> dict[str, Any]:
     registry = ModelRegistry(
         vectors=vectors, models_dir=models_dir, channel=channel, refresh_s=training.models_refresh_s,
         catalogue_refresh_s=training.catalogue_refresh_s, max_loaded=training.max_loaded_scenarios,
-        ann_min_items=training.ann_min_items,
+        ann_min_items=training.ann_min_items, versions=cache,
     )
     registry.start()
     learning = LearningConfig(

@@ -9,10 +9,12 @@ What keeps each part current:
   the active versions in MongoDB every `refresh_s` in case a notice was missed (another pod converges either way);
 - config: the scenario's `config_version`, re-read at most every `config_ttl_s` on use; a change rebuilds the
   Engine over the same model (cheap);
-- items: a fingerprint of the scenario's items (count and newest `updated_at`, one aggregate over the scenario's
-  items) checked every `catalogue_refresh_s` for scenarios used since their last check; a change reloads the item
-  view. Polling needs nothing from the write path and sees writes from any process; its cost is one aggregate per
-  used scenario per period (0.7 s of server time for 9.7k items on the embedded server, milliseconds on MongoDB).
+- items: every item write bumps the tenant's items version in the cache (`Cache.items_changed`). Every
+  `catalogue_refresh_s`, for scenarios used since their last check, one read of that version tells whether the
+  tenant's items changed; only then does a fingerprint of the scenario's items (count and newest `updated_at`, one
+  aggregate over them: 0.7 s of server time for 9.7k items on the embedded server) decide, and a change reloads
+  the item view. The fingerprint is also taken every CATALOGUE_VERIFY_S whatever the version says (a bump lost
+  while the cache was down), and every time when there is no cache.
   A swap keeps the item view it has: the model is aligned to it by item id.
 - live popularity: each Engine holds a reader of its scenario's live window (domain.realtime.popularity), shared
   by the registry's engines, which keeps a snapshot per scenario refreshed in the background.
@@ -37,6 +39,7 @@ from domain.learning.model import ScenarioModel
 from domain.recommend.base import CatalogueView
 from domain.realtime.popularity import LivePopularity
 from domain.recommend.engine import Engine
+from models.cache import Cache, CacheUnavailable
 from models.channel import Channel
 from models.documents import Item, ModelVersion, Scenario
 from models.vectors import VectorStore
@@ -44,6 +47,7 @@ from models.vectors import VectorStore
 log = structlog.get_logger()
 
 CHANNEL = "recograph:models"
+CATALOGUE_VERIFY_S = 600.0  # the item fingerprint is taken at least this often, whatever the items version says
 MODEL_KIND = "scenario"
 CATALOGUE_FIELDS = {"_id": 0, "item_id": 1, "title": 1, "categories": 1, "tags": 1, "attributes": 1,
                     "published_at": 1, "status": 1}
@@ -110,10 +114,11 @@ class Served:
     space: str | None
     config_version: int
     catalogue: CatalogueView
-    fingerprint: tuple
+    fingerprint: tuple  # (items version, count, newest update) when the item view was read
     config_checked: float
     catalogue_checked: float
     version_checked: float
+    catalogue_verified: float = 0.0  # when the fingerprint was last taken
 
 
 class ModelRegistry:
@@ -123,8 +128,10 @@ class ModelRegistry:
         self, *, vectors: VectorStore | None, models_dir: Path | None, channel: SwapChannel | None = None,
         config_ttl_s: float = 1.0, refresh_s: float = 30.0, catalogue_refresh_s: float = 30.0, max_loaded: int = 200,
         ann_min_items: int = 50_000, live: LivePopularity | None = None, on_change: Callable[[], None] | None = None,
+        versions: Cache | None = None,
     ) -> None:
         self._vectors = vectors
+        self._versions = versions  # the tenants' items versions (without: every check takes the fingerprint)
         self._on_change = on_change  # told after a model or item view is installed (the process settles its heap)
         # Live popularity comes from the Redis the swap notices use unless a reader is given.
         self._live = live if live is not None or channel is None else LivePopularity(channel.client)
@@ -273,14 +280,14 @@ class ModelRegistry:
     async def _load(self, key: Key, scenario: Scenario) -> Served:
         doc = await _active_version(*key)
         model = await self._read_model(doc)
-        catalogue, fingerprint = await _catalogue(*key)
+        catalogue, fingerprint = await self._catalogue(key)
         space = doc.spaces.get("content") if doc is not None and model is not None else None
         now = time.monotonic()
         served = Served(
             engine=self._engine(key, scenario, model, catalogue, space), model=model,
             version=doc.version if doc is not None and model is not None else None, space=space,
             config_version=scenario.config_version, catalogue=catalogue, fingerprint=fingerprint,
-            config_checked=now, catalogue_checked=now, version_checked=now,
+            config_checked=now, catalogue_checked=now, version_checked=now, catalogue_verified=now,
         )
         self._keep(key, served)
         return served
@@ -334,13 +341,38 @@ class ModelRegistry:
         elif key in self._served:
             self._served[key] = replace(self._served[key], version_checked=time.monotonic())
 
+    async def _items_version(self, tenant_id: str) -> int | None:
+        if self._versions is None:
+            return None
+        try:
+            return await self._versions.items_version(tenant_id=tenant_id)
+        except CacheUnavailable:
+            return None
+
+    async def _catalogue(self, key: Key) -> tuple[CatalogueView, tuple]:
+        """Load the scenario's items as a view, with the fingerprint they were read at (the version first, so a
+        write during the read shows as a change at the next check)."""
+        version = await self._items_version(key[0])
+        catalogue, (count, newest) = await _catalogue(*key)
+        return catalogue, (version, count, newest)
+
     async def _check_catalogue(self, key: Key) -> None:
-        fingerprint = await _fingerprint(*key)
         served = self._served.get(key)
         if served is None:
             return
-        if fingerprint == served.fingerprint:
-            self._served[key] = replace(served, catalogue_checked=time.monotonic())
+        version = await self._items_version(key[0])
+        now = time.monotonic()
+        if version is not None and version == served.fingerprint[0] and \
+                now - served.catalogue_verified < CATALOGUE_VERIFY_S:
+            self._served[key] = replace(served, catalogue_checked=now)
+            return
+        count, newest = await _fingerprint(*key)
+        served = self._served.get(key)
+        if served is None:
+            return
+        if (count, newest) == served.fingerprint[1:]:
+            self._served[key] = replace(served, fingerprint=(version, count, newest), catalogue_checked=now,
+                                        catalogue_verified=now)
             return
         async with self._lock(key):
             await self._refresh_catalogue(key)
@@ -351,10 +383,12 @@ class ModelRegistry:
         if scenario is None or served is None:
             self._forget(key)
             return
-        catalogue, fingerprint = await _catalogue(*key)
+        catalogue, fingerprint = await self._catalogue(key)
         engine = self._engine(key, scenario, served.model, catalogue, served.space)
+        now = time.monotonic()
         self._served[key] = replace(served, engine=engine, catalogue=catalogue, fingerprint=fingerprint,
-                                    config_version=scenario.config_version, catalogue_checked=time.monotonic())
+                                    config_version=scenario.config_version, catalogue_checked=now,
+                                    catalogue_verified=now)
         self._changed()
         log.info("models.catalogue_refreshed", tenant_id=key[0], scenario_id=key[1], items=len(catalogue))
 

@@ -104,8 +104,9 @@ class ScenarioService:
         await Interaction.get_pymongo_collection().delete_many({"tenant_id": tenant_id, "scenario_id": scenario_id})
         try:
             await self._cache.drop_item_meta(None, tenant_id=tenant_id)
+            await self._cache.items_changed(tenant_id=tenant_id)
         except CacheUnavailable:
-            pass  # metadata is read through from MongoDB again when Redis is back
+            pass  # metadata is read through from MongoDB again when Redis is back; item views at their full check
         return True
 
     async def get(self, scenario_id: str, *, tenant_id: str) -> Scenario | None:

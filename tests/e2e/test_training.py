@@ -13,6 +13,7 @@ from pymongo.errors import AutoReconnect
 
 from domain.errors import NotFound
 from domain.learning.service import Retryable, TrainingService
+from domain.recommend import serving
 from domain.recommend.serving import ModelRegistry, SwapChannel
 from models.documents import ModelVersion
 from tests.conftest import new_tenant
@@ -230,6 +231,30 @@ async def test_the_registry_follows_item_and_config_changes(served, gql, owner):
     other = await new_tenant(served, "registry-outsider")
     with pytest.raises(NotFound):
         await registry.get(other.tenant_id, sid)
+
+
+async def test_item_views_follow_the_items_version_without_scanning_the_items(served, gql, owner, monkeypatch):
+    sid = await shop(gql, owner.admin, "versions", users=10, items=20)
+    registry = ModelRegistry(vectors=None, models_dir=served.runtime.models_dir, catalogue_refresh_s=0,
+                             versions=served.runtime.cache)
+    scans = []
+    real = serving._fingerprint
+
+    async def counted(*key):
+        scans.append(key)
+        return await real(*key)
+
+    monkeypatch.setattr(serving, "_fingerprint", counted)
+    assert len((await registry.get(owner.tenant_id, sid)).catalogue) == 20
+    scans.clear()
+    for _ in range(3):
+        await registry.get(owner.tenant_id, sid)
+        await registry.refresh()
+    assert scans == []  # the items version did not move: no aggregate over the items
+    await gql.data(UPSERT, {"s": sid, "items": [{"id": "fresh", "title": "Fresh"}]}, key=owner.admin)
+    await registry.get(owner.tenant_id, sid)
+    await registry.refresh()
+    assert scans and "fresh" in (await registry.get(owner.tenant_id, sid)).catalogue.index  # then it looked
 
 
 async def test_a_store_outage_is_retried_by_the_worker(served, gql, owner, monkeypatch):

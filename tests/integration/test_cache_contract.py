@@ -143,3 +143,11 @@ async def test_label_scores_add_up_per_user_and_tenant(cache):
     assert await cache.label_scores(["u1"], tenant_id="t2") == {}
     assert await cache.erase_user("u1", [], tenant_id="t1") == 1
     assert await cache.label_scores(["u1"], tenant_id="t1") == {}
+
+
+async def test_items_version_moves_with_each_change(cache):
+    assert await cache.items_version(tenant_id="iv") == 0
+    await cache.items_changed(tenant_id="iv")
+    await cache.items_changed(tenant_id="iv")
+    assert await cache.items_version(tenant_id="iv") == 2
+    assert await cache.items_version(tenant_id="iv-other") == 0
