@@ -15,7 +15,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -34,6 +34,10 @@ log = structlog.get_logger()
 Message = tuple[bytes | str, dict]
 Batch = tuple[str, list[Message], list[Entry], Payload]  # tenant, messages, their entries, the script payload
 SEND_PAUSE_S = 0.001  # how long the reader yields after launching a batch, so its script is on the wire first
+# After a partial batch the consumer waits this long before reading again, so a steady trickle (a served page or a
+# few events each millisecond) is read, applied and acknowledged in batches of dozens rather than one by one: each
+# round costs four Redis round trips whatever its size. Freshness pays at most this much.
+GATHER_S = 0.01
 
 
 @dataclass
@@ -114,7 +118,8 @@ class StreamConsumer:
                 if down:
                     await self._recover()
                     down = False
-                await self.step()
+                if 0 < await self.step() < self._batch:
+                    await self._pause(GATHER_S)
                 if (now := time.monotonic()) >= next_claim:
                     await self.claim()
                     next_claim = now + self._claim_every_s
@@ -169,7 +174,11 @@ class StreamConsumer:
 
     async def discover(self) -> None:
         """Create the group on every tenant stream not yet known."""
-        for raw in await self._r.smembers(STREAMS):
+        await self._join(await self._r.smembers(STREAMS))
+
+    async def _join(self, tenants: Iterable[bytes | str]) -> None:
+        """Create the group on each of these tenants' streams not yet known."""
+        for raw in tenants:
             tenant_id = _text(raw)
             key = stream_key(tenant_id)
             if key in self._streams:
@@ -186,19 +195,24 @@ class StreamConsumer:
         read. With a backlog (full batches) the read-ahead keeps Redis (running the script) and this process
         (preparing the next batch) busy at once; otherwise what was read is applied before returning."""
         await self._retry_held()
-        await self.discover()
         wanted = {k: ">" for k, t in self._streams.items() if t not in self._held}
         if not wanted:
+            await self.discover()
             await self.settle()
             await self._pause(self._block_ms / 1000)
             return 0
         try:
-            reply = await self._r.xreadgroup(GROUP, self.name, wanted, count=self._batch, block=self._block_ms)
+            # One round trip: the tenant streams (new ones are read from the next step on), then the entries.
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.smembers(STREAMS)
+                pipe.xreadgroup(GROUP, self.name, wanted, count=self._batch, block=self._block_ms)
+                tenants, reply = await pipe.execute()
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             self._streams.clear()  # the stream was deleted (or Redis restarted): recreate the groups
             return 0
+        await self._join(tenants)
         if self._launch():  # read first: a read sent while a script runs would wait for it
             # Let the apply task send its script before preparing: preparing never yields to the loop, so without
             # this the script would only be sent once this round's batches were prepared, and the two would not
