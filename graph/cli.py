@@ -105,19 +105,22 @@ async def serve_runtime(settings: Settings, runtime: Runtime) -> None:
     host, port = settings.server.host, settings.server.port
     runtime.servers.set_api_url(f"http://{host}:{port}")
     children = settings.server.processes - 1
+    # Serving children and the consumer child count into /metrics too: pool every process's values.
     pooled = runtime.servers.logs_dir.parent / "prometheus" / str(os.getpid())
-    if children:
+    if children or (settings.server.run_worker and settings.server.consumer_process):
         share_across_processes(pooled)
     config = uvicorn.Config(create_app(settings, runtime=runtime), host=host, port=port, log_config=None, lifespan="on")
-    if not children:
-        await _Server(config).serve()
-        return
-    sock = listening_socket(host, port)
     try:
-        async with serving_children(settings, runtime, sock.getsockname()[1], children, on_exit=process_exited):
-            await _Server(config).serve(sockets=[sock])
+        if not children:
+            await _Server(config).serve()
+            return
+        sock = listening_socket(host, port)
+        try:
+            async with serving_children(settings, runtime, sock.getsockname()[1], children, on_exit=process_exited):
+                await _Server(config).serve(sockets=[sock])
+        finally:
+            sock.close()
     finally:
-        sock.close()
         shutil.rmtree(pooled, ignore_errors=True)
 
 

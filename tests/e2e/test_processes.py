@@ -148,3 +148,30 @@ def test_serving_processes_share_the_port_and_their_metrics(tmp_path):
     while any(_alive(p) for p in children) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [p for p in children if _alive(p)], "children outlived serve"
+
+
+def test_one_serving_process_still_counts_its_consumer_child(tmp_path):
+    port = free_port()
+    env = {**_env(tmp_path, port), "RECOGRAPH_PROCESSES": "1"}
+    serve = subprocess.Popen([str(BIN), "serve"], env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, serve)
+        assert not _serving_children(serve.pid)
+        made = subprocess.run([str(BIN), "tenants", "create", "solo", "--json"], env=env, capture_output=True,
+                              text=True, timeout=120)
+        keys = json.loads(made.stdout)["keys"]
+        sid = _gql(url, keys["admin"], 'mutation { createScenario(input: {name: "feed"}) { id } }')[
+            "createScenario"]["id"]
+        _gql(url, keys["admin"], "mutation($s: ID!) { upsertItems(scenarioId: $s, items: [{id: \"a\"}]) "
+             "{ upserted } }", {"s": sid})
+        events = [{"scenarioId": sid, "userId": f"u{n}", "itemId": "a", "type": "VIEW"} for n in range(4)]
+        _gql(url, keys["admin"], "mutation($e: [InteractionInput!]!) { recordInteractions(events: $e) { accepted } }",
+             {"e": events})
+        deadline = time.monotonic() + 20
+        while _metric(url, "recograph_consumer_read_total") < 4 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert _metric(url, "recograph_consumer_read_total") >= 4
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=60)
