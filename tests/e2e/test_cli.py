@@ -51,6 +51,16 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def stop_serving(serve: subprocess.Popen, children: list[int], timeout_s: float = 15) -> None:
+    """SIGTERM serve, wait for it, and check that none of its children outlived it."""
+    serve.send_signal(signal.SIGTERM)
+    serve.wait(timeout=60)
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in children if _alive(p)], "children outlived serve"
+
+
 def test_tenant_created_by_cli_while_serving_and_sigterm_stops_everything(tmp_path):
     port = free_port()
     env = _env(tmp_path, port)
@@ -72,12 +82,7 @@ def test_tenant_created_by_cli_while_serving_and_sigterm_stops_everything(tmp_pa
         assert answer.json()["data"]["createScenario"]["id"].startswith("sc_")
         assert (tmp_path / "runtime.json").exists()
     finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(timeout=60)
-    deadline = time.monotonic() + 15
-    while any(_alive(p) for p in children) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [p for p in children if _alive(p)], "embedded servers outlived serve"
+        stop_serving(serve, children)
     assert not (tmp_path / "runtime.json").exists()
 
     # The next start on the same directory works at once and still knows the tenant.

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.e2e.test_cli import BIN, _alive, _children, _env, _wait_ready
+from tests.e2e.test_cli import BIN, _children, _env, _wait_ready, stop_serving
 
 pytestmark = pytest.mark.slow
 
@@ -50,17 +50,33 @@ def _gql(url: str, key: str, query: str, variables: dict | None = None) -> dict:
     return body["data"]
 
 
+def record_and_count(url: str, key: str, events: list[dict]) -> None:
+    """Record events and wait until /metrics counts them as read by the consumer (whichever process answers)."""
+    _gql(url, key, "mutation($e: [InteractionInput!]!) { recordInteractions(events: $e) { accepted } }", {"e": events})
+    deadline = time.monotonic() + 20
+    while _metric(url, "recograph_consumer_read_total") < len(events) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert _metric(url, "recograph_consumer_read_total") >= len(events)
+
+
 def made_tenant(made: subprocess.CompletedProcess) -> str:
     return json.loads(made.stdout)["tenant_id"]
 
 
-def test_serving_processes_share_the_port_and_their_metrics(tmp_path):
+def start_serving(tmp_path, processes: int) -> tuple[subprocess.Popen, str, dict[str, str]]:
+    """Start `recograph serve` with this many serving processes; return it, its URL and its environment."""
     port = free_port()
-    env = {**_env(tmp_path, port), "RECOGRAPH_PROCESSES": "2"}
+    env = {**_env(tmp_path, port), "RECOGRAPH_PROCESSES": str(processes)}
     serve = subprocess.Popen([str(BIN), "serve"], env=env, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
+    _wait_ready(url, serve)
+    return serve, url, env
+
+
+def test_serving_processes_share_the_port_and_their_metrics(tmp_path):
+    serve, url, env = start_serving(tmp_path, 2)
+    children = _children(serve.pid)
     try:
-        _wait_ready(url, serve)
         deadline = time.monotonic() + 60
         pids: set[int] = set()
         while len(pids) < 2 and time.monotonic() < deadline:  # the child answers once it has started
@@ -88,13 +104,8 @@ def test_serving_processes_share_the_port_and_their_metrics(tmp_path):
             assert len(found["items"]) == 5 and found["requestId"]
 
         # The consumer child's counters reach /metrics too.
-        events = [{"scenarioId": sid, "userId": "u2", "itemId": f"i{n}", "type": "VIEW"} for n in range(5)]
-        _gql(url, keys["admin"], "mutation($e: [InteractionInput!]!) { recordInteractions(events: $e) { accepted } }",
-             {"e": events})
-        deadline = time.monotonic() + 20
-        while _metric(url, "recograph_consumer_read_total") < 5 and time.monotonic() < deadline:
-            time.sleep(0.3)
-        assert _metric(url, "recograph_consumer_read_total") >= 5
+        record_and_count(url, keys["admin"], [
+            {"scenarioId": sid, "userId": "u2", "itemId": f"i{n}", "type": "VIEW"} for n in range(5)])
         assert _metric(url, "recograph_consumers_running") == 1
         # A consumer child that dies and is started again is counted once.
         [consumer] = [p for p in _children(serve.pid) if "graph.cli consumer" in open(f"/proc/{p}/cmdline").read()
@@ -142,21 +153,13 @@ def test_serving_processes_share_the_port_and_their_metrics(tmp_path):
         assert again in pids
         children = _children(serve.pid)
     finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(timeout=60)
-    deadline = time.monotonic() + 15
-    while any(_alive(p) for p in children) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [p for p in children if _alive(p)], "children outlived serve"
+        stop_serving(serve, children)
 
 
 def test_one_serving_process_still_counts_its_consumer_child(tmp_path):
-    port = free_port()
-    env = {**_env(tmp_path, port), "RECOGRAPH_PROCESSES": "1"}
-    serve = subprocess.Popen([str(BIN), "serve"], env=env, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    serve, url, env = start_serving(tmp_path, 1)
+    children = _children(serve.pid)
     try:
-        _wait_ready(url, serve)
         assert not _serving_children(serve.pid)
         made = subprocess.run([str(BIN), "tenants", "create", "solo", "--json"], env=env, capture_output=True,
                               text=True, timeout=120)
@@ -165,13 +168,7 @@ def test_one_serving_process_still_counts_its_consumer_child(tmp_path):
             "createScenario"]["id"]
         _gql(url, keys["admin"], "mutation($s: ID!) { upsertItems(scenarioId: $s, items: [{id: \"a\"}]) "
              "{ upserted } }", {"s": sid})
-        events = [{"scenarioId": sid, "userId": f"u{n}", "itemId": "a", "type": "VIEW"} for n in range(4)]
-        _gql(url, keys["admin"], "mutation($e: [InteractionInput!]!) { recordInteractions(events: $e) { accepted } }",
-             {"e": events})
-        deadline = time.monotonic() + 20
-        while _metric(url, "recograph_consumer_read_total") < 4 and time.monotonic() < deadline:
-            time.sleep(0.3)
-        assert _metric(url, "recograph_consumer_read_total") >= 4
+        record_and_count(url, keys["admin"], [
+            {"scenarioId": sid, "userId": f"u{n}", "itemId": "a", "type": "VIEW"} for n in range(4)])
     finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(timeout=60)
+        stop_serving(serve, children)
