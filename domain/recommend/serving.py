@@ -145,6 +145,7 @@ class ModelRegistry:
         self._served: OrderedDict[Key, Served] = OrderedDict()
         self._locks: dict[Key, asyncio.Lock] = {}
         self._used: set[Key] = set()  # served since their items were last checked
+        self._pending: dict[Key, int] = {}  # swap notices being applied: requests wait for the new version
         self._tasks: list[asyncio.Task] = []
 
     async def get(self, tenant_id: str, scenario_id: str, *, config_version: int | None = None) -> Engine:
@@ -155,6 +156,11 @@ class ModelRegistry:
         `config_ttl_s`.
         """
         key = (tenant_id, scenario_id)
+        if key in self._pending:
+            # A swap notice arrived: the job that trained it may already say SUCCEEDED, so answer from the new
+            # model, waiting for its load (the swap holds the scenario's lock until the new engine serves).
+            async with self._lock(key):
+                pass
         served = self._served.get(key)
         if served is None:
             served = await self._current(key)
@@ -248,10 +254,17 @@ class ModelRegistry:
             log.exception("models.task_failed", task=name)
 
     async def _on_notice(self, tenant_id: str, scenario_id: str, version: int) -> None:
+        key = (tenant_id, scenario_id)
+        served = self._served.get(key)
+        if served is not None and served.version != version:
+            self._pending[key] = version  # set before the swap takes the lock: no await in between
         try:
             await self.swap(tenant_id, scenario_id, version)
         except Exception:  # noqa: BLE001 - keep listening; the periodic re-check retries
             log.exception("models.swap_failed", tenant_id=tenant_id, scenario_id=scenario_id, version=version)
+        finally:
+            if self._pending.get(key) == version:
+                del self._pending[key]
 
     def _lock(self, key: Key) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
