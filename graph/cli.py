@@ -23,7 +23,7 @@ from graph.app import create_app
 from graph.evaluate import register as register_evaluate
 from graph.metrics import process_exited, share_across_processes
 from graph.observability import configure_logging
-from graph.processes import auto_processes, listening_socket, serving_children
+from graph.processes import PortUnavailable, auto_processes, listening_socket, serving_children
 from graph.runtime import Runtime, open_runtime
 from models.embedded import EmbeddedStartError, ServerUnavailable
 from models.settings import Settings
@@ -75,7 +75,7 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine; turn known failures into one clear line and exit status 1."""
     try:
         return asyncio.run(work())
-    except (ServerUnavailable, EmbeddedStartError) as exc:
+    except (ServerUnavailable, EmbeddedStartError, PortUnavailable) as exc:
         console.print(f"[red]recograph: {exc}[/red]")
     except DomainError as exc:
         console.print(f"[red]recograph: {exc.message}{f' ({exc.field})' if exc.field else ''}[/red]")
@@ -109,13 +109,10 @@ async def serve_runtime(settings: Settings, runtime: Runtime) -> None:
     pooled = runtime.servers.logs_dir.parent / "prometheus" / str(os.getpid())
     if children or (settings.server.run_worker and settings.server.consumer_process):
         share_across_processes(pooled)
-    config = uvicorn.Config(create_app(settings, runtime=runtime), host=host, port=port, log_config=None, lifespan="on")
     try:
-        if not children:
-            await _Server(config).serve()
-            return
-        sock = listening_socket(host, port)
+        sock = listening_socket(host, port, first=True)  # refused at once, with one clear line, if the port is taken
         try:
+            config = uvicorn.Config(create_app(settings, runtime=runtime), log_config=None, lifespan="on")
             async with serving_children(settings, runtime, sock.getsockname()[1], children, on_exit=process_exited):
                 await _Server(config).serve(sockets=[sock])
         finally:

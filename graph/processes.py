@@ -35,18 +35,33 @@ def auto_processes() -> int:
     return max(1, min(cpus, MAX_AUTO_PROCESSES))
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
+class PortUnavailable(Exception):
+    """The address to serve on cannot be bound."""
+
+
+def listening_socket(host: str, port: int, *, first: bool = False) -> socket.socket:
     """Return a TCP socket bound to (host, port) that other processes of this user may bind too (SO_REUSEPORT); it
-    listens once the server starts on it, so no connection is handed to a process still starting."""
+    listens once the server starts on it, so no connection is handed to a process still starting.
+
+    `first` (serve itself): refuse a port that anything holds already, another `serve` included (which SO_REUSEPORT
+    alone would let it share), by binding it without SO_REUSEPORT first."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP named: asyncio sets TCP_NODELAY
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
+        if first and port:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP named: asyncio sets TCP_NODELAY
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise PortUnavailable(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server there? "
+                              "choose one with --port or RECOGRAPH_PORT)") from exc
     return sock
 
 

@@ -172,3 +172,18 @@ def test_one_serving_process_still_counts_its_consumer_child(tmp_path):
             {"scenarioId": sid, "userId": f"u{n}", "itemId": "a", "type": "VIEW"} for n in range(4)])
     finally:
         stop_serving(serve, children)
+
+
+def test_a_port_in_use_is_one_clear_line_even_for_another_serve(tmp_path):
+    serve, url, env = start_serving(tmp_path / "first", 2)
+    children = _children(serve.pid)
+    try:
+        # SO_REUSEPORT would let a second serve share the port: it is refused like any other taken port.
+        again = {**env, "RECOGRAPH_DATA_DIR": str(tmp_path / "second")}
+        second = subprocess.run([str(BIN), "serve"], env=again, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1
+        assert "cannot listen on" in second.stderr and "Address already in use" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
+        assert _pid(url) in {serve.pid, *_serving_children(serve.pid)}
+    finally:
+        stop_serving(serve, children)
