@@ -12,7 +12,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import msgspec
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -20,8 +22,12 @@ from domain.realtime.keys import FIELD, STREAMS, profile_key, stream_key
 from models.cache import CacheUnavailable
 
 MAX_LEN = 1_000_000  # entries kept per tenant stream (approximate trim)
-# One encoder for every entry: `json.dumps` with options builds a new encoder per call.
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# One encoder for every entry (compact UTF-8 JSON; several times faster than json's).
+_ENCODER = msgspec.json.Encoder()
+
+
+def _encode(value: Any) -> str:
+    return _ENCODER.encode(value).decode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from domain.recommend.base import Recommendation
 
 FORMAT = 1  # bump when the encoding changes: older blobs then decode as missing
-_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode  # built once, not per `json.dumps` call
+_ENCODER = msgspec.json.Encoder(enc_hook=str)  # compact JSON, several times faster than json's encoder
+
+
+def _encode(value: Any) -> str:
+    return _ENCODER.encode(value).decode()
 
 
 @dataclass(slots=True)

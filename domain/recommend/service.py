@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import uuid
 from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import msgspec
 import structlog
 
 from domain.errors import BadInput, Unavailable
@@ -272,9 +272,13 @@ def _check_context(context: Mapping | None) -> dict[str, Any]:
         return {}
     if not isinstance(context, Mapping):
         raise BadInput("context must be a JSON object", field="context")
-    if len(json.dumps(context, default=str)) > MAX_CONTEXT_BYTES:
+    if len(_JSON.encode(context)) > MAX_CONTEXT_BYTES:
         raise BadInput(f"context must be at most {MAX_CONTEXT_BYTES} bytes as JSON", field="context")
     return dict(context)
+
+
+_JSON = msgspec.json.Encoder(enc_hook=str)
+_SORTED_JSON = msgspec.json.Encoder(enc_hook=str, order="sorted")  # the same context, the same key
 
 
 def _answer_key(config_version: int, exclude_seen: bool, context: Mapping) -> str:
@@ -283,7 +287,7 @@ def _answer_key(config_version: int, exclude_seen: bool, context: Mapping) -> st
 
 
 def _context_digest(context: Mapping) -> str:
-    return hashlib.blake2b(json.dumps(context, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+    return hashlib.blake2b(_SORTED_JSON.encode(context), digest_size=8).hexdigest()
 
 
 _NO_CONTEXT = _context_digest({})  # most requests carry no context: the same key part every time
