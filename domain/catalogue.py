@@ -271,12 +271,6 @@ class CatalogueService:
         """Whether `list` pages through key windows."""
         return self._windows is not None
 
-    async def drain(self) -> None:
-        """Wait for the background reads in flight (tests, shutdown)."""
-        await self._reread.drain()
-        if self._windows is not None:
-            await self._windows.drain()
-
     def forget_cached(self, *, tenant_id: str) -> None:
         """Drop the tenant's items from the in-process cache (after a bulk change such as deleting a scenario)."""
         self._hot.drop_where(lambda key: key[0] == tenant_id)

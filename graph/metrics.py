@@ -356,14 +356,15 @@ class ConsumerExporter:
         if pooled_dir() is None:  # pooled: the consumers' own processes write their counters (workers.consumer)
             metrics.registry.register(_ProcessConsumerCollector())
         labels = ("tenant",)
-        self._length = metrics.read_gauge("consumer_stream_length", "Entries in the tenant's event stream.", labels)
-        self._lag = metrics.read_gauge("consumer_lag", "Stream entries not yet delivered to the consumer group.", labels)
-        self._lag_seconds = metrics.read_gauge(
+        gauge = metrics.read_gauge
+        self._length = gauge("consumer_stream_length", "Entries in the tenant's event stream.", labels)
+        self._lag = gauge("consumer_lag", "Stream entries not yet delivered to the consumer group.", labels)
+        self._lag_seconds = gauge(
             "consumer_lag_seconds", "Receive time of the newest entry minus that of the last one delivered.", labels)
-        self._pending = metrics.read_gauge("consumer_pending", "Entries delivered to a consumer, not acknowledged.", labels)
-        self._streams = metrics.read_gauge("consumer_streams", "Tenant event streams registered.")
-        self._alive = metrics.read_gauge("consumer_alive", "1 while some consumer renews its heartbeat in Redis.")
-        self._up = metrics.read_gauge("consumer_backlog_up", "1 when the last read of the backlog from Redis succeeded.")
+        self._pending = gauge("consumer_pending", "Entries delivered to a consumer, not acknowledged.", labels)
+        self._streams = gauge("consumer_streams", "Tenant event streams registered.")
+        self._alive = gauge("consumer_alive", "1 while some consumer renews its heartbeat in Redis.")
+        self._up = gauge("consumer_backlog_up", "1 when the last read of the backlog from Redis succeeded.")
         self._exported: set[str] = set()
         self._read_at = -BACKLOG_MIN_INTERVAL_S
         metrics.on_scrape(self._scrape)

@@ -1,13 +1,14 @@
-"""Serving processes: `serve` answers from itself and `processes - 1` children on one listening socket.
+"""Serving processes: `serve` answers from itself and `processes - 1` children on one address.
 
 A request is a few milliseconds of Python, so one process serves on one core. `serve` and each of its children
 (`recograph serve-child`) bind their own socket to the same address with SO_REUSEPORT, and the kernel spreads new
 connections across them by a hash of the client's address. (One shared socket would not do: asyncio accepts every
-waiting connection at each wake-up, so a burst of connections all goes to one process.) The children attach to the parent's MongoDB and Redis, load
-the same models from the same models directory and hear the same swap notices; they run no job worker and no
-event consumer (the parent does, or its consumer child). When the vector store is embedded its shards open in the
-parent only, so children search the models' item embeddings in memory, which ranks the same. A child that exits is
-started again. Prometheus series are pooled across the processes (`graph.metrics.share_across_processes`).
+waiting connection at each wake-up, so a burst of connections all goes to one process.) The children attach to
+the parent's MongoDB and Redis, load the same models from the same models directory and hear the same swap
+notices; they run no job worker and no event consumer (the parent does, or its consumer child). When the vector
+store is embedded its shards open in the parent only, so children search the models' item embeddings in memory,
+which ranks the same. A child that exits is started again. Prometheus series are pooled across the processes
+(`graph.metrics.share_across_processes`).
 """
 
 from __future__ import annotations
