@@ -100,6 +100,10 @@ class ServeProcess:
         env = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URL", "REDIS_URL", "QDRANT_URL")}
         self.env = {**env, "RECOGRAPH_LOG_LEVEL": "WARNING", "RECOGRAPH_DATA_DIR": str(data_dir),
                     "RECOGRAPH_PORT": str(port)}
+        # Saturation sends more than any one client should: rate limits far above it, still checked on every request.
+        self.env.update({f"RECOGRAPH_RATE_{name}": "1000000" for name in (
+            "PUBLIC_RATE", "PUBLIC_BURST", "ADMIN_RATE", "ADMIN_BURST", "GATEWAY_RATE", "GATEWAY_BURST",
+            "TENANT_RATE", "TENANT_BURST")})
         if processes is not None:
             self.env["RECOGRAPH_PROCESSES"] = str(processes)
         self.log_path = data_dir / "serve.log"

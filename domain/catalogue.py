@@ -32,6 +32,8 @@ ITEM_STATUSES = ("ACTIVE", "INACTIVE")
 MAX_ID = 256
 MAX_LABELS = 100
 MAX_ATTRIBUTES_BYTES = 64 * 1024
+MAX_SEARCH_WORDS = 8
+MAX_SEARCH_CHARS = 256
 DUPLICATE_KEY = 11000
 ITEM_TTL_S = 30.0  # how long a shown item is reused as read; other processes' changes show after it
 ITEM_STALE_S = 3600.0  # how long past that it is still shown while a background read refreshes it
@@ -349,7 +351,7 @@ class CatalogueService:
         """Return a page of a scenario's items ordered by item id."""
         await self._scenarios.cached(scenario_id, tenant_id=tenant_id)
         limit = check_first(first, maximum=max_first)
-        matching = _filter_query(filters or ItemFilter(), tenant_id=tenant_id, scenario_id=scenario_id)
+        matching = _filter_query(_checked(filters or ItemFilter()), tenant_id=tenant_id, scenario_id=scenario_id)
         start = decode_cursor(after)
         bounds = [None] if self._windows is None else await self._windows.bounds(
             (tenant_id, scenario_id), after=start, need=limit + 1
@@ -374,6 +376,17 @@ class CatalogueService:
             {"tenant_id": tenant_id, "scenarios": scenario_id}, {"_id": 0, "item_id": 1}
         )
         return [doc["item_id"] async for doc in cursor]
+
+
+def _checked(f: ItemFilter) -> ItemFilter:
+    """Return the filter, or raise BadInput when its title search would cost a regex too large to run."""
+    # Each search word is one lookahead scanning the whole title of every item the other fields match.
+    if f.search is not None and (len(f.search) > MAX_SEARCH_CHARS or len(f.search.split()) > MAX_SEARCH_WORDS):
+        raise BadInput(f"search takes at most {MAX_SEARCH_WORDS} words and {MAX_SEARCH_CHARS} characters",
+                       field="filter.search")
+    if f.title_prefix is not None and len(f.title_prefix) > MAX_SEARCH_CHARS:
+        raise BadInput(f"titlePrefix takes at most {MAX_SEARCH_CHARS} characters", field="filter.titlePrefix")
+    return f
 
 
 def _filter_query(f: ItemFilter, *, tenant_id: str, scenario_id: str) -> dict[str, Any]:

@@ -50,3 +50,18 @@ class Unavailable(DomainError):
     """A store the operation needs cannot be reached."""
 
     code = "SERVICE_UNAVAILABLE"
+
+
+class RateLimited(DomainError):
+    """The key or its tenant sent more requests than its rate limit allows; `retryAfter` says when to try again."""
+
+    code = "RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def extensions(self) -> dict[str, str | int]:
+        """Return the code and `retryAfter` (whole seconds)."""
+        return {**super().extensions, "retryAfter": self.retry_after}

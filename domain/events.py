@@ -24,6 +24,8 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from domain.catalogue import RowError, CatalogueService
 from domain.errors import Unavailable
 from domain.ids import utcnow
+from domain.jsonlimits import context_problem
+from domain.realtime.contracts import ReturningNotes
 from domain.realtime.stream import EventStream, StreamEvent, millis
 from domain.scenarios.service import ScenarioService
 from models.cache import Cache, CacheUnavailable, ItemMeta
@@ -78,8 +80,8 @@ def check_event(e: InteractionData, now: datetime) -> tuple[str, str] | None:
         return "value", problem
     if e.timestamp is not None and _utc(e.timestamp) > now + FUTURE_TOLERANCE:
         return "timestamp", "timestamp is more than 5 minutes in the future"
-    if e.context is not None and not isinstance(e.context, Mapping):
-        return "context", "context must be a JSON object"
+    if e.context is not None and (problem := context_problem(e.context)):
+        return "context", problem
     return None
 
 
@@ -106,12 +108,14 @@ class EventService:
     """Record interactions for a tenant."""
 
     def __init__(
-        self, cache: Cache, scenarios: ScenarioService, catalogue: CatalogueService, stream: EventStream | None
+        self, cache: Cache, scenarios: ScenarioService, catalogue: CatalogueService, stream: EventStream | None,
+        returning: ReturningNotes | None = None,
     ) -> None:
         self._cache = cache
         self._scenarios = scenarios
         self._catalogue = catalogue
         self._stream = stream
+        self._returning = returning  # told of users found without Redis state, to rebuild it in the background
 
     async def record(self, events: Sequence[InteractionData], *, tenant_id: str) -> IngestResult:
         """Validate each event, store the valid ones once, mark them seen and append them to the stream."""
@@ -182,8 +186,11 @@ class EventService:
         if not docs:
             return
         try:
-            await self._cache.record_seen(((d["scenario_id"], d["user_id"], d["item_id"]) for d in docs),
-                                          tenant_id=tenant_id)
+            fresh = await self._cache.record_seen(((d["scenario_id"], d["user_id"], d["item_id"]) for d in docs),
+                                                  tenant_id=tenant_id)
+            if self._returning is not None:
+                for user_id in fresh:
+                    self._returning.note(user_id, tenant_id=tenant_id)
             if self._stream is not None:
                 await self._stream.append([stream_event(d) for d in docs], tenant_id=tenant_id)
         except CacheUnavailable as exc:

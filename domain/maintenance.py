@@ -4,7 +4,9 @@
 - finished job records older than the policy's age;
 - interactions more than the scenario's `retention.interactionsDays` older than its newest one (none when null);
 - Redis seen sets without a TTL that belong to a scenario of the tenant that no longer exists (deleting a scenario
-  leaves them behind, and nothing else ever reads or expires them).
+  leaves them behind, and nothing else ever reads or expires them). SCAN walks the whole keyspace whatever its
+  MATCH pattern, so the tenant's scan runs at most once per `orphan_scan_interval_s`, by whichever of its
+  scenarios' cleanups comes first, not once per scenario.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class CleanupPolicy:
 
     keep_finished_jobs_days: float = 30.0
     keep_retired_models: int = versions.KEEP_RETIRED
+    orphan_scan_interval_s: int = 12 * 3600
 
 
 class MaintenanceService:
@@ -98,12 +101,20 @@ class MaintenanceService:
         client = getattr(self._cache, "client", None)  # only a Redis cache holds keys that outlive their scenario
         if client is None:
             return 0
-        alive = {d["_id"] for d in await Scenario.get_pymongo_collection().find(
-            {"tenant_id": tenant_id}, {"_id": 1}).to_list(None)}
+        # Claim the tenant's scan for the interval; give the claim back when the scan fails, so the next one runs.
+        claim = tenant_key(tenant_id, "cleanup", "orphan-scan")
+        if not await client.set(claim, "1", nx=True, ex=self._policy.orphan_scan_interval_s):
+            return 0
         prefix = tenant_key(tenant_id, "seen", "")
-        candidates = [key async for key in client.scan_iter(match=f"{_escape(prefix)}*", count=SCAN_COUNT)
-                      if _scenario_of(key, prefix) not in alive]
-        return await _delete_without_ttl(client, candidates)
+        try:
+            alive = {d["_id"] for d in await Scenario.get_pymongo_collection().find(
+                {"tenant_id": tenant_id}, {"_id": 1}).to_list(None)}
+            candidates = [key async for key in client.scan_iter(match=f"{_escape(prefix)}*", count=SCAN_COUNT)
+                          if _scenario_of(key, prefix) not in alive]
+            return await _delete_without_ttl(client, candidates)
+        except Exception:
+            await client.delete(claim)
+            raise
 
 
 def _escape(pattern: str) -> str:

@@ -95,7 +95,8 @@ class CandidateService:
         except NotFound:
             raise  # the scenario went away: the job ends
         except (DomainError, CacheUnavailable) as exc:
-            log.warning("candidates.user_failed", user_id=user_id, scenario_id=scenario_id, error=str(exc))
+            # No user id in logs: a log file keeps what it was once written, erasure or not (domain.erasure).
+            log.warning("candidates.user_failed", scenario_id=scenario_id, error=type(exc).__name__)
             return False
         return True
 

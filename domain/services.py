@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from domain.audit import AuditLog
 
 from domain.background import BackgroundJobs, JobPolicy
 from domain.catalogue import CatalogueService
 from domain.events import EventService
 from domain.hotcache import Invalidations
 from domain.jobs import JobQueue, JobService
+from domain.jobwatch import JobWatch
 from domain.learning.service import LearningConfig, TrainingService
 from domain.privacy import PrivacyService
+from domain.ratelimit import RateLimits, RatePolicy
 from domain.realtime.impressions import impression_sink
+from domain.realtime.apply import REQUEST_TTL_S
 from domain.realtime.live import LiveMetrics
+from domain.realtime.returning import ReturningUsers
 from domain.realtime.service import RealtimeService
 from domain.realtime.stream import EventStream
 from domain.profiles import ProfileService
 from domain.recommend.service import EngineSource, RecommendationService
 from domain.scenarios.service import ScenarioService
 from domain.tenancy import TenancyService
-from models.cache import Cache, RedisCache
+from models.cache import USER_STATE_TTL_S, Cache, RedisCache
 from models.channel import Channel
 from models.vectors import VectorStore
 
@@ -42,16 +48,22 @@ class Services:
     live: LiveMetrics | None = None  # live metrics snapshots and streams (need Redis)
     realtime: RealtimeService | None = None  # the event stream's consumer, catch-up and rebuilds (need Redis)
     invalidations: Invalidations | None = None  # cached entries other processes changed (serving processes listen)
+    rate_limits: RateLimits = field(default_factory=lambda: RateLimits(None))  # per key and tenant, shared in Redis
+    audit: AuditLog = field(default_factory=AuditLog)  # admin mutations, written by the GraphQL audit extension
+    job_watch: JobWatch = field(default_factory=JobWatch)  # one poll per job however many follow it
+    returning: ReturningUsers | None = None  # rebuilds returning users' expired state (serving processes run it)
 
     @classmethod
     def build(
         cls, *, cache: Cache, vectors: VectorStore | None, engines: EngineSource | None = None,
         queue: JobQueue | None = None, learning: LearningConfig | None = None, jobs_policy: JobPolicy | None = None,
-        windowed_listing: bool = False,
+        windowed_listing: bool = False, rate_policy: RatePolicy | None = None, attribution_s: int = REQUEST_TTL_S,
     ) -> Services:
         """Wire every service over the given stores (MongoDB is reached through Beanie); jobs are submitted to
         `queue` and trained as `learning` says (without them, submitting or training is refused);
-        `windowed_listing` when MongoDB sorts every match before limiting (`models.mongo.sorts_every_match`)."""
+        `windowed_listing` when MongoDB sorts every match before limiting (`models.mongo.sorts_every_match`);
+        requests are limited as `rate_policy` says (default: `RatePolicy()`); events are attributed to a served
+        page for `attribution_s` after it was served."""
         redis = cache.client if isinstance(cache, RedisCache) else None
         invalidations = Invalidations(Channel(redis, INVALIDATIONS) if redis is not None else None)
         scenarios = ScenarioService(cache, invalidations=invalidations)
@@ -59,15 +71,23 @@ class Services:
         catalogue = CatalogueService(cache, scenarios, windowed_listing=windowed_listing, invalidations=invalidations)
         profiles = ProfileService(cache, redis)
         training = TrainingService(jobs, scenarios, vectors=vectors, config=learning)
+        user_ttl_s = cache.user_ttl_s if isinstance(cache, RedisCache) else USER_STATE_TTL_S
+        realtime = (RealtimeService(redis, catalogue, scenarios, user_ttl_s=user_ttl_s, attribution_s=attribution_s)
+                    if redis is not None else None)
+        returning = (ReturningUsers(redis, realtime.processor, user_ttl_s=user_ttl_s)
+                     if redis is not None and realtime is not None else None)
         return cls(
             tenancy=TenancyService(invalidations),
             scenarios=scenarios,
             catalogue=catalogue,
             profiles=profiles,
-            events=EventService(cache, scenarios, catalogue, EventStream(redis) if redis is not None else None),
-            privacy=PrivacyService(cache, vectors, scenarios, profiles),
+            events=EventService(cache, scenarios, catalogue,
+                                EventStream(redis, user_ttl_s=user_ttl_s) if redis is not None else None,
+                                returning=returning),
+            privacy=PrivacyService(cache, vectors, scenarios, profiles, learning=learning, realtime=realtime),
             recommendations=RecommendationService(
-                cache, scenarios, profiles, engines, impressions=impression_sink(redis) if redis is not None else None
+                cache, scenarios, profiles, engines, impressions=impression_sink(redis) if redis is not None else None,
+                returning=returning,
             ),
             jobs=jobs,
             training=training,
@@ -75,6 +95,8 @@ class Services:
             background=BackgroundJobs.wire(jobs, scenarios, training, RecommendationService(cache, scenarios, profiles,
                                            engines), cache=cache, learning=learning, policy=jobs_policy),
             live=LiveMetrics.over(cache),
-            realtime=RealtimeService(redis, catalogue, scenarios) if redis is not None else None,
+            realtime=realtime,
             invalidations=invalidations,
+            rate_limits=RateLimits.over(redis, rate_policy or RatePolicy()),
+            returning=returning,
         )

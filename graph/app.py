@@ -16,9 +16,15 @@ from litestar.di import Provide
 from strawberry.litestar import make_graphql_controller
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
+from graph.audit import AuditExtension
 from graph.context import WebSocketAuth, http_context, ws_context
+from graph.cost import cost_extension, cost_limits
+from graph.breakers import breaker_gauge, exported_breakers
 from graph.health import live, ready
+from graph.ratelimit import limit_websocket_operations, within_limits
 from graph.metrics import LiveMetricsExporter, Metrics
+from graph.memory_metrics import RedisMemoryExporter
+from graph.metrics_access import metrics_port, metrics_route
 from graph.observability import (
     configure_logging, litestar_logging_config, log_context_extension, request_context_middleware, setup_tracing,
     strawberry_extensions, tracing_plugins,
@@ -27,7 +33,7 @@ from graph.runtime import Runtime, open_runtime
 from graph.schema import build_schema, guard_extensions
 from models.settings import Settings
 from resolvers.context import RequestContext
-from workers.consumer import consumer_child, consumer_running
+from workers.consumer import consumer_child, consumer_options, consumer_running
 from workers.metrics import JobMetrics
 from workers.settings import in_process_worker
 
@@ -43,7 +49,9 @@ def _graphql_controller(settings: Settings, metrics: Metrics, tracing) -> type:
     gql = settings.graphql
     extensions = [
         *guard_extensions(max_depth=gql.max_depth, max_tokens=gql.max_tokens, max_aliases=gql.max_aliases),
+        cost_extension(cost_limits(gql)),  # after validation, before any resolver
         metrics.extension(),
+        AuditExtension,  # admin mutations to the audit log
         log_context_extension(lambda ctx: {"tenant_id": ctx.principal.tenant_id if ctx.principal else None}),
         *strawberry_extensions(settings.telemetry, tracing),
     ]
@@ -61,6 +69,9 @@ def _graphql_controller(settings: Settings, metrics: Metrics, tracing) -> type:
             **base.dependencies, "context": Provide(http_context), "context_ws": Provide(ws_context),
             "response": Provide(_response),
         }
+        # each websocket operation takes a token and holds one of its key's places while it runs
+        graphql_transport_ws_handler_class = limit_websocket_operations(
+            WebSocketAuth.graphql_transport_ws_handler_class)
 
         def encode_json(self, data: object) -> bytes:
             # msgspec (Litestar's own encoder) writes a 20-item answer several times faster than json.dumps; a
@@ -72,7 +83,8 @@ def _graphql_controller(settings: Settings, metrics: Metrics, tracing) -> type:
             # Strawberry's handler also takes `root_value` and `response`; Litestar resolves several dependencies of
             # one level in an anyio task group (a child task each, per request). One dependency is awaited inline.
             self.temporal_response = Response({})
-            return await self.execute_request(request=request, context=context, root_value=None)
+            return await within_limits(context, lambda: self.execute_request(request=request, context=context,
+                                                                             root_value=None))
 
     return GraphQLController
 
@@ -100,6 +112,9 @@ async def _background(runtime: Runtime) -> AsyncIterator[None]:
     listening = None
     if runtime.registry is not None and runtime.services.invalidations is not None:  # a serving process
         listening = asyncio.create_task(runtime.services.invalidations.listen(), name="recograph-invalidations")
+    returning = runtime.services.returning if runtime.registry is not None else None
+    if returning is not None:  # returning users' expired state is rebuilt beside the requests that noted them
+        returning.start()
     worker = None
     if runtime.settings.server.run_worker:
         worker = in_process_worker(runtime.services, redis_url=runtime.servers.redis_url, settings=runtime.settings)
@@ -111,11 +126,13 @@ async def _background(runtime: Runtime) -> AsyncIterator[None]:
                                       redis_url=runtime.servers.redis_url, logs_dir=runtime.servers.logs_dir):
                 yield
         elif runtime.settings.server.run_worker:
-            async with consumer_running(runtime.services):
+            async with consumer_running(runtime.services, **consumer_options(runtime.settings)):
                 yield
         else:
             yield
     finally:
+        if returning is not None:
+            await returning.stop()
         if listening is not None:
             listening.cancel()
             await asyncio.gather(listening, return_exceptions=True)
@@ -152,6 +169,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     tracing = setup_tracing(settings.telemetry)
     metrics = Metrics()
     job_metrics = JobMetrics(metrics.registry)  # job attempt durations and failures, recorded by the in-process worker
+    breaker_states = breaker_gauge(metrics)
+    RedisMemoryExporter(metrics)  # Redis's memory and each tenant's estimated share, read on scrape
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -162,7 +181,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         log.info("recograph.started", embedded=settings.embedded, mongo=app.state.runtime.servers.mongo_url)
         try:
             async with _watch_jobs(app.state.runtime, job_metrics), _background(app.state.runtime), \
-                    _live_metrics(app.state.runtime, metrics):
+                    _live_metrics(app.state.runtime, metrics), \
+                    exported_breakers(breaker_states, app.state.runtime.breakers()):
                 yield
         finally:
             if owned:
@@ -172,8 +192,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     cors = CORSConfig(allow_origins=settings.server.cors_origins) if settings.server.cors_origins else None
     return Litestar(
-        route_handlers=[_graphql_controller(settings, metrics, tracing), live, ready, metrics.route()],
-        lifespan=[lifespan],
+        route_handlers=[_graphql_controller(settings, metrics, tracing), live, ready,
+                        metrics_route(metrics, settings.server.metrics_token)],
+        lifespan=[lifespan, metrics_port(metrics, settings.server.metrics_port)],
         cors_config=cors,
         middleware=[request_context_middleware, metrics.middleware],
         plugins=tracing_plugins(tracing),

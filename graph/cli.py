@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import shutil
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from domain.datasets.movielens import read_movielens
-from domain.errors import DomainError, NotFound
+from domain.errors import BadInput, DomainError, NotFound
+from domain.ratelimit import Limit, read_overrides
 from domain.tenancy import Scope
 from graph import demo as demo_setup
 from graph.app import create_app
@@ -76,7 +79,7 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(work())
     except (ServerUnavailable, EmbeddedStartError, PortUnavailable) as exc:
-        console.print(f"[red]recograph: {exc}[/red]")
+        console.print(f"[red]recograph: {exc}[/red]", soft_wrap=True)  # one line, however narrow the terminal
     except DomainError as exc:
         console.print(f"[red]recograph: {exc.message}{f' ({exc.field})' if exc.field else ''}[/red]")
     raise typer.Exit(1)
@@ -190,25 +193,86 @@ def tenants_list() -> None:
     _run(lambda: _with_runtime(_settings(), work))
 
 
+@tenants_app.command("limits")
+def tenants_limits(
+    tenant_id: str = typer.Argument(..., help="Tenant id, as `tenants create --json` prints it."),
+    scope: Scope = typer.Option(None, help="The scope whose limit to set or clear."),
+    rate: float = typer.Option(None, help="Requests per second the tenant's keys of the scope may sustain, each and "
+                               "all together."),
+    burst: int = typer.Option(None, help="Requests they may send at once (default: twice the rate)."),
+    clear: bool = typer.Option(False, "--clear", help="Return the scope to the defaults."),
+    show: bool = typer.Option(False, "--show", help="Print the tenant's limits per scope (the default action)."),
+) -> None:
+    """Set, clear or show a tenant's rate limits; every serving process applies a change within seconds."""
+
+    async def work(rt: Runtime) -> None:
+        if rate is not None or clear:
+            if scope is None:
+                raise BadInput("name the scope to set or clear with --scope", field="--scope")
+            limit = None if clear else Limit(rate, burst or max(1, math.ceil(2 * rate)))
+            await _change_limit(rt, tenant_id, scope, limit)
+        if show or (rate is None and not clear):
+            await _print_limits(rt, tenant_id)
+
+    _run(lambda: _with_runtime(_settings(), work))
+
+
+async def _change_limit(rt: Runtime, tenant_id: str, scope: Scope, limit: Limit | None) -> None:
+    """Set the tenant's limit for the scope (None: back to the defaults) and say when serving applies it."""
+    limits = rt.services.rate_limits
+    if limit is None:
+        told = await limits.clear_override(tenant_id, scope)
+    else:
+        told = await limits.set_override(tenant_id, scope, limit)
+    when = "at once" if told else f"within {limits.policy.overrides_refresh_s:g} s (Redis did not answer)"
+    console.print(f"{tenant_id} {scope.value}: {'back to the defaults' if limit is None else 'set'}; serving "
+                  f"processes apply it {when}")
+
+
+async def _print_limits(rt: Runtime, tenant_id: str) -> None:
+    """Print each scope's limit per key, and whether it is the tenant's own or the default."""
+    overrides = await read_overrides(tenant_id=tenant_id)
+    for scope in Scope:
+        key, together = rt.services.rate_limits.limits(scope, overrides)
+        shared = f"all keys: {together.rate:g}/s, burst {together.burst}"
+        source = "override" if scope in overrides else f"default ({shared})"
+        print(f"{scope.value}\t{key.rate:g}/s\tburst {key.burst}\t{source}")
+
+
 @keys_app.command("list")
 def keys_list(tenant: str = typer.Option(..., help="Tenant id.")) -> None:
     """List a tenant's live keys by prefix."""
 
     async def work(rt: Runtime) -> None:
         for key in await rt.services.tenancy.list_keys(tenant_id=tenant):
-            print(f"{key.id}\t{key.scope}\t{key.prefix}…\t{key.created_at.isoformat()}")
+            expires = key.expires_at.isoformat() if key.expires_at else "-"
+            rule = "user-token" if key.require_user_token else "-"
+            print(f"{key.id}\t{key.scope}\t{key.prefix}…\t{key.created_at.isoformat()}\t{expires}\t{rule}")
 
     _run(lambda: _with_runtime(_settings(), work))
 
 
 @keys_app.command("create")
-def keys_create(tenant: str = typer.Option(..., help="Tenant id."), scope: Scope = typer.Option(Scope.PUBLIC)) -> None:
+def keys_create(
+    tenant: str = typer.Option(..., help="Tenant id."), scope: Scope = typer.Option(Scope.PUBLIC),
+    expires_at: datetime | None = typer.Option(
+        None, "--expires-at", formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"],
+        help="When the key stops working (ISO-8601; UTC unless an offset is given).",
+    ),
+    require_user_token: bool = typer.Option(
+        False, "--require-user-token", help="A public key that serves only the user its X-User-Token names."
+    ),
+) -> None:
     """Create a key and print its secret once."""
+    if expires_at is not None and expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=UTC)
 
     async def work(rt: Runtime) -> None:
         if await rt.services.tenancy.get_tenant(tenant_id=tenant) is None:
             raise NotFound(f"no tenant {tenant}", field="--tenant")
-        new = await rt.services.tenancy.create_key(scope, tenant_id=tenant)
+        new = await rt.services.tenancy.create_key(
+            scope, tenant_id=tenant, expires_at=expires_at, require_user_token=require_user_token
+        )
         print(f"{new.key.id}\t{new.key.scope}\t{new.secret}")
 
     _run(lambda: _with_runtime(_settings(), work))
@@ -315,7 +379,7 @@ def consumer() -> None:
     """Run the event consumer alone until SIGTERM, attached to running servers (MONGODB_URL and REDIS_URL, or the
     data directory's); in embedded mode `serve` starts one as its child."""
     settings = _settings()
-    _run(lambda: _with_runtime(settings, lambda rt: run_until_signal(rt.services)))
+    _run(lambda: _with_runtime(settings, lambda rt: run_until_signal(rt.services, settings)))
 
 
 if __name__ == "__main__":

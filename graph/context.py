@@ -1,15 +1,17 @@
 """Build the per-request GraphQL context: authenticate the key, bind the tenant, create the loaders.
 
 A websocket (graphql-transport-ws) gets one context for the connection: built from the upgrade request's headers,
-then rebuilt from the `connection_init` payload (`{"Authorization": "Bearer KEY"}`, which wins over the header).
-A connection without a valid key either way is closed with 4403 before any operation runs.
+then rebuilt from the `connection_init` payload (`{"Authorization": "Bearer KEY"}`, which wins over the header;
+`X-User-Token` and `X-User-Id` may come beside it). A connection without a valid key either way is closed with
+4403 before any operation runs, and one whose key is revoked or expires later is closed with 4403 too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -20,6 +22,8 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Bas
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 from strawberry.types.unset import UNSET, UnsetType
 
+from domain.errors import Forbidden
+from domain.services import Services
 from domain.tenancy import Principal, Scope
 from graph.runtime import Runtime
 from resolvers.context import Limits, RequestContext
@@ -35,10 +39,12 @@ def bearer(value: str | None) -> str | None:
 
 
 async def build_context(
-    runtime: Runtime, *, authorization: str | None, request_id: str | None, user_header: str | None
+    runtime: Runtime, *, authorization: str | None, request_id: str | None, user_header: str | None,
+    user_token: str | None = None,
 ) -> RequestContext:
     """Return a context for one operation; an unknown key gives a context without a principal."""
     principal = await runtime.services.tenancy.authenticate(bearer(authorization))
+    end_user_id, user_problem = await _acting_user(runtime.services, principal, user_header, user_token)
     request_id = request_id or uuid.uuid4().hex
     tenant_id = principal.tenant_id if principal else None
     gql = runtime.settings.graphql
@@ -49,13 +55,24 @@ async def build_context(
         log=structlog.get_logger().bind(tenant_id=tenant_id, request_id=request_id),
         request_id=request_id,
         limits=Limits(max_first=gql.max_first, max_batch=gql.max_batch),
-        end_user_id=_end_user(principal, user_header),
+        end_user_id=end_user_id,
+        user_problem=user_problem,
     )
 
 
-def _end_user(principal: Principal | None, header: str | None) -> str | None:
+async def _acting_user(
+    services: Services, principal: Principal | None, user_header: str | None, user_token: str | None
+) -> tuple[str | None, str | None]:
+    """Return (the user this request acts for, why a required user token was refused); verified once per request."""
+    if principal is None:
+        return None, None
+    if principal.require_user_token:
+        try:
+            return await services.tenancy.verify_user_token(user_token, tenant_id=principal.tenant_id), None
+        except Forbidden as exc:
+            return None, exc.message
     # Only a trusted gateway may speak for the signed-in end user.
-    return header if principal is not None and principal.scope is Scope.GATEWAY and header else None
+    return (user_header or None) if principal.scope is Scope.GATEWAY else None, None
 
 
 async def _from_headers(connection: ASGIConnection) -> RequestContext:
@@ -67,6 +84,7 @@ async def _from_headers(connection: ASGIConnection) -> RequestContext:
         # The request middleware bound (and echoes) the request id; use the same one.
         request_id=structlog.contextvars.get_contextvars().get("request_id"),
         user_header=headers.get("x-user-id"),
+        user_token=headers.get("x-user-token"),
     )
 
 
@@ -95,17 +113,25 @@ async def reauthenticate(ctx: RequestContext, params: Mapping[str, Any]) -> Requ
         return ctx
     principal = await ctx.services.tenancy.authenticate(bearer(authorization))
     tenant_id = principal.tenant_id if principal else None
+    end_user_id, user_problem = await _acting_user(
+        ctx.services, principal, _param(params, "x-user-id"), _param(params, "x-user-token")
+    )
     return dataclasses.replace(
         ctx,
         principal=principal,
         loaders=make_loaders(ctx.services, tenant_id),
         log=structlog.get_logger().bind(tenant_id=tenant_id, request_id=ctx.request_id),
-        end_user_id=_end_user(principal, _param(params, "x-user-id")),
+        end_user_id=end_user_id,
+        user_problem=user_problem,
     )
 
 
 class KeyCheckingTransportWSHandler(BaseGraphQLTransportWSHandler):
-    """graphql-transport-ws handler that authenticates the connection_init payload before it is acknowledged."""
+    """graphql-transport-ws handler that authenticates the connection_init payload before it is acknowledged, and
+    closes the connection (4403) when its key is revoked or expires."""
+
+    _unwatch: Callable[[], None] | None = None
+    _closing: asyncio.Task | None = None
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         """Swap in the payload's context, then let Strawberry ask `on_ws_connect` and acknowledge or close."""
@@ -113,6 +139,19 @@ class KeyCheckingTransportWSHandler(BaseGraphQLTransportWSHandler):
         if isinstance(payload, Mapping) and not self.connection_init_received and not self.connection_timed_out:
             self.context = await reauthenticate(self.context, payload)
         await super().handle_connection_init(message)
+        principal = self.context.principal
+        if self.connection_acknowledged and principal is not None:
+            # A revoked or expired key's connection closes (4403) with its subscriptions.
+            self._unwatch = self.context.services.tenancy.watch.watch(principal.key_hash, self._key_invalid)
+
+    def _key_invalid(self) -> None:
+        self._closing = asyncio.create_task(self.websocket.close(code=4403, reason="API key revoked or expired"))
+
+    async def shutdown(self) -> None:
+        """Stop watching the key, then end the connection's operations."""
+        if self._unwatch is not None:
+            self._unwatch()
+        await super().shutdown()
 
 
 class WebSocketAuth:

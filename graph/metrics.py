@@ -13,7 +13,7 @@ import structlog
 
 from litestar import Request, Response, get
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from strawberry.extensions import SchemaExtension
 
@@ -23,7 +23,7 @@ from domain.realtime.snapshots import Counters, MetricsSnapshot, MetricsWindow, 
 from workers.consumer import CONSUMER_COUNTERS, POOL_ENV, consumer_metrics, process_exited
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Sequence
+    from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 
     from litestar.handlers import HTTPRouteHandler
 
@@ -164,28 +164,29 @@ class Metrics:
         """Return a Strawberry extension class, for `Schema(extensions=[...])`, that records into these metrics."""
         return type("GraphQLMetricsExtension", (GraphQLMetricsExtension,), {"metrics": self})
 
-    def render(self) -> bytes:
-        """Render the registry in the Prometheus text format 0.0.4 (pooled values: every process's, summed)."""
+    def render(self, *, hide_labels: Collection[str] = ()) -> bytes:
+        """Render the registry in the Prometheus text format 0.0.4 (pooled values: every process's, summed),
+        leaving out every series that has one of `hide_labels` (e.g. tenant ids for a caller without credentials)."""
         if (directory := pooled_dir()) is None:
-            return generate_latest(self.registry)
+            return generate_latest(_Hiding(self.registry, hide_labels) if hide_labels else self.registry)
         pooled = CollectorRegistry()
         MultiProcessCollector(pooled, path=directory)
         for gauge in self._read_gauges:
             pooled.register(gauge)
-        return generate_latest(pooled)
+        return generate_latest(_Hiding(pooled, hide_labels) if hide_labels else pooled)
 
     def on_scrape(self, hook: Callable[[Any], Awaitable[None]]) -> None:
         """Run `hook(app_state)` before each render (bounded by SCRAPE_TIMEOUT_S): for values read on demand."""
         self._scrape_hooks.append(hook)
 
-    async def scrape(self, state: Any) -> bytes:
+    async def scrape(self, state: Any, *, hide_labels: Collection[str] = ()) -> bytes:
         """Run the scrape hooks (a slow or failing one only leaves its values as they were), then render."""
         for hook in self._scrape_hooks:
             try:
                 await asyncio.wait_for(hook(state), SCRAPE_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - a scrape answers with what it has, whatever one reader hit
                 _log.warning("metrics.scrape_hook_failed", error=repr(exc))
-        return self.render()
+        return self.render(hide_labels=hide_labels)
 
     def route(self, path: str = "/metrics", **handler_options: Any) -> HTTPRouteHandler:
         """Return a GET handler at `path` serving the registry; options (guards, opt) go to `litestar.get`."""
@@ -214,6 +215,21 @@ class Metrics:
                 self.http_request_seconds.labels(path).observe(time.perf_counter() - start)
 
         return count_request
+
+
+class _Hiding:
+    """A view of a registry without the series that carry any of some labels."""
+
+    def __init__(self, registry: CollectorRegistry, labels: Collection[str]) -> None:
+        self._registry, self._labels = registry, frozenset(labels)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            kept = [s for s in family.samples if self._labels.isdisjoint(s.labels)]
+            if kept:
+                view = Metric(family.name, family.documentation, family.type, family.unit)
+                view.samples = kept
+                yield view
 
 
 class _ResponseStatus:
@@ -340,7 +356,8 @@ BACKLOG_MIN_INTERVAL_S = 1.0  # scrapes closer together than this reuse the last
 class ConsumerExporter:
     """Prometheus series of the event consumer.
 
-    - `recograph_consumer_{read,applied,claimed,batches,errors}_total`, `recograph_consumer_last_batch_timestamp`
+    - `recograph_consumer_{read,applied,claimed,batches,errors,dead_lettered}_total`,
+      `recograph_consumer_last_batch_timestamp`
       and `recograph_consumers_running`: this process's consumers (`workers.consumer.consumer_metrics`), read on
       each scrape; zero in a process that runs none.
     - The backlog, from Redis and so right wherever the consumers run: `recograph_consumer_stream_length`,

@@ -18,7 +18,9 @@ from domain.jobs import ArqQueue
 from domain.learning.service import LearningConfig
 from domain.recommend.serving import ModelRegistry, SwapChannel
 from graph.heap import HeapSettler
+from graph.ratelimit import rate_policy
 from domain.services import Services
+from models.breaker import CircuitBreaker
 from models.cache import RedisCache
 from models.embedded import EmbeddedServers
 from models.mongo import connect_mongo, mongo_alive, sorts_every_match
@@ -50,6 +52,11 @@ class Runtime:
             checks["vectors"] = self.vectors.ping()
         results = await asyncio.gather(*(_within(c, timeout_s) for c in checks.values()))
         return dict(zip(checks, results, strict=True))
+
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """Return the circuit breaker of each store that has one, by store name."""
+        found = [getattr(self.cache, "breaker", None), getattr(self.vectors, "breaker", None)]
+        return {breaker.name: breaker for breaker in found if breaker is not None}
 
     async def close(self) -> None:
         """Stop training and serving models, close clients, then stop what we started."""
@@ -83,19 +90,23 @@ async def open_runtime(settings: Settings, *, with_vectors: bool = True, serving
     """
     serving = with_vectors if serving is None else serving
     data_dir = None if settings.server.in_memory else settings.server.data_dir
-    servers = EmbeddedServers(data_dir=data_dir, mongo_url=settings.mongo.url, redis_url=settings.redis.url)
+    servers = EmbeddedServers(data_dir=data_dir, mongo_url=settings.mongo.url, redis_url=settings.redis.url,
+                              redis_maxmemory_mb=settings.redis.maxmemory_mb)
     await servers.start()
     opened: list = []
     try:
         mongo, _ = await connect_mongo(servers.mongo_url, settings.mongo.database, timeout_ms=settings.mongo.timeout_ms)
         opened.append(mongo)
         windowed_listing = await sorts_every_match(mongo)
-        cache = RedisCache.from_url(servers.redis_url, timeout_s=settings.redis.timeout_s)
+        cache = RedisCache.from_url(servers.redis_url, timeout_s=settings.redis.timeout_s,
+                                    failures=settings.breaker.failures, cooldown_s=settings.breaker.cooldown_s,
+                                    user_ttl_s=settings.redis.user_state_ttl_s)
         opened.append(cache)
         arq = await create_pool(RedisSettings.from_dsn(servers.redis_url))
         opened.append(arq)
         vectors = (
-            open_vector_store(url=settings.qdrant.url, api_key=settings.qdrant.api_key, data_dir=data_dir)
+            open_vector_store(url=settings.qdrant.url, api_key=settings.qdrant.api_key, data_dir=data_dir,
+                              breaker=settings.breaker)
             if with_vectors
             else None
         )
@@ -114,7 +125,9 @@ async def open_runtime(settings: Settings, *, with_vectors: bool = True, serving
         similarity_time_limit_s=settings.jobs.similarity_time_limit_s,
     )
     services = Services.build(cache=cache, vectors=vectors, engines=registry, queue=ArqQueue(arq), learning=learning,
-                              jobs_policy=job_policy(settings), windowed_listing=windowed_listing)
+                              jobs_policy=job_policy(settings), windowed_listing=windowed_listing,
+                              rate_policy=rate_policy(settings.rate),
+                              attribution_s=settings.realtime.attribution_window_s)
     return Runtime(
         settings=settings, servers=servers, mongo=mongo, cache=cache, vectors=vectors, services=services, arq=arq,
         registry=registry, models_dir=models_dir, scratch_models=scratch, heap=heap,

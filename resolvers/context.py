@@ -31,7 +31,9 @@ class RequestContext:
     log: Any
     request_id: str
     limits: Limits = Limits()
+    # The user this request acts for: from a verified X-User-Token (keys that require one) or a gateway's X-User-Id.
     end_user_id: str | None = None
+    user_problem: str | None = None  # why a key that requires a user token has no verified user
 
     @property
     def tenant_id(self) -> str:
@@ -46,3 +48,16 @@ class RequestContext:
             allowed = " or ".join(sorted(s.value for s in scopes))
             raise Forbidden(f"this operation needs a key with scope {allowed}")
         return self.principal
+
+    def require_user(self, user_id: str) -> None:
+        """Raise FORBIDDEN unless this request may act for `user_id` (call after `require`).
+
+        A key that requires a user token acts only for the user its verified token names; a gateway that sent
+        X-User-Id only for that user; any other key for whichever user it names.
+        """
+        requires_token = self.principal is not None and self.principal.require_user_token
+        if requires_token and self.end_user_id is None:
+            raise Forbidden(self.user_problem or "this key acts for one user only: send X-User-Token")
+        if self.end_user_id is not None and str(user_id) != self.end_user_id:
+            source = "X-User-Token" if requires_token else "X-User-Id"
+            raise Forbidden(f"this request acts for the user its {source} names, not for another user")

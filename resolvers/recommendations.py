@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from domain.errors import Forbidden
 from domain.recommend.service import RecommendationPage
-from resolvers.context import ANYONE, RequestContext
+from resolvers.context import ANYONE, READERS, RequestContext
 
 
 async def recommend(
@@ -13,7 +14,12 @@ async def recommend(
     context: Mapping | None = None, exclude_seen: bool = True, debug: bool = False,
 ) -> RecommendationPage:
     """Return a page of a user's recommendations in a scenario."""
-    tenant_id = ctx.require(ANYONE).tenant_id
+    principal = ctx.require(ANYONE)
+    tenant_id = principal.tenant_id
+    if debug and principal.scope not in READERS:
+        # Source scores and failures describe the tenant's setup: not for a key shipped in a frontend.
+        raise Forbidden("debug output needs an admin or gateway key", field="debug")
+    ctx.require_user(user_id)
     return await ctx.services.recommendations.recommend(
         tenant_id=tenant_id, scenario_id=scenario_id, user_id=user_id, first=first, after=after, context=context,
         exclude_seen=exclude_seen, debug=debug, max_first=ctx.limits.max_first,

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from domain.errors import NotFound
 from domain.jobs import JobStatus
+from domain.jobwatch import TERMINAL
 from domain.realtime.snapshots import MetricsSnapshot, MetricsWindow
 from models.documents import Job
 from resolvers.context import READERS, RequestContext
 from resolvers.metrics import DEFAULT_WINDOW, checked_scenario, live_metrics
-
-JOB_POLL_S = 0.5
-TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 async def metrics(
@@ -29,22 +26,20 @@ async def metrics(
         await stream.aclose()  # leave the feed now, not when the generator is collected
 
 
-def _state(job: Job) -> tuple:
-    return job.status, job.progress, job.stage, job.attempts, job.error
-
-
-async def job_progress(ctx: RequestContext, *, id: str, poll_s: float = JOB_POLL_S) -> AsyncIterator[Job]:
+async def job_progress(ctx: RequestContext, *, id: str) -> AsyncIterator[Job]:
     """Yield one of the caller's jobs at once, then each change; stop after it ends (another tenant's: NOT_FOUND)."""
     tenant_id = ctx.require(READERS).tenant_id
     job = await ctx.services.jobs.get(id, tenant_id=tenant_id)
     if job is None:
         raise NotFound(f"no job {id}", field="id")
     yield job
-    while JobStatus(job.status) not in TERMINAL:
-        await asyncio.sleep(poll_s)
-        latest = await ctx.services.jobs.get(id, tenant_id=tenant_id)
-        if latest is None:  # removed while watched
-            return
-        if _state(latest) != _state(job):
+    if JobStatus(job.status) in TERMINAL:
+        return
+    # Followers of one job share one poll in this process (JobWatch), whatever their number.
+    updates = ctx.services.job_watch.follow(job, lambda: ctx.services.jobs.get(id, tenant_id=tenant_id),
+                                            tenant_id=tenant_id)
+    try:
+        async for latest in updates:
             yield latest
-        job = latest
+    finally:
+        await updates.aclose()

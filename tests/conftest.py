@@ -18,6 +18,11 @@ from graph.runtime import Runtime, open_runtime
 from models.settings import ServerSettings, Settings, TelemetrySettings
 
 
+# The session's server keeps /metrics behind this token (RECOGRAPH_METRICS_TOKEN); scrapes send METRICS_AUTH.
+METRICS_TOKEN = "test-metrics-token"
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+
 def free_port() -> int:
     """Return a free loopback port."""
     with socket.socket() as s:
@@ -100,7 +105,7 @@ async def serve_app(settings: Settings, runtime: Runtime) -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 async def served() -> AsyncIterator[Served]:
     """Serve an in-memory recograph on a loopback port for the whole session."""
-    settings = isolated_settings(port=free_port())
+    settings = isolated_settings(port=free_port(), metrics_token=METRICS_TOKEN)
     runtime = await open_runtime(settings)
     try:
         async with serve_app(settings, runtime) as url:

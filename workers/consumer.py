@@ -34,7 +34,8 @@ CONSUMER_COUNTERS = {
     "applied": "Stream entries that changed state (the rest had been applied already).",
     "claimed": "Stream entries reclaimed from consumers that died.",
     "batches": "Batches applied.",
-    "errors": "Redis and MongoDB failures the consumers survived.",
+    "errors": "Redis and MongoDB failures the consumers survived, and batches that failed on their data.",
+    "dead_lettered": "Stream entries moved to their tenant's dead letters after failing repeatedly.",
 }
 POOL_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set by `serve` when its processes pool their Prometheus values
 MIRROR_EVERY_S = 1.0
@@ -114,13 +115,20 @@ async def consumer_running(services: Services, **options: Any) -> AsyncIterator[
             await asyncio.gather(mirror, return_exceptions=True)
 
 
-async def run_until_signal(services: Services) -> None:
+def consumer_options(settings: Settings) -> dict[str, Any]:
+    """Return the consumer's options from settings (the periodic catch-up and dead letters)."""
+    rt = settings.realtime
+    return {"sweep_every_s": rt.sweep_every_s, "sweep_grace_s": rt.sweep_grace_s, "retries": rt.dead_letter_retries,
+            "dead_letter_max_len": rt.dead_letter_max_len}
+
+
+async def run_until_signal(services: Services, settings: Settings | None = None) -> None:
     """Run a consumer until SIGTERM or SIGINT (the `recograph consumer` process)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with consumer_running(services):
+    async with consumer_running(services, **(consumer_options(settings) if settings is not None else {})):
         await stop.wait()
 
 
@@ -144,15 +152,12 @@ def consumer_metrics() -> dict[str, float]:
     """Return this process's consumer counters (summed over its consumers) for Prometheus."""
     total = ConsumerStats()
     for consumer in _RUNNING:
-        for name in ("read", "applied", "claimed", "batches", "errors"):
+        for name in CONSUMER_COUNTERS:
             setattr(total, name, getattr(total, name) + getattr(consumer.stats, name))
         total.last_batch_at = max(total.last_batch_at, consumer.stats.last_batch_at)
-    return {
-        "recograph_consumer_read_total": total.read, "recograph_consumer_applied_total": total.applied,
-        "recograph_consumer_claimed_total": total.claimed, "recograph_consumer_batches_total": total.batches,
-        "recograph_consumer_errors_total": total.errors, "recograph_consumer_last_batch_timestamp": total.last_batch_at,
-        "recograph_consumers_running": len(_RUNNING),
-    }
+    counters = {f"recograph_consumer_{name}_total": float(getattr(total, name)) for name in CONSUMER_COUNTERS}
+    return {**counters, "recograph_consumer_last_batch_timestamp": total.last_batch_at,
+            "recograph_consumers_running": len(_RUNNING)}
 
 
 def run_beside(worker: Worker, settings: Settings) -> None:
@@ -163,7 +168,7 @@ def run_beside(worker: Worker, settings: Settings) -> None:
 async def _main(worker: Worker, settings: Settings) -> None:
     ctx = await open_context(settings)
     try:
-        async with consumer_running(ctx["services"]):
+        async with consumer_running(ctx["services"], **consumer_options(settings)):
             worker.main_task = asyncio.ensure_future(worker.main())  # what arq's signal handler cancels
             with suppress(asyncio.CancelledError):
                 await worker.main_task

@@ -112,8 +112,11 @@ async def open_context(settings: Settings) -> dict[str, Any]:
     mongo, _ = await connect_mongo(
         settings.mongo.url or "", settings.mongo.database, timeout_ms=settings.mongo.timeout_ms
     )
-    cache = RedisCache.from_url(settings.redis.url or "", timeout_s=settings.redis.timeout_s)
-    vectors = open_vector_store(url=settings.qdrant.url, api_key=settings.qdrant.api_key, data_dir=None)
+    cache = RedisCache.from_url(settings.redis.url or "", timeout_s=settings.redis.timeout_s,
+                                failures=settings.breaker.failures, cooldown_s=settings.breaker.cooldown_s,
+                                user_ttl_s=settings.redis.user_state_ttl_s)
+    vectors = open_vector_store(url=settings.qdrant.url, api_key=settings.qdrant.api_key, data_dir=None,
+                                breaker=settings.breaker)
     training = settings.training
     models_dir = training.models_dir or settings.server.data_dir / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +132,7 @@ async def open_context(settings: Settings) -> dict[str, Any]:
         similarity_time_limit_s=settings.jobs.similarity_time_limit_s,
     )
     services = Services.build(cache=cache, vectors=vectors, engines=registry, learning=learning,
-                              jobs_policy=job_policy(settings))
+                              jobs_policy=job_policy(settings), attribution_s=settings.realtime.attribution_window_s)
     _export_metrics(services, settings.jobs)
     return {**worker_ctx(services, settings), "registry": registry, "clients": (vectors, cache, mongo)}
 

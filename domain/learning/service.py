@@ -13,9 +13,11 @@ after a worker died finds the version its job already activated (domain.learning
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,9 +26,12 @@ import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from domain import erasure
 from domain.errors import NotFound, Unavailable
+from domain.ids import utcnow
 from domain.jobs import JOB_FUNCTIONS, TRANSIENT, JobKind, JobService, Retryable, error_message
 from domain.learning import versions
+from domain.learning.forget import forget_users
 from domain.learning.process import TrainingProcess, TrainingTimeout
 from domain.learning.train import TrainingData
 from domain.learning.versions import KEEP_RETIRED, MODEL_KIND, content_space
@@ -62,11 +67,11 @@ class Superseded(Exception):
 
 
 class SwapTarget(Protocol):
-    async def swap(self, tenant_id: str, scenario_id: str, version: int) -> bool: ...
+    async def swap(self, tenant_id: str, scenario_id: str, version: int, revision: int = 0) -> bool: ...
 
 
 class SwapNotifier(Protocol):
-    async def publish(self, tenant_id: str, scenario_id: str, version: int) -> None: ...
+    async def publish(self, tenant_id: str, scenario_id: str, version: int, revision: int = 0) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,7 @@ class TrainingService:
         config = self._require_config()
         if (done := await versions.applied_by(job_id, tenant_id=tenant_id)) is not None:
             return await self._already_applied(done, config)
-        started = time.perf_counter()
+        started, since = time.perf_counter(), utcnow()
         scenario = await Scenario.find_one({"_id": scenario_id, "tenant_id": tenant_id})
         if scenario is None:
             raise NotFound(f"scenario {scenario_id} no longer exists", field="scenarioId")
@@ -195,7 +200,7 @@ class TrainingService:
             job_id, tenant_id=tenant_id, scenario_id=scenario_id, models_dir=config.models_dir
         )
         try:
-            outcome = await self._build(version, scenario, data, config, report, seconds, base=base)
+            outcome = await self._build(version, scenario, data, config, report, seconds, base=base, since=since)
         except Superseded as exc:
             await versions.discard(version, config.models_dir, str(exc))
             return {"skipped": str(exc)}
@@ -227,7 +232,7 @@ class TrainingService:
 
     async def _build(
         self, version: ModelVersion, scenario: Scenario, data: TrainingData, config: LearningConfig, report: Report,
-        seconds: dict[str, float], *, base: ModelVersion | None = None,
+        seconds: dict[str, float], *, base: ModelVersion | None = None, since: datetime | None = None,
     ) -> dict[str, Any]:
         """Fit and save in the child, store the embeddings, then activate the version and tell serving."""
         await report(LOADED, "refitting similarity" if base is not None else "training")
@@ -240,6 +245,8 @@ class TrainingService:
             base=config.models_dir / base.artifact if base is not None and base.artifact else None,
         )
         seconds.update(train=outcome["train_s"], save=outcome["save_s"], child=outcome["child_s"])
+        if since is not None:
+            outcome["forgotten"] = await _forget_erased(path, since, tenant_id=version.tenant_id)
         await versions.set_status(version, "ready")  # the artifact is complete on disk
         mark = time.perf_counter()
         await report(0.86, "storing vectors")
@@ -309,6 +316,15 @@ class TrainingService:
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 # Other processes re-check active versions periodically; the notice only makes it faster.
                 log.warning("training.notice_not_sent", error=str(exc), scenario_id=version.scenario_id)
+
+
+async def _forget_erased(path: Path, since: datetime, *, tenant_id: str) -> int:
+    """Drop from a freshly built artifact the users erased since its data was loaded; return how many."""
+    erased = await erasure.erased_since(since, tenant_id=tenant_id)
+    if not erased:
+        return 0
+    key = await erasure.hash_key(tenant_id=tenant_id)
+    return await asyncio.to_thread(forget_users, path, lambda user_id: erasure.digest(key, user_id) in erased)
 
 
 async def _still_serving(base: ModelVersion) -> None:

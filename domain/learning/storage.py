@@ -119,6 +119,11 @@ def load_model(cls: type[ScenarioModel], path: Path) -> ScenarioModel:
     )
 
 
+def read_users(path: Path) -> list[str]:
+    """Return the training user ids of the model saved at `path` ([] when it has none)."""
+    return _read(path / USERS) if (path / USERS).exists() else []
+
+
 def _read(path: Path) -> Any:
     with path.open(encoding="utf-8") as fh:
         return json.load(fh)

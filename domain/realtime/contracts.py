@@ -70,3 +70,10 @@ class ImpressionSink(Protocol):
     ) -> None:
         """Note that `items` were shown to the user under request_id. Never raises: serving must not fail on it."""
         ...
+
+
+class ReturningNotes(Protocol):
+    def note(self, user_id: str, *, tenant_id: str) -> None:
+        """Note, without waiting, a user found without Redis state (new, or back after their keys expired), so
+        their state is rebuilt from MongoDB in the background (domain.realtime.returning). Never raises."""
+        ...

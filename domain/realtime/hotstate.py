@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from redis import asyncio as aioredis
 
-from domain.realtime.keys import HEARTBEAT, SEP, profile_key, recent_key
+from domain.realtime.keys import HEARTBEAT, parse_recent, profile_key, recent_key
 
 RECENT_SHOWN = 50
 
@@ -62,8 +62,8 @@ def parse(row: dict, recent: list) -> HotProfile | None:
 
 
 def _recent(member: str) -> dict:
-    ts, item, scenario, kind, _ = member.split(SEP, 4)
-    return {"i": item, "s": scenario, "y": kind, "t": datetime.fromtimestamp(int(ts) / 1000, UTC)}
+    ts, item, scenario, kind = parse_recent(member)
+    return {"i": item, "s": scenario, "y": kind, "t": datetime.fromtimestamp(ts / 1000, UTC)}
 
 
 async def read_hot(client: aioredis.Redis, user_ids: Sequence[str], *, tenant_id: str) -> dict[str, HotProfile]:

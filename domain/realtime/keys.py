@@ -1,21 +1,37 @@
 """Where the real-time state lives in Redis. Every key but the registry of streams is in the tenant's hash slot.
 
+A user's own keys (pf, rc, and models.cache's seen sets and cache version `uv`) expire after the inactivity of
+RECOGRAPH_USER_STATE_TTL_DAYS (each write renews it) and are rebuilt from MongoDB when the user returns; markers
+(`done`) expire after MARKER_TTL_S, served pages (`rq`) after the attribution window. Keys without a TTL are
+per tenant or per scenario, never per user or per request.
+
     t:{T}:events                  the tenant's stream: accepted events and served pages, one field each
     rt:streams                    set of tenant ids that have a stream (the consumer discovers tenants here)
     rt:consumer-alive             present while some consumer runs (each renews it every second)
+    rt:sweep                      held by the consumer running this period's catch-up sweep (domain.realtime.sweep)
     t:{T}:done:{day}              ids applied by the consumer, per receive day (idempotency markers)
     t:{T}:wm                      newest receive time (ms) the consumer applied: replay starts from it
     t:{T}:rebuild                 held while a rebuild replays the tenant: the consumer leaves it alone
     t:{T}:pf:{user}               profile hot state (hash): n, acc, ty:TYPE, sc:SCENARIO, h:HOUR, f, l, and the
                                   decayed preferences c:CATEGORY, t:TAG (see domain.profiles)
-    t:{T}:rc:{user}               recent interactions (sorted set by event time, newest kept)
+    t:{T}:rc:{user}               recent interactions (sorted set by event time, newest kept); each member the JSON
+                                  array [ts ms, item, scenario, type, event id] (`recent_member`)
     t:{T}:pdirty                  users whose hot state moved since the last MongoDB snapshot
     t:{T}:pop:{scenario}:{bucket} popularity of one 15-minute event-time bucket (sorted set)
     t:{T}:popnew:{scenario}       newest event time (ms) counted for the scenario
-    t:{T}:rq:{requestId}          one served page: item -> sources, and _s scenario, _u user, _v variant
+    t:{T}:rq:{requestId}          one served page: i:{item} -> its sources, and _s scenario, _u user, _v variant;
+                                  kept for the attribution window (RECOGRAPH_REALTIME_ATTRIBUTION_WINDOW_H, 24 h)
+                                  (item fields are prefixed so that no item id can overwrite the page's own fields)
+    t:{T}:dead                    the tenant's dead letters: stream entries that kept failing (realtime.deadletters)
+    t:{T}:swept                   receive time (ms) up to which the periodic catch-up found every stored event applied
+    t:{T}:restore:{user}          held while a returning user's state is rebuilt from MongoDB (realtime.returning)
+    t:{T}:unflushed               consumer -> "<entry id> <wall ms>": the lowest acknowledged entry whose served page
+                                  the consumer has not written to MongoDB yet; trims stop there (realtime.trim)
 """
 
 from __future__ import annotations
+
+import msgspec
 
 from models.cache import tenant_key
 
@@ -24,7 +40,23 @@ HEARTBEAT = "rt:consumer-alive"  # set by every running consumer, expiring: read
 HEARTBEAT_TTL_MS = 5000
 GROUP = "recograph"
 FIELD = "d"  # the one field of a stream entry
-SEP = "\x1f"  # joins the parts of a recent-sequence member and a served item's sources
+SEP = "\x1f"  # joins a served item's sources (recall stage names, never ids) and the parts of legacy recent members
+_MEMBER = msgspec.json.Encoder()
+_MEMBER_DECODER = msgspec.json.Decoder(tuple[int, str, str, str, str])
+
+
+def recent_member(ts_ms: int, item_id: str, scenario_id: str, kind: str, event_id: str) -> str:
+    """Return the member of an interaction in the user's recent sorted set (JSON: any id is safe in it)."""
+    return _MEMBER.encode((ts_ms, item_id, scenario_id, kind, event_id)).decode()
+
+
+def parse_recent(member: str) -> tuple[int, str, str, str]:
+    """Return (ts ms, item, scenario, type) of a recent member, JSON or written before (joined by SEP)."""
+    if member.startswith("["):
+        ts, item, scenario, kind, _ = _MEMBER_DECODER.decode(member)
+        return ts, item, scenario, kind
+    ts_text, item, scenario, kind, _ = member.split(SEP, 4)
+    return int(ts_text), item, scenario, kind
 
 
 def stream_key(tenant_id: str) -> str:
@@ -80,3 +112,13 @@ def newest_key(tenant_id: str, scenario_id: str) -> str:
 def request_key(tenant_id: str, request_id: str) -> str:
     """Return the hash describing one served page."""
     return tenant_key(tenant_id, "rq", request_id)
+
+
+def dead_key(tenant_id: str) -> str:
+    """Return the tenant's dead-letter stream."""
+    return tenant_key(tenant_id, "dead")
+
+
+def swept_key(tenant_id: str) -> str:
+    """Return the key of the receive time (ms) up to which the periodic catch-up checked the tenant."""
+    return tenant_key(tenant_id, "swept")

@@ -7,11 +7,12 @@ from collections.abc import Mapping, Sequence
 
 from redis import asyncio as aioredis
 
+from domain import erasure
 from domain.catalogue import CatalogueService
-from domain.realtime.apply import ALL_ASPECTS, EMPTY, Applier, Payload, Planned, encode
+from domain.realtime.apply import ALL_ASPECTS, EMPTY, REQUEST_TTL_S, Applier, Payload, Planned, encode
 from domain.realtime.stream import Entry, StreamEvent
 from domain.scenarios.service import ScenarioService
-from models.cache import ItemMeta
+from models.cache import USER_STATE_TTL_S, ItemMeta
 
 WEIGHTS_TTL_S = 30.0  # a scenario's interaction weights change rarely; re-read them this often
 # Item metadata (categories, tags, duration) is kept in process this long: asking Redis for it while the previous
@@ -23,8 +24,11 @@ METAS_KEPT = 200_000
 class Processor:
     """Turn stream entries (or replayed events) into hot state, idempotently."""
 
-    def __init__(self, client: aioredis.Redis, catalogue: CatalogueService, scenarios: ScenarioService) -> None:
-        self._applier = Applier(client)
+    def __init__(
+        self, client: aioredis.Redis, catalogue: CatalogueService, scenarios: ScenarioService, *,
+        user_ttl_s: int = USER_STATE_TTL_S, attribution_s: int = REQUEST_TTL_S,
+    ) -> None:
+        self._applier = Applier(client, user_ttl_s=user_ttl_s, attribution_s=attribution_s)
         self._catalogue = catalogue
         self._scenarios = scenarios
         self._weights: dict[tuple[str, str], tuple[float, Mapping[str, float]]] = {}
@@ -49,7 +53,8 @@ class Processor:
         metas = await self.metas({e.item_id for e in events}, tenant_id=tenant_id)
         weights = await self.weights({e.scenario_id for e in events}, tenant_id=tenant_id)
         planned = [Planned(e, (aspects or {}).get(n, ALL_ASPECTS)) for n, e in enumerate(entries)]
-        return encode(planned, metas, weights, tenant_id=tenant_id)
+        key = await erasure.hash_key(tenant_id=tenant_id) if events else b""
+        return encode(planned, metas, weights, tenant_id=tenant_id, hash_key=key)
 
     async def run(self, payload: Payload, *, tenant_id: str, check_markers: bool = True, live: bool = True) -> int:
         """Apply a prepared payload (see `apply`)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,52 +26,77 @@ from redis.exceptions import RedisError
 from domain.catalogue import CatalogueService
 from domain.errors import Unavailable
 from domain.realtime import contracts as c
-from domain.realtime.apply import MARKER_TTL_S, REPLAY_ASPECTS
+from domain.realtime.apply import MARKER_TTL_S, REPLAY_ASPECTS, REQUEST_TTL_S
 from domain.realtime.consumer import StreamConsumer
+from domain.realtime.erase import erase_from_stream, erase_markers
 from domain.realtime.keys import (
     GROUP, done_key, prefix, profile_key, rebuild_key, recent_key, stream_key, watermark_key,
 )
 from domain.realtime.persist import MongoWriter
 from domain.realtime.processor import Processor
-from domain.realtime.stream import StreamEvent, millis
+from domain.realtime.replay import CATCH_UP_MARGIN_S, stored_events
+from domain.realtime.stream import StreamEvent
+from domain.realtime.deadletters import DEAD_MAX_LEN, DeadLetters, is_poison
+from domain.realtime.sweep import GRACE_S, SWEEP_EVERY_S, Sweeper
 from domain.scenarios.service import ScenarioService
+from domain.userbatches import count_matching, distinct_users, user_queries
+from models.cache import USER_STATE_TTL_S
 from models.documents import Interaction, Tenant
 
 log = structlog.get_logger()
 Progress = Callable[[float], Awaitable[None]]
-CATCH_UP_MARGIN_S = 600  # replay this much before the watermark: concurrent ingests reach the stream out of order
-REPLAY_BATCH = 1000
 LOCK_TTL_MS = 60_000  # a rebuild renews its lock every batch; a crashed one frees the tenant after this
 LOCK_WAIT_S = 600.0
 LAG_COUNT_LIMIT = 1000
-_FIELDS = {"event_id": 1, "scenario_id": 1, "user_id": 1, "item_id": 1, "type": 1, "value": 1, "ts": 1,
-           "received_at": 1, "request_id": 1}
-
-
-def event_of(doc: dict[str, Any]) -> StreamEvent:
-    """Return the stream form of a stored interaction."""
-    return StreamEvent(
-        doc["event_id"], doc["scenario_id"], doc["user_id"], doc["item_id"], doc["type"], doc.get("value"),
-        millis(doc["ts"]), millis(doc["received_at"]), doc.get("request_id"),
-    )
-
-
 class RealtimeService:
     """Consumers, catch-up and rebuilds over one Redis client."""
 
-    def __init__(self, client: aioredis.Redis, catalogue: CatalogueService, scenarios: ScenarioService) -> None:
+    def __init__(
+        self, client: aioredis.Redis, catalogue: CatalogueService, scenarios: ScenarioService, *,
+        user_ttl_s: int = USER_STATE_TTL_S, attribution_s: int = REQUEST_TTL_S,
+    ) -> None:
         self._r = client
-        self.processor = Processor(client, catalogue, scenarios)
+        self._user_ttl_s = user_ttl_s
+        self.processor = Processor(client, catalogue, scenarios, user_ttl_s=user_ttl_s, attribution_s=attribution_s)
+        self.dead_letters = DeadLetters(client, user_ttl_s=user_ttl_s)
 
-    def consumer(self, **options: Any) -> StreamConsumer:
-        """Return a consumer of every tenant's stream that catches up when it starts and when Redis returns."""
-        return StreamConsumer(self._r, self.processor, MongoWriter(self._r), on_recover=self.catch_up_all, **options)
+    async def erase_user(self, user_id: str, events: Iterable[tuple[str, datetime]], *, tenant_id: str) -> int:
+        """Delete what real time keeps about a user outside their own keys: entries in the tenant's stream and its
+        dead letters, and the applied-markers of their events, given as (event id, received at); return how many."""
+        removed = await erase_from_stream(self._r, user_id, tenant_id=tenant_id)
+        removed += await self.dead_letters.erase_user(user_id, tenant_id=tenant_id)
+        return removed + await erase_markers(self._r, events, tenant_id=tenant_id)
+
+    def consumer(
+        self, *, sweep_every_s: float = SWEEP_EVERY_S, sweep_grace_s: float = GRACE_S,
+        dead_letter_max_len: int = DEAD_MAX_LEN, **options: Any,
+    ) -> StreamConsumer:
+        """Return a consumer of every tenant's stream that catches up when it starts and when Redis returns, sweeps
+        for stored events the stream missed every sweep_every_s, and buries entries that keep failing."""
+        dead_letters = DeadLetters(self._r, max_len=dead_letter_max_len, user_ttl_s=self._user_ttl_s)
+        sweeper = Sweeper(self._r, self.processor, dead_letters=dead_letters, grace_s=sweep_grace_s,
+                          catch_up=lambda tenant_id: self.catch_up(tenant_id=tenant_id))
+
+        async def sweep() -> None:
+            await sweeper.sweep_all(period_s=sweep_every_s)
+
+        return StreamConsumer(
+            self._r, self.processor, MongoWriter(self._r), on_recover=self.catch_up_all, sweep=sweep,
+            sweep_every_s=sweep_every_s, dead_letters=dead_letters, **options,
+        )
 
     async def catch_up_all(self) -> int:
         """Catch up every tenant; return the events re-applied."""
         total = 0
         for tenant in await Tenant.find_all().to_list():
-            total += await self.catch_up(tenant_id=tenant.id)
+            try:
+                total += await self.catch_up(tenant_id=tenant.id)
+            except Exception as exc:
+                if not is_poison(exc):
+                    raise
+                # One tenant's bad events must not keep the consumer from starting for every tenant: they stay in
+                # MongoDB, and the periodic sweep tries them again.
+                log.error("realtime.catch_up_failed", tenant_id=tenant.id, error=str(exc))
         return total
 
     async def catch_up(self, *, tenant_id: str) -> int:
@@ -83,7 +108,7 @@ class RealtimeService:
             return await self._rebuild(tenant_id, None, None, fresh=True)
         since = datetime.fromtimestamp(int(raw) / 1000, UTC) - timedelta(seconds=CATCH_UP_MARGIN_S)
         applied = 0
-        async for events in _batches({"tenant_id": tenant_id, "received_at": {"$gte": since}}):
+        async for events in stored_events({"tenant_id": tenant_id, "received_at": {"$gte": since}}):
             aspects = dict.fromkeys(range(len(events)), REPLAY_ASPECTS)
             while (n := await self.processor.apply(events, tenant_id=tenant_id, aspects=aspects)) < 0:
                 await asyncio.sleep(0.2)  # a rebuild holds the tenant; these events are not its to replay
@@ -102,18 +127,19 @@ class RealtimeService:
         if scenario_id is not None:
             scope["scenario_id"] = scenario_id
         async with self._lock(tenant_id):
-            users = await Interaction.get_pymongo_collection().distinct("user_id", scope)
-            query = scope if scenario_id is None else {"tenant_id": tenant_id, "$or": [
-                {"scenario_id": scenario_id}, {"user_id": {"$in": users}}]}
-            total = await Interaction.get_pymongo_collection().count_documents(query)
+            users = await distinct_users(scope)  # streamed: `distinct` answers in one 16 MB document
+            # The scenario's own events are among its users' events: replay those, a bounded `$in` at a time.
+            queries = [scope] if scenario_id is None else user_queries(tenant_id, users)
+            total = await count_matching(queries)
             await self._reset(tenant_id, scenario_id, users, markers=fresh)
             applied, seen, wanted = 0, 0, set(users)
-            async for events in _batches(query):
-                applied += await self._replay(tenant_id, events, scenario_id, wanted, fresh=fresh)
-                seen += len(events)
-                await self._r.pexpire(rebuild_key(tenant_id), LOCK_TTL_MS)
-                if progress is not None and total:
-                    await progress(min(seen / total, 1.0))
+            for query in queries:
+                async for events in stored_events(query):
+                    applied += await self._replay(tenant_id, events, scenario_id, wanted, fresh=fresh)
+                    seen += len(events)
+                    await self._r.pexpire(rebuild_key(tenant_id), LOCK_TTL_MS)
+                    if progress is not None and total:
+                        await progress(min(seen / total, 1.0))
         log.info("realtime.rebuilt", tenant_id=tenant_id, scenario_id=scenario_id, events=applied, fresh=fresh)
         return applied
 
@@ -202,18 +228,6 @@ class _Lock:
     async def __aexit__(self, *exc: object) -> None:
         if _text(await self._r.get(self._key) or b"") == self._token:
             await self._r.delete(self._key)
-
-
-async def _batches(query: dict[str, Any]) -> AsyncIterator[list[StreamEvent]]:
-    cursor = Interaction.get_pymongo_collection().find(query, _FIELDS, batch_size=REPLAY_BATCH)
-    batch: list[StreamEvent] = []
-    async for doc in cursor:
-        batch.append(event_of(doc))
-        if len(batch) >= REPLAY_BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _escape(pattern: str) -> str:

@@ -3,7 +3,8 @@
 An entry has one field holding compact JSON, either an accepted interaction
 `["e", eventId, scenario, user, item, type, value, tsMs, receivedMs, requestId]` or a served page
 `["i", requestId, scenario, user, variant, servedMs, [[item, [sources...]], ...]]`. Streams are capped
-(`MAXLEN ~`): MongoDB keeps the record of truth and a consumer far behind replays from it.
+(`MAXLEN ~`): MongoDB keeps the record of truth and a consumer far behind replays from it. The consumer also trims
+them once their entries are applied and persisted (domain.realtime.trim), so a drained stream holds about nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from domain.realtime.keys import FIELD, STREAMS, profile_key, stream_key
-from models.cache import CacheUnavailable
+from models.cache import USER_STATE_TTL_S, CacheUnavailable
 
 MAX_LEN = 1_000_000  # entries kept per tenant stream (approximate trim)
 # One encoder for every entry (compact UTF-8 JSON; several times faster than json's).
@@ -109,9 +110,10 @@ def millis(ts: datetime) -> int:
 class EventStream:
     """Append to tenants' streams (one pipeline per call); raise CacheUnavailable when Redis is down."""
 
-    def __init__(self, client: aioredis.Redis, *, max_len: int = MAX_LEN) -> None:
+    def __init__(self, client: aioredis.Redis, *, max_len: int = MAX_LEN, user_ttl_s: int = USER_STATE_TTL_S) -> None:
         self._r = client
         self._max_len = max_len
+        self._user_ttl_s = user_ttl_s  # an event renews its user's profile key (models.cache.USER_STATE_TTL_S)
 
     async def append(self, entries: Sequence[Entry], *, tenant_id: str) -> None:
         """Append entries to the tenant's stream; for events, count them as accepted on each user's profile."""
@@ -128,6 +130,7 @@ class EventStream:
                     # What the profile's reader compares with what the consumer applied (read-your-writes);
                     # counted before the entries exist, so the consumer never applies one not yet counted.
                     pipe.hincrby(profile_key(tenant_id, user_id), "acc", n)
+                    pipe.expire(profile_key(tenant_id, user_id), self._user_ttl_s)
                 for entry in entries:
                     pipe.xadd(key, {FIELD: entry.encode()}, maxlen=self._max_len, approximate=True)
                 pipe.sadd(STREAMS, tenant_id)

@@ -14,6 +14,13 @@ from functools import cached_property
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+from redis.exceptions import RedisError
+
+from models.cache import CacheUnavailable
+from models.vectors.protocol import VectorStoreError
+
+# A recall source failing for one of these lost its store; anything else is a fault of its own.
+STORE_FAILURES = (ConnectionError, OSError, RedisError, CacheUnavailable, VectorStoreError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,3 +268,8 @@ class Registry:
 
 
 REGISTRY = Registry()
+
+
+def drop_reason(exc: BaseException) -> str:
+    """Return the fixed reason `debug` gives for a failed source (exception text may name hosts, paths or data)."""
+    return "store unavailable" if isinstance(exc, STORE_FAILURES) else "error"

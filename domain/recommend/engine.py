@@ -33,6 +33,7 @@ from domain.recommend.base import (
     RecRequest,
     RecResult,
     StageContext,
+    drop_reason,
 )
 from domain.recommend.recall import CatalogueIndex, RecallContext, VectorSearch
 from domain.recommend.recall.context import LiveFeed, PopularityView
@@ -209,7 +210,7 @@ class Engine:
             return None
         except Exception as exc:  # a store being down must not take the answer with it
             log.warning("recall.failed", source=plan.name, error=repr(exc))
-            trace.dropped[plan.name] = f"error: {type(exc).__name__}: {exc}"
+            trace.dropped[plan.name] = drop_reason(exc)
             return None
         if elapsed > self._timeout:
             trace.dropped[plan.name] = f"timeout: answered after {elapsed * 1000:.1f} ms"

@@ -91,12 +91,14 @@ _KEYWORDS = frozenset({"and", "or", "not", *_NEGATABLE})
 _CONSTANTS = {"true": True, "false": False, "null": None}
 _HINTS = {"&": "use 'and'", "|": "use 'or'", "!": "use 'not' or '!='", "=": "use '==' to compare"}
 
+MAX_NUMBER_CHARS = 64
+# ASCII digits only: `\d` also matches "²" (which int() refuses) and the digits of other scripts.
 _TOKEN = re.compile(
     r"""
     (?P<space>\s+)
-  | (?P<duration>\d+(?:\.\d+)?[smhdw](?!\w))
-  | (?P<number>-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?(?![\w.]))
-  | (?P<word>-?\d[\w.]*)
+  | (?P<duration>[0-9]+(?:\.[0-9]+)?[smhdw](?!\w))
+  | (?P<number>-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?(?![\w.]))
+  | (?P<word>-?[0-9][\w.]*)
   | (?P<string>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
   | (?P<open>['"])
   | (?P<name>[A-Za-z_]\w*(?:\.\w+)*)
@@ -177,6 +179,8 @@ def _tokens(text: str) -> Iterator[Token]:
 
 def _token(kind: str, raw: str, pos: int) -> Token:
     if kind == "number":
+        if len(raw) > MAX_NUMBER_CHARS:  # int() refuses thousands of digits with a ValueError, not a RuleError
+            raise RuleError(f"a number has at most {MAX_NUMBER_CHARS} characters", pos)
         return Token(kind, raw, pos, float(raw) if any(c in raw for c in ".eE") else int(raw))
     if kind == "duration":
         return Token(kind, raw, pos, float(raw[:-1]) * DURATION_UNITS[raw[-1]])

@@ -26,8 +26,9 @@ import structlog
 
 from domain.errors import BadInput, Unavailable
 from domain.ids import check_first, decode_cursor, encode_cursor
+from domain.jsonlimits import context_problem
 from domain.profiles import ProfileService
-from domain.realtime.contracts import ImpressionSink
+from domain.realtime.contracts import ImpressionSink, ReturningNotes
 from domain.recommend.base import Recommendation, RecRequest, RecResult
 from domain.recommend.served import ServedList
 from domain.scenarios.service import ScenarioService
@@ -43,7 +44,6 @@ SERVED_PAGES = 3  # pages computed per answer or extension: MMR and caps get roo
 MIN_SERVED = 50  # items computed at least per answer or extension
 MAX_CHUNK = 400  # items computed at most per answer or extension (beyond one page)
 MAX_SERVED = 1000  # a served list ends here: deeper feeds ask again without `after`
-MAX_CONTEXT_BYTES = 8 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +69,14 @@ class RecommendationService:
 
     def __init__(
         self, cache: Cache, scenarios: ScenarioService, profiles: ProfileService, engines: EngineSource | None, *,
-        impressions: ImpressionSink | None = None,
+        impressions: ImpressionSink | None = None, returning: ReturningNotes | None = None,
     ) -> None:
         self._cache = cache
         self._scenarios = scenarios
         self._profiles = profiles
         self._engines = engines
         self._impressions = impressions
+        self._returning = returning  # told of users without a cache version: their state may have expired
 
     async def recommend(
         self, *, tenant_id: str, scenario_id: str, user_id: str, first: int | None, after: str | None,
@@ -125,6 +126,8 @@ class RecommendationService:
         answer = ("answer", served.scenario_id, served.user_id, key)
         # One round trip: the user's version, the answer cached under it, else the seen set the engine needs.
         state = await self._user_state(served, None if debug else answer, tenant_id=tenant_id)
+        if state is not None and state.version == 0 and self._returning is not None:
+            self._returning.note(served.user_id, tenant_id=tenant_id)  # rebuilt in the background, never awaited
         if state is not None and (hit := ServedList.decode(state.answer)) is not None:
             if hit.complete or len(hit) >= limit:  # an answer cached for a smaller page may be too short
                 return _page(hit, 0, limit), None
@@ -143,11 +146,11 @@ class RecommendationService:
         self, after: str, limit: int, *, scenario_id: str, user_id: str, tenant_id: str, config_version: int
     ) -> RecommendationPage:
         """Return the page of a served list that `after` points at, extending the list when it pages past it."""
-        request_id, _, offset = (decode_cursor(after) or "").partition("@")
-        served = await self._load_served(request_id, tenant_id=tenant_id)
-        if served is None or not offset.isdigit() or (served.scenario_id, served.user_id) != (scenario_id, user_id):
+        request_id, _, text = (decode_cursor(after) or "").partition("@")
+        start = _offset(text)
+        served = await self._load_served(request_id, tenant_id=tenant_id) if start is not None else None
+        if served is None or (served.scenario_id, served.user_id) != (scenario_id, user_id):
             raise BadInput("this cursor has expired or is not from this API; ask again without `after`", field="after")
-        start = int(offset)
         if start + limit > len(served) and not served.complete:
             await self._extend(served, start + limit, limit, tenant_id=tenant_id, config_version=config_version)
         return _page(served, start, limit)
@@ -240,13 +243,15 @@ class RecommendationService:
         """Store the served list under its request id and, with a user version, as the user's cached answer for
         that version (one round trip)."""
         encoded = served.encode()  # once: stored as the served list and the answer
-        writes = [BlobWrite(("served", served.request_id), encoded, SERVED_TTL_S)]
+        owner = served.user_id or None  # both name the user: an erasure finds them through the user's key index
+        writes = [BlobWrite(("served", served.request_id), encoded, SERVED_TTL_S, owner=owner)]
         if version is not None:  # no user version (Redis was down): nothing is cached
-            writes.append(BlobWrite(answer, encoded, ttl_s, version=version))
+            writes.append(BlobWrite(answer, encoded, ttl_s, version=version, owner=owner))
         await self._put(writes, tenant_id=tenant_id)
 
     async def _store_served(self, served: ServedList, *, tenant_id: str) -> None:
-        await self._put([BlobWrite(("served", served.request_id), served.encode(), SERVED_TTL_S)], tenant_id=tenant_id)
+        write = BlobWrite(("served", served.request_id), served.encode(), SERVED_TTL_S, owner=served.user_id or None)
+        await self._put([write], tenant_id=tenant_id)
 
     async def _put(self, writes: list[BlobWrite], *, tenant_id: str) -> None:
         try:
@@ -262,6 +267,14 @@ def _page(served: ServedList, offset: int, limit: int) -> RecommendationPage:
     return RecommendationPage(request_id=served.request_id, items=items, next_cursor=cursor)
 
 
+def _offset(text: str) -> int | None:
+    """Return a cursor's offset into its served list, or None when it is not one this API wrote."""
+    # isascii: "²" passes isdigit() but not int(); a served list never reaches MAX_SERVED's digits plus one.
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_SERVED)):
+        return None
+    return int(text)
+
+
 def _check_user(user_id: str) -> None:
     if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 256:
         raise BadInput("userId must be 1-256 characters and not blank", field="userId")
@@ -270,14 +283,11 @@ def _check_user(user_id: str) -> None:
 def _check_context(context: Mapping | None) -> dict[str, Any]:
     if context is None:
         return {}
-    if not isinstance(context, Mapping):
-        raise BadInput("context must be a JSON object", field="context")
-    if len(_JSON.encode(context)) > MAX_CONTEXT_BYTES:
-        raise BadInput(f"context must be at most {MAX_CONTEXT_BYTES} bytes as JSON", field="context")
+    if problem := context_problem(context):
+        raise BadInput(problem, field="context")
     return dict(context)
 
 
-_JSON = msgspec.json.Encoder(enc_hook=str)
 _SORTED_JSON = msgspec.json.Encoder(enc_hook=str, order="sorted")  # the same context, the same key
 
 

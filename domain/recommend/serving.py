@@ -65,12 +65,15 @@ class SwapChannel:
         """Return the Redis client the notices travel over."""
         return self._channel.client
 
-    async def publish(self, tenant_id: str, scenario_id: str, version: int) -> None:
-        """Announce that a version became active."""
-        await self._channel.publish({"tenant_id": tenant_id, "scenario_id": scenario_id, "version": version})
+    async def publish(self, tenant_id: str, scenario_id: str, version: int, revision: int = 0) -> None:
+        """Announce that a version became active (or that its artifact was rewritten: a newer revision)."""
+        await self._channel.publish(
+            {"tenant_id": tenant_id, "scenario_id": scenario_id, "version": version, "revision": revision}
+        )
 
-    async def listen(self, handle: Callable[[str, str, int], Awaitable[Any]], *, retry_s: float = 2.0) -> None:
-        """Call handle(tenant_id, scenario_id, version) for each notice until cancelled; resubscribe after errors."""
+    async def listen(self, handle: Callable[[str, str, int, int], Awaitable[Any]], *, retry_s: float = 2.0) -> None:
+        """Call handle(tenant_id, scenario_id, version, revision) for each notice until cancelled; resubscribe after
+        errors."""
 
         async def heard(data: dict[str, Any]) -> None:
             if (notice := _notice(data)) is not None:
@@ -79,9 +82,9 @@ class SwapChannel:
         await self._channel.listen(heard, retry_s=retry_s)
 
 
-def _notice(data: dict[str, Any]) -> tuple[str, str, int] | None:
+def _notice(data: dict[str, Any]) -> tuple[str, str, int, int] | None:
     try:
-        return str(data["tenant_id"]), str(data["scenario_id"]), int(data["version"])
+        return str(data["tenant_id"]), str(data["scenario_id"]), int(data["version"]), int(data.get("revision", 0))
     except (TypeError, ValueError, KeyError):
         log.warning("models.bad_notice", raw=str(data)[:200])
         return None
@@ -119,6 +122,11 @@ class Served:
     catalogue_checked: float
     version_checked: float
     catalogue_verified: float = 0.0  # when the fingerprint was last taken
+    revision: int = 0  # the artifact revision loaded (rewritten in place after an erasure)
+
+    def serves(self, version: int, revision: int) -> bool:
+        """Return whether this is (at least) that revision of that version."""
+        return self.version == version and self.revision >= revision
 
 
 class ModelRegistry:
@@ -182,10 +190,11 @@ class ModelRegistry:
         """Return the (tenant, scenario) pairs held in memory."""
         return list(self._served)
 
-    async def swap(self, tenant_id: str, scenario_id: str, version: int) -> bool:
-        """Serve `version` if the scenario is loaded here and the version is active; return whether it swapped."""
+    async def swap(self, tenant_id: str, scenario_id: str, version: int, revision: int = 0) -> bool:
+        """Serve `version` (at `revision`) if the scenario is loaded here and the version is active; return whether
+        it swapped."""
         key = (tenant_id, scenario_id)
-        if key not in self._served or self._served[key].version == version:
+        if key not in self._served or self._served[key].serves(version, revision):
             return False
         async with self._lock(key):
             doc = await ModelVersion.find_one(
@@ -253,13 +262,13 @@ class ModelRegistry:
         except Exception:  # noqa: BLE001 - a warm-up failure leaves lazy loading to do the work
             log.exception("models.task_failed", task=name)
 
-    async def _on_notice(self, tenant_id: str, scenario_id: str, version: int) -> None:
+    async def _on_notice(self, tenant_id: str, scenario_id: str, version: int, revision: int = 0) -> None:
         key = (tenant_id, scenario_id)
         served = self._served.get(key)
-        if served is not None and served.version != version:
+        if served is not None and not served.serves(version, revision):
             self._pending[key] = version  # set before the swap takes the lock: no await in between
         try:
-            await self.swap(tenant_id, scenario_id, version)
+            await self.swap(tenant_id, scenario_id, version, revision)
         except Exception:  # noqa: BLE001 - keep listening; the periodic re-check retries
             log.exception("models.swap_failed", tenant_id=tenant_id, scenario_id=scenario_id, version=version)
         finally:
@@ -301,6 +310,7 @@ class ModelRegistry:
             version=doc.version if doc is not None and model is not None else None, space=space,
             config_version=scenario.config_version, catalogue=catalogue, fingerprint=fingerprint,
             config_checked=now, catalogue_checked=now, version_checked=now, catalogue_verified=now,
+            revision=doc.revision if doc is not None and model is not None else 0,
         )
         self._keep(key, served)
         return served
@@ -317,7 +327,7 @@ class ModelRegistry:
         self._keep(key, replace(
             served, engine=self._engine(key, scenario, model, served.catalogue, space), model=model,
             version=doc.version, space=space, config_version=scenario.config_version, config_checked=now,
-            version_checked=now,
+            version_checked=now, revision=doc.revision,
         ))
         log.info("models.swapped", tenant_id=key[0], scenario_id=key[1], version=doc.version)
         return True
@@ -348,7 +358,7 @@ class ModelRegistry:
         served = self._served.get(key)
         if served is None:
             return
-        if doc is not None and doc.version != served.version:
+        if doc is not None and not served.serves(doc.version, doc.revision):
             async with self._lock(key):
                 await self._reload(key, doc)
         elif key in self._served:

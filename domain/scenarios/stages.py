@@ -64,7 +64,11 @@ RECALL_PARAMS: dict[str, dict[str, Any]] = {
         seedItems=prop("integer", "How many of the user's recent items seed the lookup.", default=20, minimum=1,
                        maximum=200),
     ),
-    "user_cf": params(neighbors=_neighbors(50)),
+    "user_cf": params(
+        neighbors=_neighbors(50),
+        seedItems=prop("integer", "How many of the user's recent items seed the neighbour search.", default=50,
+                       minimum=1, maximum=200),
+    ),
     "als": params(
         factors=prop("integer", "Latent factors.", default=64, minimum=2, maximum=512),
         iterations=prop("integer", "Alternating least-squares sweeps.", default=15, minimum=1, maximum=100),

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from models.embedded import runtime
-from models.embedded.checks import check_mongo, check_redis
+from models.embedded.checks import ServerUnavailable, check_mongo, check_redis
 from models.embedded.servers import READY_TIMEOUT_S, ServerHandle, start_mongo, start_redis
 
 if TYPE_CHECKING:
@@ -38,8 +38,10 @@ class EmbeddedServers:
         redis_url: str | None = None,
         check_timeout_s: float = 5.0,
         ready_timeout_s: float = READY_TIMEOUT_S,
+        redis_maxmemory_mb: int = 0,
     ) -> None:
         self.data_dir = data_dir
+        self._redis_maxmemory_mb = redis_maxmemory_mb  # for a Redis this object starts (0: no cap)
         self._given = {"mongo": mongo_url, "redis": redis_url}
         self._check_timeout_s = check_timeout_s
         self._ready_timeout_s = ready_timeout_s
@@ -55,6 +57,7 @@ class EmbeddedServers:
             data_dir=None if server.in_memory else server.data_dir,
             mongo_url=settings.mongo.url,
             redis_url=settings.redis.url,
+            redis_maxmemory_mb=settings.redis.maxmemory_mb,
         )
 
     @property
@@ -127,10 +130,13 @@ class EmbeddedServers:
         info = runtime.load(data_dir)
         if info is None:
             return False
-        if not await _runtime_alive(info):
+        if not runtime.owner_alive(info):
             log.info("embedded.stale_runtime", path=str(runtime.runtime_path(data_dir)), pid=info["pid"])
-            runtime.remove(data_dir)
+            runtime.remove(data_dir, pid=info["pid"])
             return False
+        # The owner lives and holds the data dir: a server of its that does not answer now is a hiccup to report,
+        # never a reason to forget the file and start servers of our own on its locked directories.
+        await _check_owned(info, data_dir)
         for name in self._missing():
             self.handles[name] = ServerHandle(name, info[f"{name}_url"], owned=False)
         log.info("embedded.attached", owner_pid=info["pid"], mongo_url=self.mongo_url, redis_url=self.redis_url)
@@ -140,7 +146,8 @@ class EmbeddedServers:
         logs, timeout_s = root / "logs", self._ready_timeout_s
         starters = {
             "mongo": lambda: start_mongo(root / "mongo" if persist else None, logs / "mongo.log", timeout_s),
-            "redis": lambda: start_redis(root / "redis", logs / "redis.log", persist=persist, timeout_s=timeout_s),
+            "redis": lambda: start_redis(root / "redis", logs / "redis.log", persist=persist, timeout_s=timeout_s,
+                                         maxmemory_mb=self._redis_maxmemory_mb),
         }
         names = self._missing()
         results = await asyncio.gather(*(starters[name]() for name in names), return_exceptions=True)
@@ -155,6 +162,7 @@ class EmbeddedServers:
             "mongo_url": self.mongo_url,
             "redis_url": self.redis_url,
             "api_url": None,
+            "pid_start": runtime.process_start(os.getpid()),
             "started_at": datetime.now(UTC).isoformat(),
         }
         runtime.write(data_dir, self._runtime)
@@ -183,13 +191,20 @@ class EmbeddedServers:
             self._scratch = None
 
 
-async def _runtime_alive(info: dict[str, Any]) -> bool:
+async def _check_owned(info: dict[str, Any], data_dir: Path) -> None:
+    """Raise ServerUnavailable, in one line naming each server that does not answer, unless all of the live owner's
+    servers answer a ping."""
+    owner = f"recograph (pid {info['pid']}) serves {data_dir}"
     urls = {name: info.get(f"{name}_url") for name in _NAMES}
-    if not runtime.pid_alive(info["pid"]) or not all(isinstance(url, str) for url in urls.values()):
-        return False
+    if not all(isinstance(url, str) for url in urls.values()):
+        raise ServerUnavailable(f"{owner} but its {runtime.runtime_path(data_dir)} names no {' or '.join(_NAMES)} URL")
     checks = [_CHECKS[name](url, _ATTACH_PING_S) for name, url in urls.items()]
     results = await asyncio.gather(*checks, return_exceptions=True)
-    return not any(isinstance(result, BaseException) for result in results)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, ServerUnavailable):
+            raise result
+    if silent := [str(result) for result in results if isinstance(result, ServerUnavailable)]:
+        raise ServerUnavailable(f"{owner} but {'; '.join(silent)}; try again once it answers")
 
 
 async def attach_or_start(

@@ -61,10 +61,29 @@ def remove(data_dir: Path, *, pid: int | None = None) -> None:
 def read_runtime(data_dir: Path) -> dict[str, Any] | None:
     """Return the runtime info of the live process serving data_dir, or None when none or stale."""
     info = load(data_dir)
-    if info is None or not pid_alive(info["pid"]):
+    if info is None or not owner_alive(info):
         return None
     urls = [info.get("mongo_url"), info.get("redis_url")]
     return info if all(isinstance(url, str) and _accepts(url) for url in urls) else None
+
+
+def owner_alive(info: dict[str, Any]) -> bool:
+    """Return whether the process that wrote the runtime file still runs (not another one given its pid since)."""
+    if not pid_alive(info["pid"]):
+        return False
+    started, now = info.get("pid_start"), process_start(info["pid"])
+    return started is None or now is None or started == now
+
+
+def process_start(pid: int) -> int | None:
+    """Return when the process started, in clock ticks since boot (None without procfs): with the pid, it names
+    one process even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
 
 
 def pid_alive(pid: int) -> bool:

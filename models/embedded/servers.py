@@ -87,16 +87,22 @@ async def start_mongo(storage: Path | None, log_path: Path, timeout_s: float = R
     return await _start("mongo", log_path, argv, url, check_mongo, timeout_s, wake_on_stop=True)
 
 
-async def start_redis(home: Path, log_path: Path, *, persist: bool, timeout_s: float = READY_TIMEOUT_S) -> ServerHandle:
-    """Start redis-server with its files in home (persisting them when persist) and wait for a ping."""
+async def start_redis(
+    home: Path, log_path: Path, *, persist: bool, timeout_s: float = READY_TIMEOUT_S, maxmemory_mb: int = 0
+) -> ServerHandle:
+    """Start redis-server with its files in home (persisting them when persist), capped at maxmemory_mb MiB (0: no
+    cap), and wait for a ping."""
     command = find_redis_command()
     home.mkdir(parents=True, exist_ok=True)
     # The append-only file alone keeps writes across a restart (its rewrites start from an RDB preamble); RDB save
     # points on top would only add forks and full dumps beside serving. In memory: neither.
     keep = ["--appendonly", "yes", "--save", ""] if persist else ["--save", "", "--appendonly", "no"]
+    # noeviction: at the cap writes fail loudly; evicting would silently drop seen sets, markers or stream entries.
+    cap = ["--maxmemory", f"{maxmemory_mb}mb", "--maxmemory-policy", "noeviction"] if maxmemory_mb > 0 else []
 
     def argv(port: int) -> list[str]:
-        return [command, "--port", str(port), "--bind", LOOPBACK, "--daemonize", "no", "--dir", str(home), *keep]
+        return [command, "--port", str(port), "--bind", LOOPBACK, "--daemonize", "no", "--dir", str(home), *keep,
+                *cap]
 
     url = partial("redis://{}:{}/0".format, LOOPBACK)
     return await _start("redis", log_path, argv, url, check_redis, timeout_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from models.vectors.edge import EdgeVectorStore
 from models.vectors.factory import open_vector_store
 from models.vectors.fake import InMemoryVectorStore
+from models.vectors.guarded import GuardedVectorStore, VectorStoreUnavailable
 from models.vectors.protocol import (
     DISTANCES,
     INDEXED_KEYS,
@@ -20,6 +21,7 @@ __all__ = [
     "DISTANCES",
     "INDEXED_KEYS",
     "EdgeVectorStore",
+    "GuardedVectorStore",
     "InMemoryVectorStore",
     "QdrantServerVectorStore",
     "SpaceNotFoundError",
@@ -27,5 +29,6 @@ __all__ = [
     "VectorPoint",
     "VectorStore",
     "VectorStoreError",
+    "VectorStoreUnavailable",
     "open_vector_store",
 ]

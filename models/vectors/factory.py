@@ -7,13 +7,26 @@ from pathlib import Path
 
 from qdrant_client import AsyncQdrantClient
 
+from models.settings import BreakerSettings
 from models.vectors.edge import EdgeVectorStore
+from models.vectors.guarded import guard
 from models.vectors.protocol import VectorStore
 from models.vectors.server import QdrantServerVectorStore
 
 
-def open_vector_store(*, url: str | None, api_key: str | None, data_dir: Path | None) -> VectorStore:
-    """Return a server store for `url`, else an embedded one under `data_dir/qdrant` (or a temporary directory)."""
+def open_vector_store(
+    *, url: str | None, api_key: str | None, data_dir: Path | None, breaker: BreakerSettings | None = None
+) -> VectorStore:
+    """Return a server store for `url`, else an embedded one under `data_dir/qdrant` (or a temporary directory);
+    with `breaker` settings, behind a circuit breaker (`models.vectors.guarded`)."""
+    store = _open(url=url, api_key=api_key, data_dir=data_dir)
+    if breaker is None:
+        return store
+    return guard(store, failures=breaker.failures, cooldown_s=breaker.cooldown_s,
+                 read_timeout_s=breaker.vectors_timeout_s)
+
+
+def _open(*, url: str | None, api_key: str | None, data_dir: Path | None) -> VectorStore:
     if url:
         return QdrantServerVectorStore(AsyncQdrantClient(url=url, api_key=api_key))
     if data_dir is not None:

@@ -88,6 +88,8 @@ async def test_aliased_item_lookups_over_the_limit_are_refused(gql, keys):
         "query($first: Int, $s: ID!) { recommendations(scenarioId: $s, userId: \"u1\", first: $first) { requestId } }",
         "query($first: Int, $s: ID!) { similarItems(scenarioId: $s, itemId: \"i1\", first: $first) { requestId } }",
         "query($first: Int, $s: ID!) { jobs(scenarioId: $s, first: $first) { edges { node { id } } } }",
+        "query($first: Int) { auditLog(first: $first) { edges { node { id } } } }",
+        "query($first: Int) { deadLetters(first: $first) { edges { node { id } } } }",
     ],
 )
 async def test_first_above_200_is_refused_on_every_list(gql, keys, sid, query):
@@ -107,8 +109,8 @@ def test_every_list_field_with_first_is_covered():
         if isinstance(gtype, GraphQLObjectType) and not type_name.startswith("__")
         for field_name, field in gtype.fields.items() if "first" in field.args
     )
-    assert paged == ["Item.similar", "Query.items", "Query.jobs", "Query.recommendations", "Query.scenarios",
-                     "Query.similarItems", "User.recommendations"]
+    assert paged == ["Item.similar", "Query.auditLog", "Query.deadLetters", "Query.items", "Query.jobs",
+                     "Query.recommendations", "Query.scenarios", "Query.similarItems", "User.recommendations"]
 
 
 async def test_too_many_tokens_are_refused(gql, keys):

@@ -7,7 +7,7 @@ from beanie import init_beanie
 
 from graph.runtime import open_runtime
 from models.documents import DOCUMENTS
-from tests.conftest import free_port, isolated_settings, serve_app
+from tests.conftest import METRICS_AUTH, free_port, isolated_settings, serve_app
 
 
 async def test_ready_degrades_then_fails_as_servers_stop(served):
@@ -40,5 +40,5 @@ async def test_ready_degrades_then_fails_as_servers_stop(served):
 async def test_metrics_endpoint_counts_operations(served, gql):
     await gql("query Probe { __typename }")
     async with httpx.AsyncClient() as client:
-        text = (await client.get(f"{served.url}/metrics")).text
+        text = (await client.get(f"{served.url}/metrics", headers=METRICS_AUTH)).text
     assert 'recograph_graphql_operations_total{operation="Probe",status="ok",type="query"}' in text

@@ -16,7 +16,7 @@ from domain.learning.service import TrainingService
 from domain.learning.versions import activate
 from domain.maintenance import MaintenanceService
 from models.documents import Interaction, ModelVersion
-from tests.conftest import new_tenant
+from tests.conftest import METRICS_AUTH, new_tenant
 from tests.e2e.test_training import CREATE, RECORD, UPSERT, active_versions, error, shop, train
 
 pytestmark = pytest.mark.slow
@@ -215,7 +215,7 @@ async def test_job_durations_and_failures_are_exported(served, gql, owner, train
     failed = await finished(gql, owner.admin, doomed.id)
     assert failed["status"] == "FAILED" and "no longer exists" in failed["error"]
     async with httpx.AsyncClient() as client:
-        text = (await client.get(f"{served.url}/metrics")).text
+        text = (await client.get(f"{served.url}/metrics", headers=METRICS_AUTH)).text
     assert 'recograph_job_duration_seconds_count{kind="cleanup",outcome="succeeded"}' in text
     assert 'recograph_job_failures_total{kind="cleanup",outcome="failed"}' in text
 

@@ -25,7 +25,7 @@ from gql.transport.websockets import WebsocketsTransport
 from websockets.exceptions import ConnectionClosed
 
 from domain.realtime import contracts as c
-from tests.conftest import GraphQL, Served, TenantKeys, new_tenant
+from tests.conftest import METRICS_AUTH, GraphQL, Served, TenantKeys, new_tenant
 
 NODE_PROJECT = Path(__file__).parent / "federation"
 CONSUMER_LANDED = importlib.util.find_spec("domain.realtime.consumer") is not None
@@ -210,7 +210,7 @@ async def test_prometheus_exports_live_gauges_of_scenarios_with_traffic(served, 
     series = f"recograph_live_impressions{{{labels}}}"
     deadline = time.monotonic() + 15
     while True:
-        text = (await gql.client.get(f"{served.url}/metrics")).text
+        text = (await gql.client.get(f"{served.url}/metrics", headers=METRICS_AUTH)).text
         if series in text:
             break
         assert time.monotonic() < deadline, "no live gauge for the scenario"

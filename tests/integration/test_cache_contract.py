@@ -54,14 +54,28 @@ async def test_seen_sets_and_user_versions(cache):
     assert await cache.user_version("u1", tenant_id="t1") == 1
 
 
-async def test_erase_user_removes_seen_and_bumps_version(cache):
+async def test_erase_user_removes_seen_sets_and_version(cache):
     await cache.record_seen([("s1", "u1", "i1"), ("s2", "u1", "i2"), ("s1", "u2", "i1")], tenant_id="t1")
-    removed = await cache.erase_user("u1", ["s1", "s2"], tenant_id="t1")
-    assert removed == 2  # the two seen sets; the version counter is bumped, not user data
+    removed = await cache.erase_user("u1", ["s1", "s2"], tenant_id="t1", marker="h1")
+    assert removed == 3  # the two seen sets and the version counter (no key may keep the user id)
     assert await cache.seen("s1", "u1", tenant_id="t1") == set()
     assert await cache.seen("s1", "u2", tenant_id="t1") == {"i1"}
-    assert await cache.user_version("u1", tenant_id="t1") == 2
-    assert await cache.erase_user("u1", ["s1", "s2"], tenant_id="t1") == 0
+    assert await cache.user_version("u1", tenant_id="t1") == 0
+    assert await cache.erase_user("u1", ["s1", "s2"], tenant_id="t1", marker="h1") == 0
+
+
+async def test_erase_user_removes_the_answers_and_lists_written_about_them(cache):
+    writes = [BlobWrite(("answer", "s1", "u1", "k"), "a", 60, version=0, owner="u1"),
+              BlobWrite(("served", "r1"), "list", 60, owner="u1"), BlobWrite(("served", "r2"), "other", 60, owner="u2")]
+    await cache.put_blobs(writes, tenant_id="t1")
+    assert await cache.user_keys("u1", tenant_id="t1") == ["t:{t1}:answer:s1:u1:k", "t:{t1}:served:r1"]
+    await cache.put_blobs([BlobWrite(("extra",), "x", 60)], tenant_id="t1")
+    # the answer, the served list, the index itself and the extra key
+    assert await cache.erase_user("u1", [], tenant_id="t1", marker="h1", also=["t:{t1}:extra"]) == 4
+    assert await cache.get_blob("served", "r1", tenant_id="t1") is None
+    assert await cache.get_blob("extra", tenant_id="t1") is None
+    assert await cache.get_blob("served", "r2", tenant_id="t1") == "other"
+    assert await cache.user_keys("u1", tenant_id="t1") == []
 
 
 async def test_ping(cache):
@@ -141,7 +155,7 @@ async def test_label_scores_add_up_per_user_and_tenant(cache):
     scores = await cache.label_scores(["u1", "u2", "u3"], tenant_id="t1")
     assert scores == {"u1": {"c:Drama": 1.75, "t:funny": 2.0}, "u2": {"c:Drama": 1.0}}
     assert await cache.label_scores(["u1"], tenant_id="t2") == {}
-    assert await cache.erase_user("u1", [], tenant_id="t1") == 1
+    assert await cache.erase_user("u1", [], tenant_id="t1", marker="h1") == 1
     assert await cache.label_scores(["u1"], tenant_id="t1") == {}
 
 

@@ -119,3 +119,34 @@ async def test_cleanup_of_a_missing_scenario_is_not_found(served, tenant, tmp_pa
     service = MaintenanceService(served.runtime.cache, models_dir=tmp_path)
     with pytest.raises(NotFound):
         await service.cleanup(tenant_id=tenant, scenario_id="sc_missing", report=_ignore)
+
+
+class CountingScans:
+    """A Redis client that counts SCAN walks and passes everything through."""
+
+    def __init__(self, client) -> None:  # noqa: ANN001
+        self._client, self.scans = client, 0
+
+    def scan_iter(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        self.scans += 1
+        return self._client.scan_iter(*args, **kwargs)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._client, name)
+
+
+async def test_cleanup_scans_the_keyspace_once_per_tenant_not_once_per_scenario(served, tenant, tmp_path):
+    from types import SimpleNamespace
+
+    scenarios = [await scenario(served, tenant, f"s{n}", None) for n in range(3)]
+    redis = CountingScans(served.runtime.cache.client)
+    service = MaintenanceService(SimpleNamespace(client=redis), models_dir=tmp_path)
+    gone = new_id("sc")
+    await redis.sadd(tenant_key(tenant, "seen", gone, "u1"), "i1")
+    results = [await service.cleanup(tenant_id=tenant, scenario_id=sid, report=_ignore) for sid in scenarios]
+    assert [r["redisKeysDeleted"] for r in results] == [1, 0, 0]
+    assert redis.scans == 1
+    other = new_id("tn")  # another tenant's cleanup still scans for its own keys
+    other_sid = await scenario(served, other, "o", None)
+    await service.cleanup(tenant_id=other, scenario_id=other_sid, report=_ignore)
+    assert redis.scans == 2

@@ -111,8 +111,22 @@ async def test_a_failing_store_drops_its_sources_and_the_answer_still_comes(mode
     engine = Engine(scenario(), model, vectors=FailingStore(), content_space="content")
     result = await engine.recommend(ask(model, history=["k0"], debug=True))
     assert len(result.items) == 5
-    assert result.debug["dropped"]["vector"].startswith("error: ConnectionError")
+    assert result.debug["dropped"]["vector"] == "store unavailable"
     assert "item_cf" in result.debug["recall"]
+
+
+class LeakyStore:
+    async def search(self, space: str, vector: Sequence[float], *, limit: int,
+                     exclude_ids: Collection[str] = ()) -> list[tuple[str, float]]:
+        raise ValueError("mongodb://admin:hunter2@10.0.0.7 tenant tn_other item secret-9")
+
+
+async def test_debug_never_carries_exception_text(model):
+    for store, reason in ((LeakyStore(), "error"), (FailingStore(), "store unavailable")):
+        engine = Engine(scenario(), model, vectors=store, content_space="content")
+        result = await engine.recommend(ask(model, history=["k0"], debug=True))
+        assert result.debug["dropped"] == {"vector": reason}
+        assert "hunter2" not in str(result.debug) and "down" not in str(result.debug)
 
 
 async def test_a_slow_store_is_dropped_after_the_time_budget(model):

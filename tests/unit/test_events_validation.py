@@ -102,6 +102,33 @@ def test_context_must_be_an_object():
     assert field(context={}) is None
 
 
+def deep(levels: int) -> dict:
+    """Return an object `levels` levels deep (the outer object is level 1)."""
+    value: dict = {"leaf": 1}
+    for _ in range(levels - 1):
+        value = {"next": value}
+    return value
+
+
+@pytest.mark.parametrize("context", [
+    deep(5),
+    {"a": [[[["five levels"]]]]},
+    {f"k{n}": n for n in range(65)},
+    {"list": list(range(64))},  # 65 entries: the key and 64 elements
+    {"text": "x" * 4100},
+])
+def test_event_context_beyond_its_depth_entries_or_size_is_refused(context):
+    problem = check(context=context)
+    assert problem is not None and problem[0] == "context" and "context" in problem[1]
+
+
+@pytest.mark.parametrize("context", [
+    deep(4), {f"k{n}": n for n in range(64)}, {"list": list(range(63))}, {"text": "x" * 4000},
+])
+def test_event_context_within_its_bounds_passes(context):
+    assert check(context=context) is None
+
+
 def test_first_problem_is_reported_in_field_order():
     assert field(user_id="", item_id="", type="NOPE") == "userId"
     assert field(type="RATING", value=None, timestamp=NOW + timedelta(hours=1)) == "value"

@@ -151,12 +151,16 @@ async def test_no_consumer_runs_without_redis_and_metrics_still_answer():
 def test_a_batch_payload_sends_each_repeated_string_once():
     import json
 
+    from domain.erasure import digest
     from domain.realtime.apply import EVENT_WIDTH, Planned, encode
 
     meta = ItemMeta(scenarios=("sc",), categories=("drama",), tags=("a", "b"), duration_seconds=60.0)
     second = StreamEvent("e2", "sc", "u1", "i1", "CLICK", None, 1_700_000_002_000, 1_700_000_003_000)
-    payload = encode([Planned(EVENT), Planned(second), Planned(PAGE)], {"i1": meta}, {}, tenant_id="T")
-    strings, label_sets, metric_sets, pages, events = json.loads(payload.json)
+    payload = encode([Planned(EVENT), Planned(second), Planned(PAGE)], {"i1": meta}, {}, tenant_id="T",
+                     hash_key=b"k")
+    strings, label_sets, metric_sets, pages, events, erased = json.loads(payload.json)
+    # the erasure marker of the events' user is named by a keyed hash, never the id
+    assert erased == {"u1": f"t:{{T}}:erased:{digest(b'k', 'u1')}"} and "u1" not in erased["u1"]
     assert len(events) == 2 * EVENT_WIDTH and len(pages) == 1
     assert strings.count("u1") == 1 and strings.count("i1") == 1 and strings.count("sc") == 1
     assert label_sets == [["c:drama", "t:a", "t:b"]]

@@ -12,6 +12,7 @@ from domain.learning.model import ScenarioModel
 from domain.learning.train import train_scenario_model
 from domain.recommend.base import REGISTRY, RecRequest
 from domain.recommend.recall import CatalogueIndex, RecallContext, embeddings, recency_weights
+from domain.recommend.recall.collaborative import USER_CF_SEEDS
 from domain.recommend.recall.context import top_candidates, top_of
 from domain.recommend.recall.index import LookAlikes
 from tests.unit.test_learning import T0, config, items, synthetic
@@ -196,3 +197,17 @@ async def test_affinity_uses_stated_preferences_then_the_history(model):
     assert stated and {f[0] for f in stated} == {"k"}
     learned = await recall("affinity", context(model, history=["d0", "d1"]))
     assert learned and learned[0][0] == "d"
+
+
+async def test_user_cf_seeds_only_the_newest_items(model):
+    # Older d-items would bring the d-cluster's users in; only the newest seeds count.
+    history = ["d0", "d1", "d2", "a0", "a1", "a2"]
+    found = await recall("user_cf", context(model, history=history, params={"seedItems": 3}), limit=20)
+    assert found and {f[0] for f in found} == {"a"}
+
+
+async def test_user_cf_caps_the_seeds_of_an_inflated_history(model):
+    # An inflated history (a bot replaying the same items) seeds at most USER_CF_SEEDS items by default.
+    history = ["d0"] * 20 + ["a0", "a1", "a2"] * (USER_CF_SEEDS // 3 + 1)
+    found = await recall("user_cf", context(model, history=history, exclude=["d0", "a0", "a1", "a2"]), limit=20)
+    assert found and {f[0] for f in found} == {"a"}

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from domain.errors import BadInput, NotFound
+from domain.ids import encode_cursor
 from domain.learning.model import ScenarioModel
 from domain.learning.train import train_scenario_model
 from domain.recommend import service as service_module
@@ -131,6 +132,27 @@ async def test_a_cursor_only_continues_its_own_users_list(parts) -> None:  # noq
     with pytest.raises(BadInput) as error:
         await ask(service, "u1", first=3, after=page.next_cursor)
     assert error.value.field == "after"
+
+
+@pytest.mark.parametrize("offset", ["²", "٣", "-1", "1e3", "9" * 5000, ""])
+async def test_a_cursor_offset_that_is_not_ascii_digits_is_bad_input_naming_after(parts, offset) -> None:  # noqa: ANN001
+    service, *_ = parts
+    page = await ask(service, "u0", first=3)
+    forged = encode_cursor(f"{page.request_id}@{offset}")  # a real request id, so only the offset is wrong
+    with pytest.raises(BadInput) as error:
+        await ask(service, "u0", first=3, after=forged)
+    assert error.value.field == "after"
+
+
+@pytest.mark.parametrize("context", [
+    {"a": {"b": {"c": {"d": {"e": 1}}}}}, {f"k{n}": n for n in range(65)}, {"text": "x" * 4100}, [1],
+])
+async def test_a_recommendations_context_beyond_its_bounds_is_bad_input(parts, context) -> None:  # noqa: ANN001
+    service, *_ = parts
+    with pytest.raises(BadInput) as error:
+        await ask(service, "u0", first=3, context=context)
+    assert error.value.field == "context"
+    assert (await ask(service, "u0", first=3, context={"a": {"b": {"c": 1}}, "page": "home"})).items
 
 
 async def test_answers_are_cached_until_the_user_version_moves(parts) -> None:  # noqa: ANN001

@@ -188,3 +188,11 @@ def test_rule_error_is_bad_user_input() -> None:
     with pytest.raises(BadInput) as caught:
         check_rule("publishedAt within")
     assert caught.value.code == "BAD_USER_INPUT"
+
+
+@pytest.mark.parametrize("text", ["publishedAt > ²d", "attributes.n > ²", "attributes.n == ٣",
+                                  "attributes.n > 9" + "9" * 5000])
+def test_cursor_like_digits_in_a_rule_are_a_rule_error(text: str) -> None:
+    # "²" passes isdigit() and \d but int()/float() refuse it; 5,000 digits pass int()'s own limit.
+    with pytest.raises(RuleError):
+        check_rule(text)

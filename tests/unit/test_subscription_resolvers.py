@@ -8,6 +8,7 @@ import pytest
 from strawberry.exceptions import ConnectionRejectionError
 
 from domain.errors import Forbidden, NotFound, Unauthenticated, Unavailable
+from domain.jobwatch import JobWatch
 from domain.tenancy import Principal, Scope
 from graph.context import WebSocketAuth, reauthenticate
 from resolvers.context import RequestContext
@@ -52,19 +53,19 @@ async def _collect(stream) -> list[tuple[str, float]]:
 async def test_job_progress_yields_the_job_then_only_changes_until_it_ends():
     jobs = ScriptedJobs(("QUEUED", 0.0), ("QUEUED", 0.0), ("RUNNING", 0.1), ("RUNNING", 0.1), ("RUNNING", 0.5),
                         ("SUCCEEDED", 1.0), ("SUCCEEDED", 1.0))
-    seen = await _collect(job_progress(context(jobs=jobs), id="j1", poll_s=0))
+    seen = await _collect(job_progress(context(jobs=jobs, job_watch=JobWatch(poll_s=0)), id="j1"))
     assert seen == [("QUEUED", 0.0), ("RUNNING", 0.1), ("RUNNING", 0.5), ("SUCCEEDED", 1.0)]
     assert jobs.reads == 6  # no read after the terminal state
 
 
 async def test_job_progress_of_a_finished_job_yields_it_once():
     jobs = ScriptedJobs(("FAILED", 0.3))
-    assert await _collect(job_progress(context(jobs=jobs), id="j1", poll_s=0)) == [("FAILED", 0.3)]
+    assert await _collect(job_progress(context(jobs=jobs, job_watch=JobWatch(poll_s=0)), id="j1")) == [("FAILED", 0.3)]
 
 
 async def test_job_progress_ends_when_the_job_disappears():
     jobs = ScriptedJobs(("RUNNING", 0.2), None)
-    assert await _collect(job_progress(context(jobs=jobs), id="j1", poll_s=0)) == [("RUNNING", 0.2)]
+    assert await _collect(job_progress(context(jobs=jobs, job_watch=JobWatch(poll_s=0)), id="j1")) == [("RUNNING", 0.2)]
 
 
 @pytest.mark.parametrize("principal, error", [

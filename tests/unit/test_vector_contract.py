@@ -19,6 +19,8 @@ from models.vectors import (
     VectorStoreError,
 )
 
+from models.vectors.guarded import guard
+
 # Qdrant local mode ignores payload indexes and says so; the server semantics are what is under test.
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
 
@@ -41,10 +43,12 @@ async def _make_store(kind: str, tmp_path: Path) -> VectorStore:
         return InMemoryVectorStore()
     if kind == "edge":
         return EdgeVectorStore(tmp_path / "qdrant")
+    if kind == "guarded":  # the breaker the runtime puts in front of the store changes nothing a caller sees
+        return guard(EdgeVectorStore(tmp_path / "qdrant"))
     return QdrantServerVectorStore(AsyncQdrantClient(location=":memory:"))
 
 
-@pytest.fixture(params=["fake", "edge", "server"])
+@pytest.fixture(params=["fake", "edge", "server", "guarded"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[VectorStore]:
     """Yield an empty store of each kind with the `items` space created."""
     vector_store = await _make_store(request.param, tmp_path)

@@ -9,6 +9,9 @@ from domain.recommend.base import REGISTRY, Candidates
 from domain.recommend.recall.context import RecallContext
 
 USER_CF_SHRINK = 5.0  # damps the similarity of users who share only an item or two with the request
+# The newest history items that seed user-CF: the lookup reads each seed's users, so an inflated history (a bot,
+# an import) must not turn one request into work proportional to every user.
+USER_CF_SEEDS = 50
 
 
 def _table_recall(ctx: RecallContext, table: NeighbourTable | None, limit: int, seeds: int | None) -> Candidates:
@@ -71,7 +74,7 @@ class UserCFSource:
         model = ctx.model
         if model is None or model.item_users is None:
             return Candidates.empty()
-        items, weights = ctx.seeds()
+        items, weights = ctx.seeds(int(ctx.params.get("seedItems") or USER_CF_SEEDS))
         if len(items) == 0:
             return Candidates.empty()
         users, sims = _neighbours(ctx, items, weights, int(ctx.params.get("neighbors") or 50))
@@ -85,12 +88,13 @@ def _neighbours(ctx: RecallContext, items: np.ndarray, weights: np.ndarray, k: i
     model = ctx.model
     assert model is not None and model.item_users is not None
     rows = model.item_users[items]
-    overlap = np.bincount(rows.indices, weights=np.repeat(weights, np.diff(rows.indptr)),
-                          minlength=model.item_users.shape[1])
-    lengths = np.diff(model.history_indptr).astype(np.float64)
+    # Only the users the seeds share: the work follows the seeds' users, not every user of the model.
+    users, position = np.unique(rows.indices, return_inverse=True)
+    overlap = np.bincount(position, weights=np.repeat(weights, np.diff(rows.indptr)), minlength=len(users))
+    lengths = (model.history_indptr[users + 1] - model.history_indptr[users]).astype(np.float64)
     sims = overlap / (np.sqrt(lengths * len(items)) + USER_CF_SHRINK)
     if (me := model.user_index.get(ctx.request.user_id)) is not None:
-        sims[me] = 0.0  # the user's own training row is not a neighbour
+        sims[users == me] = 0.0  # the user's own training row is not a neighbour
     top = np.flatnonzero(sims > 0)
     top = top[np.argsort(-sims[top], kind="stable")[:k]]
-    return top, sims[top].astype(np.float32)
+    return users[top], sims[top].astype(np.float32)
