@@ -599,7 +599,8 @@ def breakdown(api: Api, demo: Demo, users: int) -> dict[str, Any]:
         api.query(RECOMMEND, {"s": demo.scenario_id, "u": user, "c": {"bench": f"seq-{i}-{time.time_ns()}"}}, public)
         ms.append((time.perf_counter() - began) * 1000)
     for i, user in enumerate(DEMO_USERS[400 : 400 + users]):
-        debug = api.query(DEBUG, {"s": demo.scenario_id, "u": user, "c": {"bench": f"dbg-{i}"}}, public)
+        # `debug` needs an admin or gateway key.
+        debug = api.query(DEBUG, {"s": demo.scenario_id, "u": user, "c": {"bench": f"dbg-{i}"}}, demo.keys["gateway"])
         debug = debug["recommendations"]["debug"] or {}
         for stage, value in (debug.get("timings") or {}).items():
             stages[stage].append(value)
