@@ -32,13 +32,14 @@ from domain.realtime.processor import Processor
 from domain.realtime.replay import stored_events
 from domain.realtime.stream import StreamEvent
 from models.cache import USER_STATE_TTL_S, tenant_key
-from models.documents import Interaction
+from models.documents import Interaction, UserProfile, composite_id
 
 log = structlog.get_logger()
 QUEUE_MAX = 10_000  # users waiting for a restore; past it notes are dropped (the user is noted again next request)
 CLAIM_TTL_S = 300
 RESTORE_ASPECTS = "ps"
 REBUILD_WAIT_S = 60.0
+RESTORE_PAUSE_S = 0.01  # at most about 100 users checked a second per process
 
 
 # KEYS: the user's cache version, their restore claim, their erasure marker; ARGV: the user ttl.
@@ -94,6 +95,7 @@ class ReturningUsers:
             tenant_id, user_id = await queue.get()
             try:
                 await self.restore(user_id, tenant_id=tenant_id)
+                await asyncio.sleep(RESTORE_PAUSE_S)  # a burst of new users must not flood MongoDB with reads
             except Exception as exc:  # noqa: BLE001 - a store outage or one user's bad data must not end restores
                 log.warning("realtime.restore_failed", tenant_id=tenant_id, error=repr(exc))
                 await self._release(tenant_id, user_id)  # the user's next request notes them again
@@ -112,7 +114,8 @@ class ReturningUsers:
             return 0  # another process restores the user right now
         horizon = datetime.fromtimestamp(time.time() - MARKER_TTL_S + 3600, UTC)
         applied = 0
-        if await self._expired(user_id, horizon, tenant_id=tenant_id):
+        if await self._known(user_id, tenant_id=tenant_id) and await self._expired(user_id, horizon,
+                                                                                     tenant_id=tenant_id):
             query = {"tenant_id": tenant_id, "user_id": user_id, "received_at": {"$lt": horizon}}
             async for events in stored_events(query):
                 applied += await self._apply(events, tenant_id=tenant_id)
@@ -136,6 +139,14 @@ class ReturningUsers:
                 raise TimeoutError("a rebuild of the tenant held it longer than a restore waits")
             await asyncio.sleep(0.2)
         return n
+
+    @staticmethod
+    async def _known(user_id: str, *, tenant_id: str) -> bool:
+        """Return whether the user was ever snapshotted (one read by id): a user without a snapshot is new, not
+        returning, and costs no scan of their events. Every user active before the horizon was snapshotted."""
+        found = await UserProfile.get_pymongo_collection().find_one({"_id": composite_id(tenant_id, user_id)},
+                                                                     {"_id": 1})
+        return found is not None
 
     async def _expired(self, user_id: str, horizon: datetime, *, tenant_id: str) -> bool:
         """Return whether the user's profile hash counts no more applied events than those received since the

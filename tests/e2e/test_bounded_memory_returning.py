@@ -15,7 +15,7 @@ from domain.events import InteractionData
 from domain.realtime.hotstate import read_hot
 from domain.realtime.keys import profile_key, recent_key
 from models.cache import tenant_key
-from models.documents import Interaction
+from models.documents import Interaction, UserProfile, composite_id
 from tests.conftest import new_tenant
 
 LONG_AGO = datetime.now(UTC) - timedelta(days=100)
@@ -38,6 +38,10 @@ async def expire_user(served, tenant: str, sid: str, user: str, items: list[str]
                               timestamp=datetime.now(UTC) - timedelta(minutes=5)) for i in items]
     assert (await services.events.record(events, tenant_id=tenant)).accepted == len(items)
     assert await services.realtime.wait_drained(tenant_id=tenant, timeout_s=10)
+    deadline = time.monotonic() + 10  # a user inactive for the TTL was snapshotted long ago: wait for the snapshot
+    while await UserProfile.get_pymongo_collection().find_one({"_id": composite_id(tenant, user)}) is None:
+        assert time.monotonic() < deadline, "no profile snapshot"
+        await asyncio.sleep(0.1)
     await Interaction.get_pymongo_collection().update_many(
         {"tenant_id": tenant, "user_id": user}, {"$set": {"received_at": LONG_AGO, "ts": LONG_AGO}})
     await redis.delete(tenant_key(tenant, "seen", sid, user), tenant_key(tenant, "uv", user),
@@ -119,3 +123,14 @@ async def test_item5_a_restore_after_an_erasure_brings_no_key_back(served, shop)
     assert await services.returning.restore("erased-one", tenant_id=tenant) == 0  # MongoDB holds nothing of it
     keys = [k async for k in served.runtime.cache.client.scan_iter(match=f"t:{{{tenant}}}:*erased-one*")]
     assert keys == []
+
+
+async def test_item5_a_new_user_costs_one_read_by_id_not_a_scan_of_events(served, shop, monkeypatch):
+    services, tenant, sid = shop
+
+    async def never(*args, **kwargs):
+        raise AssertionError("a new user's events were looked up")
+
+    monkeypatch.setattr(type(services.returning), "_expired", never)
+    assert await services.returning.restore("brand-new-user", tenant_id=tenant) == 0
+    assert await served.runtime.cache.user_version("brand-new-user", tenant_id=tenant) == 1  # no further notes
