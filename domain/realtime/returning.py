@@ -39,7 +39,7 @@ QUEUE_MAX = 10_000  # users waiting for a restore; past it notes are dropped (th
 CLAIM_TTL_S = 300
 RESTORE_ASPECTS = "ps"
 REBUILD_WAIT_S = 60.0
-RESTORE_PAUSE_S = 0.01  # at most about 100 users checked a second per process
+RESTORE_PAUSE_S = 0.1  # at most about 10 users checked a second per process
 
 
 # KEYS: the user's cache version, their restore claim, their erasure marker; ARGV: the user ttl.
