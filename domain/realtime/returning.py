@@ -116,9 +116,12 @@ class ReturningUsers:
         applied = 0
         if await self._known(user_id, tenant_id=tenant_id) and await self._expired(user_id, horizon,
                                                                                      tenant_id=tenant_id):
-            query = {"tenant_id": tenant_id, "user_id": user_id, "received_at": {"$lt": horizon}}
-            async for events in stored_events(query):
-                applied += await self._apply(events, tenant_id=tenant_id)
+            # By user only (the user index): a range on received_at beside it lets the embedded server pick the
+            # tenant-wide (tenant_id, received_at) index and walk every event of the tenant.
+            before = int(horizon.timestamp() * 1000)
+            async for events in stored_events({"tenant_id": tenant_id, "user_id": user_id}):
+                if old := [e for e in events if e.received_ms < before]:
+                    applied += await self._apply(old, tenant_id=tenant_id)
         # Answers cached before the seen sets came back are stale, and a version stops further notes; a user erased
         # meanwhile gets no key back. A restore noted before this one ended finds the profile complete (`_expired`).
         erased = tenant_key(tenant_id, "erased", await erasure.user_digest(user_id, tenant_id=tenant_id))
@@ -154,8 +157,19 @@ class ReturningUsers:
         applied = int(await self._r.hget(profile_key(tenant_id, user_id), "n") or 0)
         if applied == 0:
             return True
-        recent = await Interaction.get_pymongo_collection().count_documents(
-            {"tenant_id": tenant_id, "user_id": user_id, "received_at": {"$gte": horizon}})
+        # The user's own events through the user index, stopping as soon as they outnumber what the hash applied
+        # (see `restore` on why not a received_at range).
+        recent = 0
+        cursor = Interaction.get_pymongo_collection().find(
+            {"tenant_id": tenant_id, "user_id": user_id}, {"received_at": 1}, batch_size=1000)
+        async for doc in cursor:
+            received = doc["received_at"]
+            received = received if received.tzinfo else received.replace(tzinfo=UTC)
+            if received >= horizon:
+                recent += 1
+                if recent >= applied:
+                    await cursor.close()
+                    return True
         return applied <= recent
 
 
