@@ -13,6 +13,9 @@ the demo scenario over GraphQL (`trainScenario`, then polls `job`), and then mea
      first: 20) { edges { node { id title categories } } }` and recommendations (cold and warm) -> req/s, and the
      ratios recommendations / items (target >= 0.7) and recommendations / __typename.
   3. serve's RSS and peak RSS from /proc (target: under 1.5 GB), and the CPU each process used in each leg.
+  4. an A/A experiment of the demo scenario (two variants equal to the scenario, all users): cold saturation rounds
+     outside it (PAUSED) and inside it (RUNNING), alternating; target: serving CPU per cold answer inside within
+     10% of outside (`--no-experiment-leg` skips it).
 
 It ends with a per-stage breakdown of cold recommendations from `debug: true` answers (engine timings, recall
 sources dropped), and optionally (`--py-spy S`) a py-spy profile of serve under cold saturation load.
@@ -677,6 +680,91 @@ def _ours(frame: str) -> bool:
                                           "litestar/", "redis/", "uvicorn/", "pymongo/", "qdrant"))
 
 
+# ---------------------------------------------------------------- an A/A experiment (issue 11)
+
+EXPERIMENT_TARGET = 1.10  # inside / outside, serving CPU ms per cold answer
+EXP_CREATE = "mutation($i: CreateExperimentInput!) { createExperiment(input: $i) { id status } }"
+EXP_MOVE = "mutation($id: ID!) {{ {verb}Experiment(id: $id) {{ id status }} }}"
+EXP_VARIANT = (
+    "query($s: ID!, $u: ID!, $c: JSON) { recommendations(scenarioId: $s, userId: $u, first: 20, context: $c) "
+    "{ variant experiment { id } } }"
+)
+
+
+def experiment_leg(api: Api, demo: Demo, gen: Generators, load: Load, args: argparse.Namespace) -> dict[str, Any]:
+    """Run cold saturation rounds outside (PAUSED) and inside (RUNNING) an A/A experiment of the demo scenario,
+    alternating which state goes first; return the legs of each state and what a check request got in each."""
+    admin = demo.keys["admin"]
+    design = {"scenarioId": demo.scenario_id, "name": f"bench-aa-{time.time_ns()}", "primaryMetric": "CTR",
+              "variants": [{"name": "a"}, {"name": "b"}], "trafficPercent": 100}
+    x = api.query(EXP_CREATE, {"i": design}, admin)["createExperiment"]["id"]
+    status = "DRAFT"
+
+    def enter(state: str) -> dict[str, Any]:
+        nonlocal status
+        wanted, verb = ("RUNNING", "start") if state == "inside" else ("PAUSED", "pause")
+        if status != wanted:
+            status = api.query(EXP_MOVE.format(verb=verb), {"id": x}, admin)[f"{verb}Experiment"]["status"]
+        return variant_check(api, demo, x, state)
+
+    legs: dict[str, list[Leg]] = defaultdict(list)
+    checks = []
+    try:
+        checks.append(enter("inside"))
+        # Every serving process builds the variants' engines before anything is timed.
+        gen.wrk(load, seconds=args.warmup, threads=args.threads, connections=args.connections)
+        for round_no in range(args.experiment_rounds):
+            for state in ("outside", "inside") if round_no % 2 == 0 else ("inside", "outside"):
+                checks.append(enter(state))
+                leg = gen.wrk(load, seconds=args.sat_duration, threads=args.threads, connections=args.connections)
+                console.print(f"  A/A round {round_no + 1}: {state:7} {leg.rate:8.1f} req/s  p50 "
+                              f"{leg.latency_ms['p50']:.1f} ms  errors {leg.errors}  CPU% {leg.cpu_percent}")
+                legs[state].append(leg)
+    finally:
+        for verb in ("stop", "delete"):
+            with contextlib.suppress(RuntimeError):
+                api.query(EXP_MOVE.format(verb=verb), {"id": x}, admin)
+    return {"experiment_id": x, "legs": legs, "checks": checks}
+
+
+def variant_check(api: Api, demo: Demo, experiment_id: str, state: str) -> dict[str, Any]:
+    """Ask one cold list with the admin key; return its variant and experiment, and whether they fit the state."""
+    got = api.query(EXP_VARIANT, {"s": demo.scenario_id, "u": "1", "c": {"bench": f"x-{time.time_ns()}"}},
+                    demo.keys["admin"])["recommendations"]
+    seen = {"variant": got["variant"], "experiment": (got["experiment"] or {}).get("id")}
+    inside = seen["variant"] in ("a", "b") and seen["experiment"] == experiment_id
+    outside = seen == {"variant": None, "experiment": None}
+    return {**seen, "state": state, "ok": inside if state == "inside" else outside}
+
+
+def experiment_rows(leg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return one row per state (outside, inside), the inside row with the ratios to outside and the target."""
+    rows = {}
+    for state, ls in leg["legs"].items():
+        rate = sum(l.requests for l in ls) / sum(l.seconds for l in ls)
+        cpu = {k: round(statistics.fmean(l.cpu_percent.get(k, 0.0) for l in ls), 1) for k in ls[0].cpu_percent}
+        rows[state] = {
+            "leg": f"recommendations, cold, {state} an A/A experiment", "kind": "experiment", "state": state,
+            "requests": sum(l.requests for l in ls), "seconds": round(sum(l.seconds for l in ls), 1),
+            "req_per_s": round(rate, 1), "per_round": [round(l.rate, 1) for l in ls],
+            "errors": sum(l.errors for l in ls),
+            "latency_ms": {k: round(statistics.fmean(l.latency_ms[k] for l in ls), 2) for k in ("p50", "p99", "max")},
+            "cpu_percent": cpu, "serve_cpu_ms_per_request": round(10 * serving_cpu(cpu) / rate, 3) if rate else None,
+            "ms_per_round": [round(10 * serving_cpu(l.cpu_percent) / l.rate, 2) if l.rate else None for l in ls],
+            "sample_error": next((l.sample_error for l in ls if l.sample_error), ""),
+            "checks": [c for c in leg["checks"] if c["state"] == state], "target": "", "pass": None,
+        }
+    inside, outside = rows.get("inside"), rows.get("outside")
+    if inside and outside and outside["serve_cpu_ms_per_request"] and outside["req_per_s"]:
+        ratio = inside["serve_cpu_ms_per_request"] / outside["serve_cpu_ms_per_request"]
+        checked = all(c["ok"] for c in leg["checks"])
+        inside.update(cpu_ratio=round(ratio, 3), rate_ratio=round(inside["req_per_s"] / outside["req_per_s"], 3),
+                      target=f"CPU ms/req inside / outside <= {EXPERIMENT_TARGET:.2f}",
+                      experiment_id=leg["experiment_id"])
+        inside["pass"] = ratio <= EXPERIMENT_TARGET and checked and not inside["errors"] + outside["errors"]
+    return [r for r in (outside, inside) if r]
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -804,9 +892,16 @@ def bench(args: argparse.Namespace, serve: ServeProcess, work: Path) -> dict[str
         sat = saturation(gen, order, args, {shapes["warm"].name: lambda: prime_warm(api, demo, shapes["warm"])})
         load_after = os.getloadavg()
         mem["after_saturation"] = serving_memory(serve)
+        aa = None
+        if args.experiment_leg:
+            console.print(f"A/A experiment: cold saturation outside (PAUSED) and inside (RUNNING), "
+                          f"{args.experiment_rounds} rounds each ...")
+            aa = experiment_leg(api, demo, gen, shapes["cold"], args)
+            mem["after_experiment"] = serving_memory(serve)
 
         rows = [fixed_row(leg, target=(leg.kind == "fixed" and leg.load == shapes["cold"].name)) for leg in fixed]
         rows += saturation_rows(sat, shapes)
+        rows += experiment_rows(aa) if aa else []
         peak = max(m.get("VmHWM", 0) for m in mem.values())
         rss = max(m.get("VmRSS", 0) for m in mem.values())
         memory_row = {
@@ -880,6 +975,7 @@ def print_table(results: dict[str, Any]) -> None:
                       f"[{'green' if verdict == 'pass' else 'red'}]{verdict}[/]" if verdict else "",
                       " ".join(f"{k} {v:.0f}" for k, v in r["cpu_percent"].items()))
     console.print(table)
+    print_experiment(rows)
     m = next(r for r in rows if r["kind"] == "memory")
     console.print(f"serve RSS after load {_gb(m['rss_bytes'])}, largest sampled {_gb(m['max_rss_bytes_sampled'])}, "
                   f"peak (VmHWM) {_gb(m['peak_rss_bytes'])}; target < 1.5 GB: {_verdict(m)}; "
@@ -910,6 +1006,52 @@ def print_table(results: dict[str, Any]) -> None:
         console.print(f"py-spy: {profile['skipped']}")
 
 
+def print_experiment(rows: list[dict[str, Any]]) -> None:
+    """Print the A/A experiment leg's rows, when it ran."""
+    legs = [r for r in rows if r["kind"] == "experiment"]
+    if not legs:
+        return
+    table = Table(title="serve: cold recommendations outside (PAUSED) and inside (RUNNING) an A/A experiment")
+    for column in ("state", "req/s", "per round", "errors", "p50 ms", "p99 ms", "serving CPU ms/req", "per round ",
+                   "inside / outside CPU", "inside / outside req/s", "target", ""):
+        left = column in ("state", "per round", "per round ", "target", "")
+        table.add_column(column, justify="left" if left else "right")
+    for r in legs:
+        verdict = _verdict(r)
+        table.add_row(r["state"], f"{r['req_per_s']:,.1f}", " ".join(f"{v:,.0f}" for v in r["per_round"]),
+                      str(r["errors"]), f"{r['latency_ms']['p50']:.1f}", f"{r['latency_ms']['p99']:.1f}",
+                      f"{r['serve_cpu_ms_per_request']:.2f}", " ".join(f"{v:.2f}" for v in r["ms_per_round"]),
+                      f"{r['cpu_ratio']:.3f}" if "cpu_ratio" in r else "",
+                      f"{r['rate_ratio']:.3f}" if "rate_ratio" in r else "", r["target"],
+                      f"[{'green' if verdict == 'pass' else 'red'}]{verdict}[/]" if verdict else "")
+    console.print(table)
+    checks = [c for r in legs for c in r["checks"]]
+    console.print(f"variant checks: {sum(c['ok'] for c in checks)} of {len(checks)} as expected "
+                  f"(inside: variant a or b; outside: null)")
+
+
+def experiment_markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    """Return the A/A experiment leg as Markdown lines (none when it did not run)."""
+    legs = [r for r in rows if r["kind"] == "experiment"]
+    if not legs:
+        return []
+    checks = [c for r in legs for c in r["checks"]]
+    lines = ["", f"A/A experiment, cold recommendations (wrk -t{args.threads} -c{args.connections}, "
+             f"{args.sat_duration:g} s x {args.experiment_rounds} rounds per state, alternating; variant checks "
+             f"{sum(c['ok'] for c in checks)}/{len(checks)} as expected):", "",
+             "| state | req/s | per round | errors | p50 ms | p99 ms | serving CPU ms/req | per round "
+             "| inside / outside CPU ms/req | inside / outside req/s | target | |",
+             "|---|---:|---|---:|---:|---:|---:|---|---:|---:|---|---|"]
+    for r in legs:
+        lines.append(
+            f"| {r['state']} | {r['req_per_s']:,.1f} | {' '.join(f'{v:,.0f}' for v in r['per_round'])} | "
+            f"{r['errors']} | {r['latency_ms']['p50']:.1f} | {r['latency_ms']['p99']:.1f} | "
+            f"{r['serve_cpu_ms_per_request']:.2f} | {' '.join(f'{v:.2f}' for v in r['ms_per_round'])} | "
+            f"{format(r['cpu_ratio'], '.3f') if 'cpu_ratio' in r else ''} | "
+            f"{format(r['rate_ratio'], '.3f') if 'rate_ratio' in r else ''} | {r['target']} | {_verdict(r)} |")
+    return lines
+
+
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """Return the results as Markdown tables."""
     lines = [f"Fixed rate ({args.rate:g} req/s offered, {args.fixed_connections} paced wrk connections; hey: -c 1):", "",
@@ -934,6 +1076,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{_verdict(r)} | {serving_cpu(r['cpu_percent']):.0f} | {r.get('serve_cpu_ms_per_request') or 0:.1f} | "
             f"{r['cpu_percent'].get('mongo', 0):.0f} | "
             f"{r['cpu_percent'].get('others', 0):.0f} |")
+    lines += experiment_markdown(rows, args)
     m = next(r for r in rows if r["kind"] == "memory")
     lines += ["", "| memory (largest serving process) | after load | largest sampled | peak (VmHWM) | target | |",
               "|---|---:|---:|---:|---|---|",
@@ -975,6 +1118,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="reuse a data dir holding the loaded (and trained) demo, e.g. one kept with --keep")
     parser.add_argument("--processes", type=int, default=None,
                         help="serving processes (RECOGRAPH_PROCESSES; default: serve's own, one per core up to 4)")
+    parser.add_argument("--no-experiment-leg", dest="experiment_leg", action="store_false",
+                        help="skip the A/A experiment leg (cold saturation outside and inside an experiment)")
+    parser.add_argument("--experiment-rounds", type=int, default=3,
+                        help="rounds of the A/A leg, each one leg outside and one inside, alternating (default 3)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON results")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir (reuse it with --skip-load)")
     return parser.parse_args(argv)

@@ -1,5 +1,6 @@
 """Erase one user's data on request: interactions, served pages, profile (its Redis hot state and MongoDB
-snapshot), cached state, user vectors, and the user's training history in every kept model version.
+snapshot), cached state, user vectors, experiment outcomes, and the user's training history in every kept
+model version.
 
 What must outlive the erasure (so that the user's events still in flight are skipped, and a training that was
 running drops them) is an `Erasure` record holding a keyed hash of the id (domain.erasure), never the id.
@@ -17,6 +18,7 @@ from redis.exceptions import RedisError
 
 from domain import erasure
 from domain.errors import BadInput, Unavailable
+from domain.experiments.outcomes import ExperimentOutcomes
 from domain.learning.forget import forget_users
 from domain.learning.service import LearningConfig
 from domain.profiles import ProfileService
@@ -24,7 +26,7 @@ from domain.realtime.keys import request_key
 from domain.realtime.service import RealtimeService
 from domain.scenarios.service import ScenarioService
 from models.cache import Cache, CacheUnavailable
-from models.documents import Impression, Interaction, ModelVersion
+from models.documents import Experiment, Impression, Interaction, ModelVersion
 from models.vectors import VectorStore, VectorStoreError
 
 log = structlog.get_logger()
@@ -37,6 +39,7 @@ class PrivacyService:
     def __init__(
         self, cache: Cache, vectors: VectorStore | None, scenarios: ScenarioService, profiles: ProfileService,
         learning: LearningConfig | None = None, realtime: RealtimeService | None = None,
+        outcomes: ExperimentOutcomes | None = None,
     ) -> None:
         self._cache = cache
         self._vectors = vectors
@@ -44,6 +47,7 @@ class PrivacyService:
         self._profiles = profiles
         self._learning = learning
         self._realtime = realtime
+        self._outcomes = outcomes
 
     async def delete_user_data(self, user_id: str, *, tenant_id: str) -> int:
         """Delete everything stored about a user; return how many records were removed."""
@@ -77,6 +81,9 @@ class PrivacyService:
                                                    also=pages)
             if self._realtime is not None:
                 removed += await self._realtime.erase_user(user_id, events, tenant_id=tenant_id)
+            if self._outcomes is not None:  # after the marker: the consumer no longer counts the user's events
+                experiments = await Experiment.find({"tenant_id": tenant_id, "status": {"$ne": "DRAFT"}}).to_list()
+                removed += await self._outcomes.erase_user(user_id, experiments, tenant_id=tenant_id)
         except (CacheUnavailable, RedisError, OSError) as exc:
             raise Unavailable("the user's real-time state is kept in Redis, which cannot be reached: nothing was "
                               "erased there; ask again") from exc

@@ -9,6 +9,10 @@ from domain.audit import AuditLog
 from domain.background import BackgroundJobs, JobPolicy
 from domain.catalogue import CatalogueService
 from domain.events import EventService
+from domain.experiments.outcomes import ExperimentOutcomes
+from domain.experiments.results import ResultsService
+from domain.experiments.routing import ExperimentRouter
+from domain.experiments.service import ExperimentService
 from domain.hotcache import Invalidations
 from domain.jobs import JobQueue, JobService
 from domain.jobwatch import JobWatch
@@ -45,6 +49,9 @@ class Services:
     jobs: JobService
     training: TrainingService
     background: BackgroundJobs  # every job kind: submit, cancel, schedule fan-out, runs
+    experiments: ExperimentService
+    experiment_results: ResultsService  # results on demand, and the minute's refresh of running experiments
+    experiment_router: ExperimentRouter | None = None  # which arm serves a user (serving processes)
     live: LiveMetrics | None = None  # live metrics snapshots and streams (need Redis)
     realtime: RealtimeService | None = None  # the event stream's consumer, catch-up and rebuilds (need Redis)
     invalidations: Invalidations | None = None  # cached entries other processes changed (serving processes listen)
@@ -76,6 +83,17 @@ class Services:
                     if redis is not None else None)
         returning = (ReturningUsers(redis, realtime.processor, user_ttl_s=user_ttl_s)
                      if redis is not None and realtime is not None else None)
+        outcomes = ExperimentOutcomes(redis)
+        router = ExperimentRouter(outcomes if redis is not None else None, invalidations=invalidations)
+
+        async def experiments_changed(tenant_id: str, scenario_id: str) -> None:
+            # Our own notices do not come back to us: drop this process's copy, then tell the others.
+            router.forget(tenant_id, [scenario_id])
+            await invalidations.publish("experiments", tenant_id, [scenario_id])
+
+        results = ResultsService(outcomes, on_weights=experiments_changed)
+        experiments = ExperimentService(scenarios, invalidations=invalidations, outcomes=outcomes, results=results)
+        experiments.on_change(router.forget)  # this process's own changes reach its router at once
         return cls(
             tenancy=TenancyService(invalidations),
             scenarios=scenarios,
@@ -84,16 +102,20 @@ class Services:
             events=EventService(cache, scenarios, catalogue,
                                 EventStream(redis, user_ttl_s=user_ttl_s) if redis is not None else None,
                                 returning=returning),
-            privacy=PrivacyService(cache, vectors, scenarios, profiles, learning=learning, realtime=realtime),
+            privacy=PrivacyService(cache, vectors, scenarios, profiles, learning=learning, realtime=realtime,
+                                   outcomes=outcomes),
             recommendations=RecommendationService(
                 cache, scenarios, profiles, engines, impressions=impression_sink(redis) if redis is not None else None,
-                returning=returning,
+                returning=returning, router=router,
             ),
             jobs=jobs,
             training=training,
             # Warming answers is not showing them: its own RecommendationService, with no impression sink.
             background=BackgroundJobs.wire(jobs, scenarios, training, RecommendationService(cache, scenarios, profiles,
                                            engines), cache=cache, learning=learning, policy=jobs_policy),
+            experiments=experiments,
+            experiment_results=results,
+            experiment_router=router,
             live=LiveMetrics.over(cache),
             realtime=realtime,
             invalidations=invalidations,

@@ -16,10 +16,15 @@ from strawberry.types import ExecutionContext
 
 from domain.errors import DomainError
 from domain.tenancy import Scope
+from graph.input_errors import mark_input_error
 from graph.types.apikey import ApiKey, NewApiKey
 from graph.types.audit import AuditEntryConnection
 from graph.types.common import ApiKeyScope
 from graph.types.deadletter import DeadLetterConnection
+from graph.types.experiment import (
+    CreateExperimentInput, Experiment, ExperimentConnection, ExperimentMetric, ExperimentPlan, ExperimentResults,
+    ExperimentStatus, UpdateExperimentInput,
+)
 from graph.types.interaction import IngestResult, InteractionInput
 from graph.types.item import Item, ItemConnection, ItemFilter, ItemInput, UpsertItemsResult
 from graph.types.job import Job, JobConnection, JobKind, JobStatus
@@ -27,7 +32,7 @@ from graph.types.metrics import MetricsSnapshot, MetricsWindow, domain_window
 from graph.types.profile import User, UserProfile, load_profile
 from graph.types.recommendation import RecommendationList
 from graph.types.scenario import CreateScenarioInput, Scenario, ScenarioConnection, UpdateScenarioInput
-from resolvers import audit, interactions, jobs, keys, recommendations, scenarios, subscriptions
+from resolvers import audit, experiments, interactions, jobs, keys, recommendations, scenarios, subscriptions
 from resolvers import deadletters
 from resolvers import metrics as live
 from resolvers import items as catalogue
@@ -123,6 +128,41 @@ class Query:
         snapshot = await live.metrics_snapshot(info.context, scenario_id=scenario_id, window=domain_window(window))
         return MetricsSnapshot.from_domain(snapshot)
 
+    @strawberry.field(description="One of your experiments, or null.")
+    async def experiment(self, info: strawberry.Info, id: strawberry.ID) -> Experiment | None:
+        doc = await experiments.get_experiment(info.context, id=id)
+        return Experiment.from_domain(doc) if doc else None
+
+    @strawberry.field(description="Your experiments, newest first, optionally of one scenario and status.")
+    async def experiments(
+        self, info: strawberry.Info, scenario_id: strawberry.ID | None = None, status: ExperimentStatus | None = None,
+        first: int | None = 20, after: str | None = None,
+    ) -> ExperimentConnection:
+        page = await experiments.list_experiments(
+            info.context, scenario_id=scenario_id, status=status.value if status else None, first=first, after=after
+        )
+        return ExperimentConnection.from_domain(page)
+
+    @strawberry.field(description="The variant a user has or would get in a RUNNING or PAUSED experiment (null "
+                      "outside its traffic); reads only: it neither assigns nor exposes.")
+    async def experiment_assignment(
+        self, info: strawberry.Info, experiment_id: strawberry.ID, user_id: strawberry.ID
+    ) -> str | None:
+        return await experiments.experiment_assignment(info.context, experiment_id=experiment_id, user_id=user_id)
+
+    @strawberry.field(description="Users needed to detect a relative lift `minimumDetectableEffect` of `baseline` "
+                      "(a rate, or a mean with `baselineStdDev`); days from the scenario's recent traffic.")
+    async def experiment_plan(
+        self, info: strawberry.Info, metric: ExperimentMetric, baseline: float, baseline_std_dev: float | None = None,
+        *, minimum_detectable_effect: float, alpha: float | None = 0.05, power: float | None = 0.8,
+        variants: int | None = 2, scenario_id: strawberry.ID | None = None,
+    ) -> ExperimentPlan:
+        plan = await experiments.experiment_plan(
+            info.context, metric=metric.value, baseline=baseline, baseline_sd=baseline_std_dev,
+            mde=minimum_detectable_effect, alpha=alpha, power=power, variants=variants, scenario_id=scenario_id,
+        )
+        return ExperimentPlan.from_domain(plan)
+
 
 @strawberry.type
 class Mutation:
@@ -146,6 +186,31 @@ class Mutation:
     @strawberry.mutation(description="Delete a scenario, its interactions, and items that served it alone.")
     async def delete_scenario(self, info: strawberry.Info, id: strawberry.ID) -> bool:
         return await scenarios.delete_scenario(info.context, id=id)
+
+    @strawberry.mutation(description="Create a DRAFT experiment of a scenario's variants.")
+    async def create_experiment(self, info: strawberry.Info, input: CreateExperimentInput) -> Experiment:
+        return Experiment.from_domain(await experiments.create_experiment(info.context, input=input.to_domain()))
+
+    @strawberry.mutation(description="Change a DRAFT experiment's design (BAD_USER_INPUT once it started).")
+    async def update_experiment(self, info: strawberry.Info, id: strawberry.ID, input: UpdateExperimentInput) -> Experiment:
+        return Experiment.from_domain(await experiments.update_experiment(info.context, id=id, input=input.to_domain()))
+
+    @strawberry.mutation(description="Start a DRAFT (its method is locked) or resume a PAUSED experiment.")
+    async def start_experiment(self, info: strawberry.Info, id: strawberry.ID) -> Experiment:
+        return Experiment.from_domain(await experiments.start_experiment(info.context, id=id))
+
+    @strawberry.mutation(description="Pause a RUNNING experiment: no new exposures, assignments kept.")
+    async def pause_experiment(self, info: strawberry.Info, id: strawberry.ID) -> Experiment:
+        return Experiment.from_domain(await experiments.pause_experiment(info.context, id=id))
+
+    @strawberry.mutation(description="Stop an experiment for good and freeze its results; `ship` names the variant "
+                         "whose config becomes the scenario's (a new config version).")
+    async def stop_experiment(self, info: strawberry.Info, id: strawberry.ID, ship: str | None = None) -> Experiment:
+        return Experiment.from_domain(await experiments.stop_experiment(info.context, id=id, ship=ship))
+
+    @strawberry.mutation(description="Delete an experiment and its outcomes; returns it as it was.")
+    async def delete_experiment(self, info: strawberry.Info, id: strawberry.ID) -> Experiment:
+        return Experiment.from_domain(await experiments.delete_experiment(info.context, id=id))
 
     @strawberry.mutation(description="Insert or update up to 5,000 items under a scenario, idempotent by id.")
     async def upsert_items(self, info: strawberry.Info, scenario_id: strawberry.ID, items: list[ItemInput]) -> UpsertItemsResult:
@@ -225,6 +290,12 @@ class Subscription:
         async for doc in subscriptions.job_progress(info.context, id=id):
             yield Job.from_domain(doc)
 
+    @strawberry.subscription(description="An experiment's results at once, then at most every 2 s while its figures "
+                             "change; completes after the frozen results of a stopped experiment.")
+    async def experiment_results(self, info: strawberry.Info, id: strawberry.ID) -> AsyncGenerator[ExperimentResults, None]:
+        async for results in subscriptions.experiment_results(info.context, id=id):
+            yield ExperimentResults.from_domain(results)
+
 
 def guard_extensions(*, max_depth: int = 12, max_tokens: int = 5000, max_aliases: int = 30) -> list[SchemaExtension]:
     """Return the parser/validation caches and the query guards."""
@@ -241,10 +312,15 @@ class RecographSchema(strawberry.federation.Schema):
     """Federation schema that logs refusals (bad input, auth) briefly and only real failures with tracebacks."""
 
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
-        unexpected = [e for e in errors if not isinstance(e.original_error, DomainError)]
+        document = execution_context.graphql_document if execution_context is not None else None
+        unexpected = []
         for error in errors:
-            if isinstance(error.original_error, DomainError):
-                log.info("graphql.refused", code=error.original_error.code, message=error.message, path=error.path)
+            # graphql-core's own refusals of an input value become BAD_USER_INPUT with the field path, like ours.
+            if isinstance(error.original_error, DomainError) or mark_input_error(error, document):
+                log.info("graphql.refused", code=(error.extensions or {}).get("code"), message=error.message,
+                         path=error.path)
+            else:
+                unexpected.append(error)
         if unexpected:
             super().process_errors(unexpected, execution_context)
 
@@ -252,7 +328,7 @@ class RecographSchema(strawberry.federation.Schema):
 def build_schema(extensions: Sequence[SchemaExtension | type[SchemaExtension]] = ()) -> strawberry.federation.Schema:
     """Return the federation v2 schema with the given extensions."""
     return RecographSchema(
-        query=Query, mutation=Mutation, subscription=Subscription, types=[User, Item, Scenario],
+        query=Query, mutation=Mutation, subscription=Subscription, types=[User, Item, Scenario, Experiment],
         extensions=list(extensions),
         federation_version="2.7",
     )

@@ -129,6 +129,7 @@ class Impression(Document):
     user_id: str
     request_id: str
     variant: str | None = None
+    experiment_id: str | None = None
     items: list[dict[str, Any]] = Field(default_factory=list)  # {"i": item id, "s": [recall sources]}
     served_at: datetime
 
@@ -183,20 +184,49 @@ class ModelVersion(Document):
 
 
 class Experiment(Document):
+    """An A/B test of scenario variants (domain.experiments): its design, locked at start, and its state."""
+
     id: str = Field(alias="_id")
     tenant_id: str
     scenario_id: str
     name: str
-    status: str = "DRAFT"
+    hypothesis: str | None = None
+    status: str = "DRAFT"  # DRAFT RUNNING PAUSED STOPPED
+    # [{"name": str, "weight": float, "config": {...overrides merged over the scenario's config}}]; the first is the
+    # control.
     variants: list[dict[str, Any]] = Field(default_factory=list)
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    traffic_percent: float = 100.0
+    traffic_offset: float = 0.0  # the experiment's traffic is the buckets [offset, offset + percent) of its layer
+    layer: str = ""  # default: the scenario's own layer, "scenario:<id>"
+    salt: str = ""  # the layer's salt (a keyed hash of the tenant's key and the layer): same layer, same buckets
+    allocation: str = "USER_HASH"  # USER_HASH THOMPSON INTERLEAVE
+    primary_metric: str = "CTR"
+    secondary_metrics: list[str] = Field(default_factory=list)
+    guardrails: list[dict[str, Any]] = Field(default_factory=list)  # [{"metric": str, "margin": float}]
+    alpha: float = 0.05
+    power: float = 0.8
+    minimum_detectable_effect: float | None = None
+    sequential: bool = True
+    cuped: bool = True
+    # THOMPSON: the arms' current weights by variant name, re-fitted every minute while running.
+    arm_weights: dict[str, float] = Field(default_factory=dict)
+    # What the statistics are computed with, fixed at start: {"alpha", "sequential", "cuped", "tuning", ...}.
+    method: dict[str, Any] = Field(default_factory=dict)
+    results: dict[str, Any] | None = None  # the last results computed (frozen at stop)
     created_at: datetime
+    updated_at: datetime | None = None
     started_at: datetime | None = None
+    paused_at: datetime | None = None
     ended_at: datetime | None = None
+    shipped: str | None = None  # the variant whose config became the scenario's at stop
 
     class Settings:
         name = "experiments"
-        indexes = [IndexModel([("tenant_id", ASCENDING), ("scenario_id", ASCENDING), ("status", ASCENDING)])]
+        indexes = [
+            IndexModel([("tenant_id", ASCENDING), ("scenario_id", ASCENDING), ("status", ASCENDING)]),
+            IndexModel([("tenant_id", ASCENDING), ("layer", ASCENDING), ("status", ASCENDING)]),
+            IndexModel([("status", ASCENDING)]),
+        ]
 
 
 class Job(Document):

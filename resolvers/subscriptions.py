@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from domain.errors import NotFound
+from domain.experiments.report import ExperimentResults
 from domain.jobs import JobStatus
 from domain.jobwatch import TERMINAL
 from domain.realtime.snapshots import MetricsSnapshot, MetricsWindow
 from models.documents import Job
 from resolvers.context import READERS, RequestContext
 from resolvers.metrics import DEFAULT_WINDOW, checked_scenario, live_metrics
+
+RESULTS_POLL_S = 2.0  # experimentResults: how often the results are read again
 
 
 async def metrics(
@@ -43,3 +47,23 @@ async def job_progress(ctx: RequestContext, *, id: str) -> AsyncIterator[Job]:
             yield latest
     finally:
         await updates.aclose()
+
+
+async def experiment_results(
+    ctx: RequestContext, *, id: str, poll_s: float = RESULTS_POLL_S
+) -> AsyncIterator[ExperimentResults]:
+    """Yield an experiment's results at once (once there are any), then whenever its figures change, reading
+    them every `poll_s`; stop after the frozen results of a stopped experiment (another tenant's: NOT_FOUND)."""
+    tenant_id = ctx.require(READERS).tenant_id
+    experiments = ctx.services.experiments
+    last: dict | None = None
+    while True:
+        exp = await experiments.get_or_raise(str(id), tenant_id=tenant_id)
+        results = await experiments.results_of(exp)
+        figures = {**results.to_doc(), "computed_at": None} if results is not None else None
+        if results is not None and figures != last:
+            last = figures
+            yield results
+        if exp.status == "STOPPED":
+            return
+        await asyncio.sleep(poll_s)

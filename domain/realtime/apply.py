@@ -34,6 +34,7 @@ from typing import Any
 from redis import asyncio as aioredis
 
 from domain.erasure import digest
+from domain.experiments.outcomes import SCRIPT_CONFIG
 from domain.profiles import CATEGORY, TAG, shifted_at, weight_of
 from domain.realtime import contracts as c
 from domain.realtime.keys import SEP, prefix, recent_member
@@ -91,7 +92,7 @@ class Applier:
             return 0
         args = [prefix(tenant_id), "1" if check_markers else "0", MARKER_TTL_S, BUCKET_TTL_S, self._request_ttl_s,
                 c.METRICS_MINUTE_TTL_S, c.METRICS_HOUR_TTL_S, RECENT_KEPT, "1" if live else "0", payload.newest_ms,
-                payload.json, self._user_ttl_s]
+                payload.json, self._user_ttl_s, SCRIPT_CONFIG]
         # KEYS[1] routes the script: in a Redis Cluster it runs on the node of the tenant's slot, which every key it
         # builds shares (the {tenant} hash tag).
         return int(await self._script(keys=[prefix(tenant_id) + "wm"], args=args))
@@ -172,7 +173,10 @@ class _Batch:
             self.events += self._event_values(e, seen="s" in p.aspects)
             self.events += (metric_keys, e.received_ms)
         else:
-            self.pages.append([*head, *_page_values(e, pre, strings), metric_keys, metric_keys + 1])
+            if e.experiment and "m" in p.aspects and e.user_id not in self.erased:
+                self.erased[e.user_id] = f"{pre}erased:{digest(self.hash_key, e.user_id)}"
+            self.pages.append([*head, *_page_values(e, pre, strings), metric_keys, metric_keys + 1,
+                               e.experiment or "", e.latency_ms, e.served_ms])
 
     def _item(self, e: StreamEvent) -> tuple[ItemMeta, int, int]:
         """Return the item's metadata, its string and its label set."""
@@ -224,9 +228,12 @@ def _page_values(page: StreamImpression, pre: str, strings: _Index) -> list[Any]
     sources: Counter[str] = Counter()
     for _, srcs in page.items:
         sources.update(set(srcs))
+    if page.teams:  # interleaved: each item with the team that placed it
+        items = [[item, SEP.join(srcs), team] for (item, srcs), team in zip(page.items, page.teams, strict=False)]
+    else:
+        items = [[item, SEP.join(srcs)] for item, srcs in page.items]
     return [strings[page.scenario_id], strings[page.user_id], strings[f"{pre}rq:{page.request_id}"],
-            page.variant or "", [[item, SEP.join(srcs)] for item, srcs in page.items],
-            [[source, n] for source, n in sources.items()]]
+            page.variant or "", items, [[source, n] for source, n in sources.items()]]
 
 
 def metric_amounts(e: StreamEvent, meta: ItemMeta) -> dict[str, float | int]:

@@ -66,7 +66,8 @@ def metrics_channel(tenant_id: str) -> str:
 class ImpressionSink(Protocol):
     async def record(
         self, *, tenant_id: str, scenario_id: str, user_id: str, request_id: str, variant: str | None,
-        items: Sequence[Recommendation],
+        items: Sequence[Recommendation], experiment: str | None = None, latency_ms: float = 0.0,
+        teams: Sequence[str] = (),
     ) -> None:
         """Note that `items` were shown to the user under request_id. Never raises: serving must not fail on it."""
         ...

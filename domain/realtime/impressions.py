@@ -26,14 +26,17 @@ class StreamImpressionSink:
 
     async def record(
         self, *, tenant_id: str, scenario_id: str, user_id: str, request_id: str, variant: str | None,
-        items: Sequence[Recommendation],
+        items: Sequence[Recommendation], experiment: str | None = None, latency_ms: float = 0.0,
+        teams: Sequence[str] = (),
     ) -> None:
-        """Note that `items` were shown to the user under request_id (a lost impression only loses a count)."""
-        if not items:
+        """Note that `items` were shown to the user under request_id (a lost impression only loses a count); an
+        experiment's empty pages count too (its EMPTY_RATE)."""
+        if not items and not experiment:
             return
         page = StreamImpression(
             request_id=request_id, scenario_id=scenario_id, user_id=user_id, variant=variant,
             served_ms=int(time.time() * 1000), items=tuple((r.item_id, tuple(r.sources)) for r in items),
+            experiment=experiment, latency_ms=latency_ms, teams=tuple(teams),
         )
         try:
             await self._stream.append([page], tenant_id=tenant_id)

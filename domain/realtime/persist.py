@@ -54,6 +54,7 @@ def impression_document(tenant_id: str, page: StreamImpression) -> dict[str, Any
     return {
         "_id": composite_id(tenant_id, page.request_id), "tenant_id": tenant_id, "scenario_id": page.scenario_id,
         "user_id": page.user_id, "request_id": page.request_id, "variant": page.variant,
+        "experiment_id": page.experiment,
         "items": [{"i": item, "s": list(sources)} for item, sources in page.items],
         "served_at": datetime.fromtimestamp(page.served_ms / 1000, UTC),
     }

@@ -2,7 +2,8 @@
 
 An entry has one field holding compact JSON, either an accepted interaction
 `["e", eventId, scenario, user, item, type, value, tsMs, receivedMs, requestId]` or a served page
-`["i", requestId, scenario, user, variant, servedMs, [[item, [sources...]], ...]]`. Streams are capped
+`["i", requestId, scenario, user, variant, servedMs, [[item, [sources...]], ...]]` (under an experiment
+followed by experiment, latency ms, [team per item]). Streams are capped
 (`MAXLEN ~`): MongoDB keeps the record of truth and a consumer far behind replays from it. The consumer also trims
 them once their entries are applied and persisted (domain.realtime.trim), so a drained stream holds about nothing.
 """
@@ -66,6 +67,9 @@ class StreamImpression:
     variant: str | None
     served_ms: int
     items: tuple[tuple[str, tuple[str, ...]], ...]
+    experiment: str | None = None  # the experiment the page was served under (its variant is `variant`)
+    latency_ms: float = 0.0  # how long the answer took (an experiment's LATENCY_MS)
+    teams: tuple[str, ...] = ()  # INTERLEAVE: per item, the team ("A" control, "B") that placed it
 
     @property
     def marker(self) -> str:
@@ -80,7 +84,10 @@ class StreamImpression:
     def encode(self) -> str:
         """Serialise as one stream field."""
         # Tuples encode as JSON arrays, exactly like the lists they used to be copied into.
-        return _encode(["i", self.request_id, self.scenario_id, self.user_id, self.variant, self.served_ms, self.items])
+        row = ["i", self.request_id, self.scenario_id, self.user_id, self.variant, self.served_ms, self.items]
+        if self.experiment:  # pages outside experiments keep the shorter row
+            row += [self.experiment, round(self.latency_ms, 3), self.teams]
+        return _encode(row)
 
 
 Entry = StreamEvent | StreamImpression
@@ -94,6 +101,9 @@ def decode(raw: str | bytes) -> Entry | None:
             return StreamEvent(*row[1:10])
         if row[0] == "i":
             items = tuple((item, tuple(sources)) for item, sources in row[6])
+            if len(row) > 7:
+                return StreamImpression(row[1], row[2], row[3], row[4], int(row[5]), items, row[7] or None,
+                                        float(row[8]), tuple(row[9]))
             return StreamImpression(row[1], row[2], row[3], row[4], int(row[5]), items)
     except (ValueError, TypeError, IndexError, KeyError):
         return None

@@ -38,6 +38,10 @@ class ServedList:
     scores: list[float] = field(default_factory=list)
     sources: list[tuple[str, ...]] = field(default_factory=list)
     complete: bool = False  # True when the engine had no more items: no page past the end
+    arm: str = ""  # the experiment arm it was computed for (`Arm.key`; "" outside experiments)
+    variant: str | None = None  # that arm's variant name, or "interleaved"
+    experiment_id: str | None = None
+    teams: list[str] = field(default_factory=list)  # INTERLEAVE: per item, "A" or "B", the team that placed it
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -58,6 +62,10 @@ class ServedList:
                                  strict=True)
         ]
 
+    def teams_of(self, offset: int, limit: int) -> tuple[str, ...]:
+        """Return the teams of the items from offset (empty outside interleaving)."""
+        return tuple(self.teams[offset:offset + limit])
+
     def has_more(self, end: int) -> bool:
         """Return whether a page starting at end could hold items (listed already, or computable)."""
         return end < len(self.item_ids) or not self.complete
@@ -66,11 +74,12 @@ class ServedList:
         """Return the list as compact JSON."""
         table: dict[tuple[str, ...], int] = {}
         keys = [table.setdefault(src, len(table)) for src in self.sources]
-        return _encode(
-            {"f": FORMAT, "r": self.request_id, "s": self.scenario_id, "u": self.user_id, "x": self.exclude_seen,
-             "c": self.context, "d": self.complete, "i": self.item_ids, "p": self.scores, "k": keys,
-             "t": list(table)}
-        )
+        data = {"f": FORMAT, "r": self.request_id, "s": self.scenario_id, "u": self.user_id, "x": self.exclude_seen,
+                "c": self.context, "d": self.complete, "i": self.item_ids, "p": self.scores, "k": keys,
+                "t": list(table)}
+        if self.arm:  # lists outside experiments stay as short as before
+            data.update(a=self.arm, v=self.variant, e=self.experiment_id, m=self.teams)
+        return _encode(data)
 
     @classmethod
     def decode(cls, raw: str | bytes | None) -> ServedList | None:
@@ -85,7 +94,8 @@ class ServedList:
             return cls(
                 request_id=data["r"], scenario_id=data["s"], user_id=data["u"], exclude_seen=bool(data["x"]),
                 context=data["c"], item_ids=data["i"], scores=data["p"], sources=[table[k] for k in data["k"]],
-                complete=bool(data["d"]),
+                complete=bool(data["d"]), arm=data.get("a", ""), variant=data.get("v"),
+                experiment_id=data.get("e"), teams=list(data.get("m") or ()),
             )
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
             return None

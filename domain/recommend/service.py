@@ -9,12 +9,20 @@ next request recomputes at once.
 
 Every page answered (computed, cached, continued, similar items) is handed to the impression sink, when one is
 wired.
+
+Experiments: a router (domain.experiments.routing) names the arm a user is in. A variant's list comes from the
+variant's Engine (the scenario's config with the variant's merged over it), is cached under its own answer key,
+and carries the variant and experiment to the sink with the answer's latency, so the consumer counts the user's
+outcomes for it. An interleaved arm ranks with both variants' Engines and merges the lists by team draft; its
+served list is computed once, a few pages deep, and not extended.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
+import time
 import uuid
 from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass, replace
@@ -25,6 +33,8 @@ import msgspec
 import structlog
 
 from domain.errors import BadInput, Unavailable
+from domain.experiments.interleave import team_draft
+from domain.experiments.routing import Arm
 from domain.ids import check_first, decode_cursor, encode_cursor
 from domain.jsonlimits import context_problem
 from domain.profiles import ProfileService
@@ -53,10 +63,21 @@ class RecommendationPage:
     next_cursor: str | None
     variant: str | None = None
     debug: dict[str, Any] | None = None
+    experiment_id: str | None = None  # the experiment the user was served under (None: outside any)
+    teams: tuple[str, ...] = ()  # INTERLEAVE: per item, the team ("A" control, "B") that placed it
 
 
 class EngineSource(Protocol):
     async def get(self, tenant_id: str, scenario_id: str, *, config_version: int | None = None) -> Any: ...
+
+    async def variant(
+        self, tenant_id: str, scenario_id: str, arm_key: str, overrides: Mapping[str, Any], *,
+        config_version: int | None = None,
+    ) -> Any: ...
+
+
+class ArmRouter(Protocol):
+    async def route(self, *, tenant_id: str, scenario_id: str, user_id: str) -> Arm | None: ...
 
 
 def served_depth(limit: int) -> int:
@@ -70,6 +91,7 @@ class RecommendationService:
     def __init__(
         self, cache: Cache, scenarios: ScenarioService, profiles: ProfileService, engines: EngineSource | None, *,
         impressions: ImpressionSink | None = None, returning: ReturningNotes | None = None,
+        router: ArmRouter | None = None,
     ) -> None:
         self._cache = cache
         self._scenarios = scenarios
@@ -77,27 +99,34 @@ class RecommendationService:
         self._engines = engines
         self._impressions = impressions
         self._returning = returning  # told of users without a cache version: their state may have expired
+        self._router = router  # which experiment arm serves a user (None: no experiments)
 
     async def recommend(
         self, *, tenant_id: str, scenario_id: str, user_id: str, first: int | None, after: str | None,
         context: Mapping | None, exclude_seen: bool, debug: bool, max_first: int,
     ) -> RecommendationPage:
         """Return one page of a user's recommendations."""
+        started = time.perf_counter()
         limit = check_first(first, maximum=max_first)
         _check_user(user_id)
         context = _check_context(context)
         scenario = await self._scenarios.cached(scenario_id, tenant_id=tenant_id)
+        arm = await self._route(tenant_id, scenario_id, user_id)
         store: Awaitable[None] | None = None
         if after is not None:
             page = await self._continue(after, limit, scenario_id=scenario_id, user_id=user_id, tenant_id=tenant_id,
-                                        config_version=scenario.config_version)
+                                        config_version=scenario.config_version, arm=arm)
         else:
-            key = _answer_key(scenario.config_version, exclude_seen, context)
+            key = _answer_key(scenario.config_version, exclude_seen, context, arm)
             served = ServedList(request_id="", scenario_id=scenario_id, user_id=user_id, exclude_seen=exclude_seen,
                                 context=context)
+            if arm is not None:
+                served.arm, served.variant, served.experiment_id = arm.key, arm.variant, arm.experiment_id
             page, store = await self._first_page(served, key, limit, debug, tenant_id=tenant_id,
-                                                 config_version=scenario.config_version)
-        record = self._record(page, tenant_id=tenant_id, scenario_id=scenario_id, user_id=user_id)
+                                                 config_version=scenario.config_version, arm=arm)
+        latency_ms = (time.perf_counter() - started) * 1000
+        record = self._record(page, tenant_id=tenant_id, scenario_id=scenario_id, user_id=user_id,
+                              latency_ms=latency_ms)
         # Storing a computed list and noting the impression are independent writes: one wait for both.
         await (asyncio.gather(store, record) if store is not None else record)
         return page
@@ -119,7 +148,8 @@ class RecommendationService:
         return page
 
     async def _first_page(
-        self, served: ServedList, key: str, limit: int, debug: bool, *, tenant_id: str, config_version: int
+        self, served: ServedList, key: str, limit: int, debug: bool, *, tenant_id: str, config_version: int,
+        arm: Arm | None = None,
     ) -> tuple[RecommendationPage, Awaitable[None] | None]:
         """Answer from the user's cached answer, else compute a served list a few pages deep; return the page and,
         for a computed list, the write that keeps it (the caller awaits it)."""
@@ -134,16 +164,18 @@ class RecommendationService:
         depth = served_depth(limit)
         seen = set() if state is None else state.seen
         result, cold = await self._compute(served, depth, limit, debug, tenant_id=tenant_id, seen=seen,
-                                           config_version=config_version)
+                                           config_version=config_version, arm=arm)
         served.request_id = uuid.uuid4().hex
-        served.extend(result.items, complete=len(result.items) < depth)
+        # An interleaved list is not extended: `after` pages through what was merged (a few pages deep).
+        served.extend(result.items, complete=len(result.items) < depth or bool(served.teams))
         version = None if state is None else state.version
         ttl_s = COLD_ANSWER_TTL_S if cold else ANSWER_TTL_S
         return replace(_page(served, 0, limit), debug=result.debug), self._remember(served, answer, version, ttl_s,
                                                                                    tenant_id=tenant_id)
 
     async def _continue(
-        self, after: str, limit: int, *, scenario_id: str, user_id: str, tenant_id: str, config_version: int
+        self, after: str, limit: int, *, scenario_id: str, user_id: str, tenant_id: str, config_version: int,
+        arm: Arm | None = None,
     ) -> RecommendationPage:
         """Return the page of a served list that `after` points at, extending the list when it pages past it."""
         request_id, _, text = (decode_cursor(after) or "").partition("@")
@@ -152,17 +184,24 @@ class RecommendationService:
         if served is None or (served.scenario_id, served.user_id) != (scenario_id, user_id):
             raise BadInput("this cursor has expired or is not from this API; ask again without `after`", field="after")
         if start + limit > len(served) and not served.complete:
-            await self._extend(served, start + limit, limit, tenant_id=tenant_id, config_version=config_version)
+            # A list extends with the arm it was computed for while the user is still in it, else as the scenario.
+            same = arm if arm is not None and arm.key == served.arm else None
+            await self._extend(served, start + limit, limit, tenant_id=tenant_id, config_version=config_version,
+                               arm=same)
         return _page(served, start, limit)
 
-    async def _extend(self, served: ServedList, wanted: int, page: int, *, tenant_id: str, config_version: int) -> None:
+    async def _extend(
+        self, served: ServedList, wanted: int, page: int, *, tenant_id: str, config_version: int,
+        arm: Arm | None = None,
+    ) -> None:
         """Append newly ranked items, none served before under the list's request id, until `wanted` are listed."""
         depth = min(max(wanted - len(served), served_depth(page)), MAX_SERVED - len(served))
         if depth <= 0:
             served.complete = True
         else:
             result, _ = await self._compute(served, depth, page, False, tenant_id=tenant_id,
-                                            also_exclude=frozenset(served.item_ids), config_version=config_version)
+                                            also_exclude=frozenset(served.item_ids), config_version=config_version,
+                                            arm=arm)
             listed = set(served.item_ids)
             fresh = [r for r in result.items if r.item_id not in listed]
             done = len(result.items) < depth or not fresh or len(served) + len(fresh) >= MAX_SERVED
@@ -172,19 +211,41 @@ class RecommendationService:
     async def _compute(
         self, served: ServedList, depth: int, page: int, debug: bool, *, tenant_id: str,
         also_exclude: Collection[str] = frozenset(), seen: set[str] | None = None, config_version: int | None = None,
+        arm: Arm | None = None,
     ) -> tuple[RecResult, bool]:
-        """Rank for the served list's user; `seen` is the user's seen set when already read (None: read it).
-        Return the result and whether the user has no history (a cold start)."""
-        engine = await self._engine(tenant_id, served.scenario_id, config_version)
+        """Rank for the served list's user with the arm's engine (the scenario's without one); `seen` is the
+        user's seen set when already read (None: read it). Return the result and whether the user has no history
+        (a cold start). Interleaved, the served list's teams are set to the merged list's."""
+        teams = arm.teams if arm is not None else None
+        engine = await self._engine(tenant_id, served.scenario_id, config_version,
+                                    teams[0] if teams is not None else arm)
         if seen is None:
             seen = await self._seen(served.scenario_id, served.user_id, tenant_id=tenant_id)
         request = await self._request(engine, served, depth, page, debug, also_exclude, seen, tenant_id=tenant_id)
-        return await engine.recommend(request), not request.history
+        if teams is None:
+            return await engine.recommend(request), not request.history
+        other = await self._engine(tenant_id, served.scenario_id, config_version, teams[1])
+        first, second = await asyncio.gather(engine.recommend(request), other.recommend(request))
+        result, served.teams = _interleave(first, second, depth, served.user_id)
+        return result, not request.history
 
-    async def _engine(self, tenant_id: str, scenario_id: str, config_version: int | None) -> Any:
+    async def _engine(self, tenant_id: str, scenario_id: str, config_version: int | None, arm: Arm | None = None) -> Any:
         if self._engines is None:  # CLI processes serve no recommendations
             raise Unavailable("this process runs no recommendation engine")
-        return await self._engines.get(tenant_id, scenario_id, config_version=config_version)
+        if arm is None:
+            return await self._engines.get(tenant_id, scenario_id, config_version=config_version)
+        return await self._engines.variant(tenant_id, scenario_id, arm.key, arm.overrides,
+                                           config_version=config_version)
+
+    async def _route(self, tenant_id: str, scenario_id: str, user_id: str) -> Arm | None:
+        """Return the experiment arm serving the user; a failing router serves the scenario as is."""
+        if self._router is None:
+            return None
+        try:
+            return await self._router.route(tenant_id=tenant_id, scenario_id=scenario_id, user_id=user_id)
+        except Exception as exc:  # noqa: BLE001 - experiments must never stop serving
+            log.warning("experiments.route_failed", error=repr(exc), scenario_id=scenario_id)
+            return None
 
     async def _request(
         self, engine: Any, served: ServedList, depth: int, page: int, debug: bool, also_exclude: Collection[str],
@@ -207,13 +268,16 @@ class RecommendationService:
             context=served.context, category_prefs=categories, tag_prefs=tags, now=now, debug=debug, page_size=page,
         )
 
-    async def _record(self, page: RecommendationPage, *, tenant_id: str, scenario_id: str, user_id: str) -> None:
+    async def _record(
+        self, page: RecommendationPage, *, tenant_id: str, scenario_id: str, user_id: str, latency_ms: float = 0.0
+    ) -> None:
         """Hand the page to the impression sink; a failing sink never fails the answer."""
         if self._impressions is None:
             return
         try:
             await self._impressions.record(tenant_id=tenant_id, scenario_id=scenario_id, user_id=user_id,
-                                           request_id=page.request_id, variant=page.variant, items=page.items)
+                                           request_id=page.request_id, variant=page.variant, items=page.items,
+                                           experiment=page.experiment_id, latency_ms=latency_ms, teams=page.teams)
         except Exception as exc:  # noqa: BLE001 - the sink promises not to raise; serving must not depend on it
             log.warning("impressions.failed", error=repr(exc), scenario_id=scenario_id)
 
@@ -264,7 +328,20 @@ def _page(served: ServedList, offset: int, limit: int) -> RecommendationPage:
     items = served.page(offset, limit)
     end = offset + len(items)
     cursor = encode_cursor(f"{served.request_id}@{end}") if served.has_more(end) else None
-    return RecommendationPage(request_id=served.request_id, items=items, next_cursor=cursor)
+    return RecommendationPage(request_id=served.request_id, items=items, next_cursor=cursor, variant=served.variant,
+                              experiment_id=served.experiment_id, teams=served.teams_of(offset, limit))
+
+
+def _interleave(first: RecResult, second: RecResult, depth: int, user_id: str) -> tuple[RecResult, list[str]]:
+    """Merge the control's and the treatment's lists by team draft; return the merged result and its teams."""
+    by_id = {r.item_id: r for r in second.items}
+    by_id.update((r.item_id, r) for r in first.items)
+    # Seeded by the user and the lists: the same answer is merged the same way when it is computed again.
+    seed = hashlib.blake2b(f"{user_id}\x1f{len(first.items)}\x1f{len(second.items)}".encode(), digest_size=8)
+    merged = team_draft([r.item_id for r in first.items], [r.item_id for r in second.items], depth,
+                        rng=random.Random(int.from_bytes(seed.digest(), "big")))
+    items = [by_id[item] for item, _ in merged]
+    return RecResult(items=items, debug=first.debug), [team for _, team in merged]
 
 
 def _offset(text: str) -> int | None:
@@ -291,8 +368,10 @@ def _check_context(context: Mapping | None) -> dict[str, Any]:
 _SORTED_JSON = msgspec.json.Encoder(enc_hook=str, order="sorted")  # the same context, the same key
 
 
-def _answer_key(config_version: int, exclude_seen: bool, context: Mapping) -> str:
+def _answer_key(config_version: int, exclude_seen: bool, context: Mapping, arm: Arm | None = None) -> str:
     digest = _context_digest(context) if context else _NO_CONTEXT
+    if arm is not None:  # each variant's answers are its own
+        return f"c{config_version}:{int(exclude_seen)}:{digest}:{arm.key}"
     return f"c{config_version}:{int(exclude_seen)}:{digest}"
 
 

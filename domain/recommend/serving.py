@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,12 @@ import structlog
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from domain.errors import NotFound
+from domain.errors import BadInput, NotFound
 from domain.learning.model import ScenarioModel
 from domain.recommend.base import CatalogueView
 from domain.realtime.popularity import LivePopularity
 from domain.recommend.engine import Engine
+from domain.scenarios.config import merge_config
 from models.cache import Cache, CacheUnavailable
 from models.channel import Channel
 from models.documents import Item, ModelVersion, Scenario
@@ -154,6 +155,8 @@ class ModelRegistry:
         self._locks: dict[Key, asyncio.Lock] = {}
         self._used: set[Key] = set()  # served since their items were last checked
         self._pending: dict[Key, int] = {}  # swap notices being applied: requests wait for the new version
+        # Experiment variants' engines: (tenant, scenario, arm key) -> (the base engine it was built over, engine).
+        self._variants: OrderedDict[tuple[str, str, str], tuple[Engine, Engine]] = OrderedDict()
         self._tasks: list[asyncio.Task] = []
 
     async def get(self, tenant_id: str, scenario_id: str, *, config_version: int | None = None) -> Engine:
@@ -180,6 +183,35 @@ class ModelRegistry:
         self._served.move_to_end(key)
         self._used.add(key)
         return served.engine
+
+    async def variant(
+        self, tenant_id: str, scenario_id: str, arm_key: str, overrides: Mapping[str, Any], *,
+        config_version: int | None = None,
+    ) -> Engine:
+        """Return the Engine of an experiment variant: the scenario's, with `overrides` merged over its config,
+        over the same model and items (rebuilt whenever the scenario's own Engine is). A variant without overrides
+        is served by the scenario's Engine itself."""
+        base = await self.get(tenant_id, scenario_id, config_version=config_version)
+        if not overrides:
+            return base
+        key = (tenant_id, scenario_id, arm_key)
+        held = self._variants.get(key)
+        if held is not None and held[0] is base:
+            self._variants.move_to_end(key)
+            return held[1]
+        served = self._served.get((tenant_id, scenario_id))
+        if served is None:
+            return base
+        try:
+            engine = self._engine((tenant_id, scenario_id), merge_config(base.config, overrides), served.model,
+                                  served.catalogue, served.space)
+        except BadInput as exc:  # the scenario changed since the experiment was validated: serve it as is
+            log.warning("experiments.variant_invalid", scenario_id=scenario_id, arm=arm_key, error=str(exc))
+            engine = base
+        self._variants[key] = (base, engine)
+        while len(self._variants) > 4 * self._max_loaded:
+            self._variants.popitem(last=False)
+        return engine
 
     def version(self, tenant_id: str, scenario_id: str) -> int | None:
         """Return the model version served for the scenario now (None: untrained or not loaded)."""
@@ -293,7 +325,7 @@ class ModelRegistry:
             if served is None:
                 return await self._load(key, scenario)
             if served.config_version != scenario.config_version:
-                engine = self._engine(key, scenario, served.model, served.catalogue, served.space)
+                engine = self._engine(key, scenario.config, served.model, served.catalogue, served.space)
                 served = replace(served, engine=engine, config_version=scenario.config_version)
             served = replace(served, config_checked=time.monotonic())
             self._served[key] = served
@@ -306,7 +338,7 @@ class ModelRegistry:
         space = doc.spaces.get("content") if doc is not None and model is not None else None
         now = time.monotonic()
         served = Served(
-            engine=self._engine(key, scenario, model, catalogue, space), model=model,
+            engine=self._engine(key, scenario.config, model, catalogue, space), model=model,
             version=doc.version if doc is not None and model is not None else None, space=space,
             config_version=scenario.config_version, catalogue=catalogue, fingerprint=fingerprint,
             config_checked=now, catalogue_checked=now, version_checked=now, catalogue_verified=now,
@@ -325,7 +357,7 @@ class ModelRegistry:
         space = doc.spaces.get("content")
         now = time.monotonic()
         self._keep(key, replace(
-            served, engine=self._engine(key, scenario, model, served.catalogue, space), model=model,
+            served, engine=self._engine(key, scenario.config, model, served.catalogue, space), model=model,
             version=doc.version, space=space, config_version=scenario.config_version, config_checked=now,
             version_checked=now, revision=doc.revision,
         ))
@@ -344,14 +376,15 @@ class ModelRegistry:
             return None
 
     def _engine(
-        self, key: Key, scenario: Scenario, model: ScenarioModel | None, catalogue: CatalogueView, space: str | None
+        self, key: Key, config: Mapping[str, Any], model: ScenarioModel | None, catalogue: CatalogueView,
+        space: str | None,
     ) -> Engine:
         # Below ann_min_items an exact in-memory scan of the model's embeddings (a 10k x 32 product, ~0.1 ms) beats
         # an ANN round trip that converts hundreds of hits per query; the vector store serves larger catalogues.
         use_store = self._vectors is not None and space and len(catalogue) >= self._ann_min_items
         vectors = TenantVectors(self._vectors, key[0]) if use_store else None
         live = self._live.scenario(*key) if self._live is not None else None
-        return Engine(scenario.config, model, catalogue=catalogue, vectors=vectors, content_space=space, live=live)
+        return Engine(config, model, catalogue=catalogue, vectors=vectors, content_space=space, live=live)
 
     async def _check_version(self, key: Key) -> None:
         doc = await _active_version(*key)
@@ -407,7 +440,7 @@ class ModelRegistry:
             self._forget(key)
             return
         catalogue, fingerprint = await self._catalogue(key)
-        engine = self._engine(key, scenario, served.model, catalogue, served.space)
+        engine = self._engine(key, scenario.config, served.model, catalogue, served.space)
         now = time.monotonic()
         self._served[key] = replace(served, engine=engine, catalogue=catalogue, fingerprint=fingerprint,
                                     config_version=scenario.config_version, catalogue_checked=now,

@@ -51,6 +51,11 @@ class ScenarioService:
         self._recent: HotCache[Scenario] = HotCache(size=SCENARIOS_KEPT, ttl_s=ttl_s, stale_s=SCENARIO_STALE_S)
         self._reread = Revalidator(self._reread_scenarios, name="scenarios")
         self._changes = 0  # bumped by every local change, so a read that raced with one is not kept
+        self._deleted: list[Callable[[str, str], Awaitable[None]]] = []
+
+    def on_delete(self, handler: Callable[[str, str], Awaitable[None]]) -> None:
+        """Await handler(tenant_id, scenario_id) after a scenario is deleted (what belongs to it goes with it)."""
+        self._deleted.append(handler)
 
     async def create(self, *, tenant_id: str, name: str, template: str, config: Mapping | None) -> Scenario:
         """Create a scenario from a template with `config` merged over it."""
@@ -102,6 +107,8 @@ class ScenarioService:
         await items.update_many({"tenant_id": tenant_id, "scenarios": scenario_id}, {"$pull": {"scenarios": scenario_id}})
         await items.delete_many({"tenant_id": tenant_id, "scenarios": {"$size": 0}})
         await Interaction.get_pymongo_collection().delete_many({"tenant_id": tenant_id, "scenario_id": scenario_id})
+        for handler in self._deleted:
+            await handler(tenant_id, scenario_id)
         try:
             await self._cache.drop_item_meta(None, tenant_id=tenant_id)
             await self._cache.items_changed(tenant_id=tenant_id)

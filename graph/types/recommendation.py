@@ -6,7 +6,9 @@ import strawberry
 from strawberry.scalars import JSON
 
 from domain.recommend.service import RecommendationPage
+from graph.types.experiment import Experiment
 from graph.types.item import Item
+from resolvers.experiments import served_experiment
 from resolvers.items import get_items
 
 
@@ -33,6 +35,11 @@ class RecommendationList:
             for rec, doc in zip(self.page.items, docs, strict=True)
             if doc is not None
         ]
+
+    @strawberry.field(description="The experiment the user was served under (null outside any; admin or gateway).")
+    async def experiment(self, info: strawberry.Info) -> Experiment | None:
+        doc = await served_experiment(info.context, id=self.page.experiment_id)
+        return Experiment.from_domain(doc) if doc else None
 
     @classmethod
     def from_domain(cls, page: RecommendationPage) -> RecommendationList:

@@ -9,7 +9,9 @@ from strawberry.scalars import JSON
 
 from domain.scenarios.service import Page, ScenarioStats
 from graph.types.common import total_count, PageInfo, ScenarioTemplate
+from graph.types.experiment import ExperimentConnection, ExperimentStatus
 from models.documents import Scenario as ScenarioDoc
+from resolvers.experiments import list_experiments
 from resolvers.scenarios import get_scenario, scenario_stats
 
 
@@ -37,6 +39,15 @@ class Scenario:
     @strawberry.field(description="What the scenario holds now.")
     async def stats(self, info: strawberry.Info) -> ScenarioStatsType:
         return ScenarioStatsType.from_domain(await scenario_stats(info.context, id=self.id))
+
+    @strawberry.field(description="The scenario's experiments, newest first, optionally of one status.")
+    async def experiments(
+        self, info: strawberry.Info, status: ExperimentStatus | None = None, first: int | None = 20,
+        after: str | None = None,
+    ) -> ExperimentConnection:
+        page = await list_experiments(info.context, scenario_id=self.id, status=status.value if status else None,
+                                      first=first, after=after)
+        return ExperimentConnection.from_domain(page)
 
     @classmethod
     def from_domain(cls, doc: ScenarioDoc) -> Scenario:

@@ -90,6 +90,7 @@ async def test_aliased_item_lookups_over_the_limit_are_refused(gql, keys):
         "query($first: Int, $s: ID!) { jobs(scenarioId: $s, first: $first) { edges { node { id } } } }",
         "query($first: Int) { auditLog(first: $first) { edges { node { id } } } }",
         "query($first: Int) { deadLetters(first: $first) { edges { node { id } } } }",
+        "query($first: Int, $s: ID!) { experiments(scenarioId: $s, first: $first) { edges { node { id } } } }",
     ],
 )
 async def test_first_above_200_is_refused_on_every_list(gql, keys, sid, query):
@@ -109,8 +110,9 @@ def test_every_list_field_with_first_is_covered():
         if isinstance(gtype, GraphQLObjectType) and not type_name.startswith("__")
         for field_name, field in gtype.fields.items() if "first" in field.args
     )
-    assert paged == ["Item.similar", "Query.auditLog", "Query.deadLetters", "Query.items", "Query.jobs",
-                     "Query.recommendations", "Query.scenarios", "Query.similarItems", "User.recommendations"]
+    assert paged == ["Item.similar", "Query.auditLog", "Query.deadLetters", "Query.experiments", "Query.items",
+                     "Query.jobs", "Query.recommendations", "Query.scenarios", "Query.similarItems",
+                     "Scenario.experiments", "User.recommendations"]
 
 
 async def test_too_many_tokens_are_refused(gql, keys):

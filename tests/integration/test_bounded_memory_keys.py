@@ -15,7 +15,7 @@ from domain.realtime.stream import StreamImpression
 from tests.conftest import new_tenant
 
 # Keys of the whole tenant or of one scenario, documented in domain.realtime.keys and models.cache.
-TENANT_KINDS = {"items", "itemsv", "pdirty", "wm", "swept", "popnew", "events", "dead"}
+TENANT_KINDS = {"items", "itemsv", "pdirty", "wm", "swept", "popnew", "events", "dead", "unflushed"}
 USER_KINDS = {"seen", "uv", "pf", "rc", "uk", "answer", "served", "rq", "done"}
 
 

@@ -61,11 +61,13 @@ class Sink:
     fail: bool = False
 
     async def record(self, *, tenant_id: str, scenario_id: str, user_id: str, request_id: str, variant: str | None,
-                     items: Sequence[Recommendation]) -> None:
+                     items: Sequence[Recommendation], experiment: str | None = None, latency_ms: float = 0.0,
+                     teams: Sequence[str] = ()) -> None:
         if self.fail:
             raise RuntimeError("sink broke its promise")
         self.pages.append({"tenant_id": tenant_id, "scenario_id": scenario_id, "user_id": user_id,
-                           "request_id": request_id, "variant": variant, "items": [r.item_id for r in items]})
+                           "request_id": request_id, "variant": variant, "items": [r.item_id for r in items],
+                           "experiment": experiment, "latency_ms": latency_ms, "teams": list(teams)})
 
 
 @pytest.fixture(scope="module")

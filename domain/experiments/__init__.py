@@ -1,0 +1,1 @@
+"""Experiments: design and lifecycle, assignment, per-user outcomes, and their statistics."""
