@@ -21,6 +21,7 @@ from domain.errors import BadInput, Unavailable
 from domain.experiments.outcomes import ExperimentOutcomes
 from domain.learning.forget import forget_users
 from domain.learning.service import LearningConfig
+from domain.learning.versions import MODEL_KIND
 from domain.profiles import ProfileService
 from domain.realtime.keys import request_key
 from domain.realtime.service import RealtimeService
@@ -102,11 +103,11 @@ class PrivacyService:
         return removed
 
     async def _erase_from_models(self, user_id: str, *, tenant_id: str) -> int:
-        """Rewrite every kept model version of the tenant without the user; tell serving to reload active ones."""
+        """Rewrite every kept model version of the tenant without the user; tell serving to reload them."""
         if self._learning is None:
             return 0
         cursor = ModelVersion.get_pymongo_collection().find(
-            {"tenant_id": tenant_id, "artifact": {"$ne": None}}, {"artifact": 1, "status": 1, "scenario_id": 1,
+            {"tenant_id": tenant_id, "artifact": {"$ne": None}}, {"artifact": 1, "kind": 1, "scenario_id": 1,
                                                                   "version": 1}
         )
         removed = 0
@@ -125,18 +126,19 @@ class PrivacyService:
 
 
 async def rewritten(doc: dict, *, tenant_id: str, learning: LearningConfig) -> None:
-    """Record that a version's artifact was rewritten in place, and have serving reload it if it is active."""
+    """Record that a version's artifact was rewritten in place, and have serving reload it where it serves (a
+    champion, or a version an experiment variant pins)."""
     updated = await ModelVersion.get_pymongo_collection().find_one_and_update(
         {"_id": doc["_id"], "tenant_id": tenant_id}, {"$inc": {"revision": 1}}, projection={"revision": 1},
         return_document=True,
     )
-    if doc.get("status") != "active" or updated is None:
+    if updated is None:
         return
-    revision = int(updated.get("revision", 0))
-    if learning.swaps is not None:
+    revision, kind = int(updated.get("revision", 0)), doc.get("kind", MODEL_KIND)
+    if learning.swaps is not None and kind == MODEL_KIND:
         await learning.swaps.swap(tenant_id, doc["scenario_id"], int(doc["version"]), revision)
     if learning.notifier is not None:
         try:
-            await learning.notifier.publish(tenant_id, doc["scenario_id"], int(doc["version"]), revision)
+            await learning.notifier.publish(tenant_id, doc["scenario_id"], int(doc["version"]), revision, kind=kind)
         except Exception as exc:  # noqa: BLE001 - other processes re-check active versions periodically
             log.warning("privacy.notice_not_sent", error=type(exc).__name__)

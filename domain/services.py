@@ -16,6 +16,7 @@ from domain.experiments.service import ExperimentService
 from domain.hotcache import Invalidations
 from domain.jobs import JobQueue, JobService
 from domain.jobwatch import JobWatch
+from domain.learning.registry import ModelVersionService
 from domain.learning.service import LearningConfig, TrainingService
 from domain.privacy import PrivacyService
 from domain.ratelimit import RateLimits, RatePolicy
@@ -51,6 +52,7 @@ class Services:
     background: BackgroundJobs  # every job kind: submit, cancel, schedule fan-out, runs
     experiments: ExperimentService
     experiment_results: ResultsService  # results on demand, and the minute's refresh of running experiments
+    model_versions: ModelVersionService  # the model registry: list, promote, roll back
     experiment_router: ExperimentRouter | None = None  # which arm serves a user (serving processes)
     live: LiveMetrics | None = None  # live metrics snapshots and streams (need Redis)
     realtime: RealtimeService | None = None  # the event stream's consumer, catch-up and rebuilds (need Redis)
@@ -115,6 +117,7 @@ class Services:
                                            engines), cache=cache, learning=learning, policy=jobs_policy),
             experiments=experiments,
             experiment_results=results,
+            model_versions=ModelVersionService(scenarios, learning=learning),
             experiment_router=router,
             live=LiveMetrics.over(cache),
             realtime=realtime,

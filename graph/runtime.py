@@ -16,6 +16,7 @@ from pymongo import AsyncMongoClient
 
 from domain.jobs import ArqQueue
 from domain.learning.service import LearningConfig
+from domain.learning.versions import upgrade_statuses
 from domain.recommend.serving import ModelRegistry, SwapChannel
 from graph.heap import HeapSettler
 from graph.ratelimit import rate_policy
@@ -97,6 +98,7 @@ async def open_runtime(settings: Settings, *, with_vectors: bool = True, serving
     try:
         mongo, _ = await connect_mongo(servers.mongo_url, settings.mongo.database, timeout_ms=settings.mongo.timeout_ms)
         opened.append(mongo)
+        await upgrade_statuses()  # model versions stored before the registry (idempotent, a no-op once done)
         windowed_listing = await sorts_every_match(mongo)
         cache = RedisCache.from_url(servers.redis_url, timeout_s=settings.redis.timeout_s,
                                     failures=settings.breaker.failures, cooldown_s=settings.breaker.cooldown_s,

@@ -29,11 +29,13 @@ from graph.types.interaction import IngestResult, InteractionInput
 from graph.types.item import Item, ItemConnection, ItemFilter, ItemInput, UpsertItemsResult
 from graph.types.job import Job, JobConnection, JobKind, JobStatus
 from graph.types.metrics import MetricsSnapshot, MetricsWindow, domain_window
+from graph.types.model import ModelVersion
 from graph.types.profile import User, UserProfile, load_profile
 from graph.types.recommendation import RecommendationList
 from graph.types.scenario import CreateScenarioInput, Scenario, ScenarioConnection, UpdateScenarioInput
 from resolvers import audit, experiments, interactions, jobs, keys, recommendations, scenarios, subscriptions
 from resolvers import deadletters
+from resolvers import models as registry
 from resolvers import metrics as live
 from resolvers import items as catalogue
 
@@ -264,6 +266,16 @@ class Mutation:
     )
     async def rotate_user_signing_secret(self, info: strawberry.Info) -> str:
         return await keys.rotate_signing_secret(info.context)
+
+    @strawberry.mutation(description="Make a model version (READY or RETIRED, with its artifact) its kind's champion: "
+                         "every serving process loads it, then serves it; the champion it replaces retires.")
+    async def promote_model(self, info: strawberry.Info, id: strawberry.ID) -> ModelVersion:
+        return ModelVersion.from_domain(await registry.promote_model(info.context, id=id))
+
+    @strawberry.mutation(description="Serve again the champion that the current one of `kind` replaced (one step "
+                         "back per call); BAD_USER_INPUT when none can still serve.")
+    async def rollback_model(self, info: strawberry.Info, scenario_id: strawberry.ID, kind: str = "scenario") -> ModelVersion:
+        return ModelVersion.from_domain(await registry.rollback_model(info.context, scenario_id=scenario_id, kind=kind))
 
     @strawberry.mutation(description="Revoke an API key of your tenant.")
     async def revoke_api_key(self, info: strawberry.Info, id: strawberry.ID) -> bool:

@@ -158,12 +158,15 @@ class UserProfile(Document):
 
 
 class ModelVersion(Document):
+    """One trained model of a scenario, of one kind (domain.learning.versions has the life cycle)."""
+
     id: str = Field(alias="_id")
     tenant_id: str
     scenario_id: str
     kind: str
     version: int
-    status: str = "training"
+    status: str = "TRAINING"  # TRAINING READY FAILED RETIRED
+    aliases: list[str] = Field(default_factory=list)  # "champion" (serves), "challenger"; each held once per kind
     metrics: dict[str, float] = Field(default_factory=dict)
     artifact: str | None = None  # path relative to the models dir, so pods may mount it anywhere
     revision: int = 0  # bumped each time the artifact is rewritten in place (an erased user's history removed)
@@ -171,7 +174,12 @@ class ModelVersion(Document):
     job_id: str | None = None
     error: str | None = None
     created_at: datetime
-    activated_at: datetime | None = None
+    activated_at: datetime | None = None  # when it last became champion
+    trained_at: datetime | None = None  # when its artifact was complete
+    applied_at: datetime | None = None  # when its training made it champion or challenger (None: unfinished)
+    previous: str | None = None  # the champion it replaced when it last became champion: where rollback goes
+    device: str | None = None  # where it was trained ("cpu", "cuda"), recorded once its training applied it
+    config: dict[str, Any] = Field(default_factory=dict)  # what it was trained with (and any fitted values)
 
     class Settings:
         name = "model_versions"

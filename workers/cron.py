@@ -5,7 +5,9 @@ running submits nothing for it. Times are UTC, staggered so the two model-writin
 
     SIMILARITY  hourly at :30          PROFILES    every 2 h at :10 (00:10, 02:10, ...)
     CANDIDATES  every 4 h at :20       TRAIN       daily at 03:00           CLEANUP    daily at 04:00
-    experiments.refresh every minute (running experiments' results and bandit weights; no job record)
+
+Running experiments' results and bandit weights are refreshed every minute beside each event consumer
+(workers.consumer), not here: an every-minute arq cron job in the embedded serving process stalled cold answers.
 """
 
 from __future__ import annotations
@@ -42,15 +44,7 @@ def tick(kind: JobKind) -> Callable[[dict[str, Any]], Awaitable[dict[str, int]]]
     return scheduled
 
 
-async def refresh_experiments(ctx: dict[str, Any]) -> dict[str, int]:
-    """experiments.refresh: recompute every running experiment's results and re-fit bandit weights."""
-    return {"refreshed": await ctx["services"].experiment_results.refresh_running()}
-
-
 def cron_jobs() -> list[CronJob]:
     """Return the schedules as arq cron jobs (unique: one run per tick however many workers run)."""
-    jobs = [cron(tick(kind), name=f"cron:{kind.value}", timeout=TICK_TIMEOUT_S, **when)
+    return [cron(tick(kind), name=f"cron:{kind.value}", timeout=TICK_TIMEOUT_S, **when)
             for kind, when in SCHEDULES.items()]
-    # Every minute: results kept current and THOMPSON weights re-fitted (seconds of work, no job record).
-    jobs.append(cron(refresh_experiments, name="cron:experiments.refresh", timeout=50, second=0))
-    return jobs

@@ -15,6 +15,7 @@ from domain.evaluation.dataset import Ratings, load_ratings
 from domain.evaluation.metrics import MetricSums, self_information
 from domain.evaluation.report import Report, Row
 from domain.evaluation.split import Split, split_interactions
+from domain.learning.model import ScenarioModel
 from domain.learning.train import TrainingData, train_scenario_model
 from domain.recommend.base import RecRequest
 from domain.recommend.engine import Engine
@@ -22,6 +23,8 @@ from domain.scenarios.config import build_config
 from domain.scenarios.templates import TEMPLATES
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
+MODELS = ("sasrec",)
+MODEL_LIMIT = 200  # candidates a model alone recalls (its fallback, popularity, fills only for unknown users)
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Settings:
     templates: Sequence[str] = tuple(TEMPLATES)
     als_grid: AlsGrid = field(default_factory=AlsGrid)
     seed: int = 7
+    models: Sequence[str] = MODELS  # learned recall sources evaluated alone
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ async def evaluate(settings: Settings, progress: Progress | None = None) -> Repo
     report = Report(dataset=str(settings.dataset), split=settings.split, k=settings.k, facts=_facts(run))
     for template in settings.templates:
         report.rows.append(await _template_row(run, settings, template, report_progress))
+    for name in settings.models:
+        report.rows.append(await _model_row(run, settings, name, report_progress))
     report.rows.append(_popularity_row(run, settings, report_progress))
     report.rows.append(_als_row(run, settings, report_progress))
     return report
@@ -95,10 +101,27 @@ def _training_data(run: _Run) -> TrainingData:
 
 
 async def _template_row(run: _Run, settings: Settings, template: str, progress: Progress) -> Row:
-    config = build_config(template, None)
+    model, sums, train_s, scoring = await _pipeline(run, settings, template, build_config(template, None), progress)
+    return _row(run, template, "template", sums, train_s, scoring, f"{model.nbytes() / 1e6:.1f} MB model")
+
+
+async def _model_row(run: _Run, settings: Settings, name: str, progress: Progress) -> Row:
+    """Evaluate one learned recall source alone, through the serving code (popularity answers unknown users)."""
+    config = build_config("CUSTOM", {"recall": [{"source": name, "weight": 1.0, "limit": MODEL_LIMIT}], "rerank": [],
+                                     "fallback": {"sources": ["popular"], "minItems": settings.k}})
+    model, sums, train_s, scoring = await _pipeline(run, settings, name, config, progress)
+    info = model.info.get(name) or {}
+    note = (f"validation NDCG@10 {info.get('valNdcg10')}, best epoch {info.get('bestEpoch')} of "
+            f"{info.get('epochs')} ({info.get('stopped')}), {info.get('device')}")
+    return _row(run, name, "model", sums, train_s, scoring, note)
+
+
+async def _pipeline(run: _Run, settings: Settings, name: str, config: dict,
+                    progress: Progress) -> tuple[ScenarioModel, MetricSums, float, float]:
+    """Train a scenario config on the split's training part and score its lists; return the timings too."""
     started = time.perf_counter()
-    model = train_scenario_model(_training_data(run), config, scenario_id=f"eval-{template.lower()}", version=1,
-                                 progress=lambda fraction, stage: progress(f"train {template}", int(fraction * 100), 100))
+    model = train_scenario_model(_training_data(run), config, scenario_id=f"eval-{name.lower()}", version=1,
+                                 progress=lambda fraction, stage: progress(f"train {name}", int(fraction * 100), 100))
     train_s = time.perf_counter() - started
     engine = Engine(config, model)
     sums = MetricSums(k=settings.k)
@@ -112,8 +135,8 @@ async def _template_row(run: _Run, settings: Settings, template: str, progress: 
             result = await engine.recommend(request)
             scoring += time.perf_counter() - start
             _score(run, sums, user, [r.item_id for r in result.items])
-            progress(f"score {template}", done, len(run.users))
-    return _row(run, template, "template", sums, train_s, scoring, f"{model.nbytes() / 1e6:.1f} MB model")
+            progress(f"score {name}", done, len(run.users))
+    return model, sums, train_s, scoring
 
 
 def _popularity_row(run: _Run, settings: Settings, progress: Progress) -> Row:

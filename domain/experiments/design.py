@@ -14,6 +14,7 @@ from typing import Any
 
 from domain.errors import BadInput
 from domain.experiments.assignment import INTERLEAVED
+from domain.learning.versions import ALIASES
 from domain.experiments.metrics import METRICS
 from domain.scenarios.config import merge_config, validate_config
 from models.documents import Experiment
@@ -65,7 +66,8 @@ def design_input(exp: Experiment) -> dict[str, Any]:
     """Return a stored experiment's design in input form, so an update can be merged over it and re-checked."""
     return {
         "name": exp.name, "hypothesis": exp.hypothesis,
-        "variants": [{"name": v["name"], "weight": v["weight"], "config": v.get("config") or {}} for v in exp.variants],
+        "variants": [{"name": v["name"], "weight": v["weight"], "config": v.get("config") or {},
+                      "model": v.get("model")} for v in exp.variants],
         "trafficPercent": exp.traffic_percent, "trafficOffset": exp.traffic_offset,
         "layer": None if exp.layer == default_layer(exp.scenario_id) else exp.layer,
         "allocation": exp.allocation, "primaryMetric": exp.primary_metric,
@@ -135,7 +137,28 @@ def _variant(raw: Any, i: int, scenario_config: Mapping[str, Any]) -> dict[str, 
     if not isinstance(overrides, Mapping):
         raise BadInput("config must be a JSON object", field=f"{field}.config")
     validate_config(merge_config(scenario_config, overrides), field_prefix=f"{field}.config")
-    return {"name": name, "weight": weight, "config": copy.deepcopy(dict(overrides))}
+    variant = {"name": name, "weight": weight, "config": copy.deepcopy(dict(overrides))}
+    if (pin := _pin(raw.get("model"), f"{field}.model")) is not None:
+        variant["model"] = pin
+    return variant
+
+
+def _pin(value: Any, field: str) -> dict[str, Any] | None:
+    """Return a variant's model pin, `{"version": n}` or `{"alias": name}` (exactly one), or None for no pin."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise BadInput("model is an object {version} or {alias}", field=field)
+    version, alias = value.get("version"), value.get("alias")
+    if (version is None) == (alias is None):
+        raise BadInput("a model pin names exactly one of version or alias", field=field)
+    if version is not None:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise BadInput(f"must be a version number (1 or more), got {version!r}", field=f"{field}.version")
+        return {"version": version}
+    if alias not in ALIASES:
+        raise BadInput(f"must be one of {', '.join(ALIASES)}, got {alias!r}", field=f"{field}.alias")
+    return {"alias": alias}
 
 
 def _traffic(given: Mapping[str, Any]) -> tuple[float, float]:

@@ -16,6 +16,7 @@ components move from `old` to `new`, the variant's sums move by `new - old` and 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable
 from datetime import timedelta
@@ -41,6 +42,7 @@ SCRIPT_CONFIG = json.dumps({
     "c": {name: INDEX[name] for name in ALL_COMPONENTS},
 }, separators=(",", ":"))
 WRITE_CHUNK = 1000
+PREPARE_WAIT_S = 2.0  # how long a start waits for the covariates before they are finished in the background
 
 
 def user_key(tenant_id: str, experiment_id: str) -> str:
@@ -93,11 +95,31 @@ class ExperimentOutcomes:
     def __init__(self, redis: aioredis.Redis | None) -> None:
         self._r = redis
         self._erase = redis.register_script(ERASE) if redis is not None else None
+        self._preparing: set[asyncio.Task] = set()  # covariates still being written after their start returned
 
-    async def prepare(self, experiment: Experiment) -> None:
-        """Write each user's covariates: the same components over the PRE_WINDOW_DAYS before the start."""
+    async def prepare(self, experiment: Experiment, *, wait_s: float = PREPARE_WAIT_S) -> None:
+        """Write each user's covariates: the same components over the PRE_WINDOW_DAYS before the start. Wait at most
+        `wait_s` for them; past it they are finished in the background and the experiment starts at once.
+
+        A user exposed before their covariates are written keeps zeros. That does not bias the CUPED estimate: when
+        a user is exposed does not depend on their variant, so the covariate stays independent of the treatment; it
+        only narrows the interval less."""
         if self._r is None or experiment.started_at is None:
             return
+        task = asyncio.create_task(self._prepare(experiment))
+        self._preparing.add(task)
+        task.add_done_callback(self._prepared)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), wait_s)
+        except TimeoutError:
+            log.warning("experiments.preparing_in_background", experiment_id=experiment.id, waited_s=wait_s)
+
+    def _prepared(self, task: asyncio.Task) -> None:
+        self._preparing.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("experiments.prepare_failed", error=repr(exc))
+
+    async def _prepare(self, experiment: Experiment) -> None:
         pre = await _pre_period(experiment)
         key = pre_key(experiment.tenant_id, experiment.id)
         try:

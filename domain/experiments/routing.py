@@ -40,6 +40,7 @@ class Arm:
     overrides: Mapping[str, Any]  # merged over the scenario's config
     key: str  # names the variant's engine and cached answers
     teams: tuple[Arm, Arm] | None = None  # INTERLEAVE: the control's arm and the treatment's
+    model: Mapping[str, Any] | None = None  # the model version the variant pins ({"version": n} or {"alias": a})
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,14 +95,13 @@ class ExperimentRouter:
         if not start <= bucket(doc.salt, doc.layer, user_id) < end or self._outcomes is None:
             return None
         by_name = {a.variant: a for a in running.arms}
+        weights = [doc.arm_weights.get(a.variant, 0.0) for a in running.arms]
+        if sum(weights) <= 0:
+            weights = list(running.weights)
+        # The arm the current weights would give: kept only if the user has none yet (one round trip either way).
+        index = variant_index(doc.salt, doc.layer, user_id, traffic=running.traffic, weights=weights)
         try:
-            given = await self._outcomes.stored_arm(doc, user_id)
-            if given is None:
-                weights = [doc.arm_weights.get(a.variant, 0.0) for a in running.arms]
-                if sum(weights) <= 0:
-                    weights = list(running.weights)
-                index = variant_index(doc.salt, doc.layer, user_id, traffic=running.traffic, weights=weights)
-                given = await self._outcomes.give_arm(doc, user_id, running.arms[index or 0].variant)
+            given = await self._outcomes.give_arm(doc, user_id, running.arms[index or 0].variant)
         except CacheUnavailable:
             return None  # without Redis a bandit cannot keep its users' arms: serve the scenario as is
         return by_name.get(given)
@@ -137,7 +137,8 @@ async def _read_running(tenant_id: str, scenario_id: str) -> tuple[Running, ...]
 def prepared(doc: Experiment) -> Running:
     """Return what routing needs of a running experiment."""
     arms = tuple(
-        Arm(doc.id, v["name"], v.get("config") or {}, f"{doc.id}:{i}") for i, v in enumerate(doc.variants)
+        Arm(doc.id, v["name"], v.get("config") or {}, f"{doc.id}:{i}", model=v.get("model"))
+        for i, v in enumerate(doc.variants)
     )
     weights = tuple(float(v.get("weight", 1.0)) for v in doc.variants)
     return Running(doc=doc, traffic=span(doc.traffic_offset, doc.traffic_percent), weights=weights, arms=arms)

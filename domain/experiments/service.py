@@ -27,6 +27,7 @@ from domain.experiments.plan import plan as sample_size
 from domain.experiments.report import ExperimentResults
 from domain.hotcache import HotCache, Invalidations
 from domain.ids import check_first, decode_cursor, encode_cursor, new_id, utcnow
+from domain.learning.registry import check_pins
 from domain.scenarios.config import merge_config, validate_config
 from domain.scenarios.service import Page, ScenarioService
 from models.cache import CacheUnavailable
@@ -81,6 +82,7 @@ class ExperimentService:
         scenario = await self._scenarios.get_or_raise(str(input.get("scenarioId") or ""), tenant_id=tenant_id,
                                                       field="input.scenarioId")
         fields = check_design(input, scenario_config=scenario.config)
+        await check_pins(fields["variants"], tenant_id=tenant_id, scenario_id=scenario.id)
         fields["layer"] = fields["layer"] or default_layer(scenario.id)
         await self._check_layer_free(tenant_id, fields, exclude=None, field="input.trafficPercent")
         now = utcnow()
@@ -96,6 +98,7 @@ class ExperimentService:
         scenario = await self._scenarios.get_or_raise(exp.scenario_id, tenant_id=tenant_id, field="id")
         given = {k: v for k, v in input.items() if k != "scenarioId"}
         fields = check_design({**design_input(exp), **given}, scenario_config=scenario.config)
+        await check_pins(fields["variants"], tenant_id=tenant_id, scenario_id=exp.scenario_id)
         fields["layer"] = fields["layer"] or default_layer(exp.scenario_id)
         await self._check_layer_free(tenant_id, fields, exclude=exp.id, field="input.trafficPercent")
         if fields["layer"] != exp.layer:

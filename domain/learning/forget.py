@@ -2,7 +2,7 @@
 
 A model keeps each training user's history (for user-CF and the seen filter of trained items) under their id.
 After an erasure every kept version is rewritten without the user; a training that was running when the user was
-erased drops them from its result before the version is activated. Aggregates that keep no user (item counts,
+erased drops them from its result before the version is applied. Aggregates that keep no user (item counts,
 popularity, neighbour tables, factors) stay as trained.
 """
 

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 
 from domain.learning.content import ContentModel
 from domain.learning.factors import Factors
+from domain.learning.sequences import SequenceModel
 from domain.learning.tables import NeighbourTable
 from domain.recommend.base import CatalogueView
 
@@ -37,6 +38,7 @@ class ScenarioModel:
     item_users: sp.csr_matrix | None = None  # items x users, for user-CF at request time
     als: Factors | None = None
     content: ContentModel | None = None
+    sasrec: SequenceModel | None = None  # next-item transformer weights, for numpy inference (no torch)
     info: dict[str, Any] = field(default_factory=dict)  # settings trained with, sizes and timings (JSON)
     user_index: dict[str, int] = field(init=False, repr=False)
 

@@ -26,6 +26,9 @@ from domain.learning.train import TrainingData, refit_similarity, train_scenario
 
 Report = Callable[[float, str], Awaitable[None]]
 RELAY_S = 0.25  # how often the parent forwards the child's progress
+# The learned models' training record, as the version's metrics (numbers) name it.
+SASREC_METRICS = {"valNdcg10": "sasrec_val_ndcg10", "epochs": "sasrec_epochs", "bestEpoch": "sasrec_best_epoch",
+                  "seconds": "sasrec_s"}
 
 
 class TrainingTimeout(JobTimeout):
@@ -193,7 +196,14 @@ def _fit_in_child(
         "model_bytes": int(model.nbytes()), "embeddings": embeddings,
         "embeddings_count": 0 if embeddings is None else len(embeddings[0]),
         "steps": dict(model.info.get("seconds") or {}), "refitted": list(model.info.get("refitted") or []),
+        "model_metrics": _model_metrics(model), "device": (model.info.get("sasrec") or {}).get("device", "cpu"),
     }
+
+
+def _model_metrics(model: ScenarioModel) -> dict[str, float]:
+    """Return the learned models' validation metrics and training seconds (none for a scenario without them)."""
+    info = model.info.get("sasrec") or {}
+    return {name: float(info[key]) for key, name in SASREC_METRICS.items() if info.get(key) is not None}
 
 
 def _embeddings(model: Any) -> tuple[list[str], np.ndarray] | None:

@@ -3,12 +3,17 @@ new model version (artifact on disk, metadata in MongoDB, item embeddings in the
 served.
 
 Two depths share one path: `train` fits every model the scenario uses; `refresh_similarity` refits only the
-item-similarity models (item-CF neighbours, content embeddings) over the active version's catalogue and copies the
+item-similarity models (item-CF neighbours, content embeddings) over the champion's catalogue and copies the
 rest from it (see domain.learning.train.refit_similarity), which costs a fraction of a training.
 
 Fitting is CPU-bound, so it runs in a child process (domain.learning.process), never on the serving event loop.
-A failed or timed-out training leaves the previous active version serving. A job applies its result once: a retry
-after a worker died finds the version its job already activated (domain.learning.versions).
+A failed or timed-out training leaves the champion serving. A new version becomes champion when it beats the
+champion by the scenario's `models.promotionMargin` (else it is kept as the challenger; domain.learning.versions).
+A job applies its result once: a retry after a worker died finds the version its job already applied.
+
+Besides timings and size, the child's outcome may carry `model_metrics` (validation figures; `ndcg@10`, and
+`champion_ndcg@10` for the champion scored on the same slice, decide promotion), `device` (where it trained) and
+`config` (fitted values); they are stored on the version and shown by the registry.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from domain.learning import versions
 from domain.learning.forget import forget_users
 from domain.learning.process import TrainingProcess, TrainingTimeout
 from domain.learning.train import TrainingData
-from domain.learning.versions import KEEP_RETIRED, MODEL_KIND, content_space
+from domain.learning.versions import CHAMPION, KEEP_RETIRED, MODEL_KIND, content_space
 from domain.scenarios.service import ScenarioService
 from models.documents import Interaction, Item, Job, ModelVersion, Scenario
 from models.vectors import VectorPoint, VectorStore, VectorStoreError
@@ -58,12 +63,13 @@ EVENT_FIELDS = {"_id": 0, "user_id": 1, "item_id": 1, "type": 1, "value": 1, "ts
 # Errors of a store that may be back in a moment: the attempt is retried (with backoff) instead of failing the job.
 TRAINING_TRANSIENT = (*TRANSIENT, VectorStoreError)
 NO_MODEL = "the scenario has no trained model yet: run a TRAIN job first"
-SUPERSEDED = "a newer model became active while refitting over the older one: it is kept"
+SUPERSEDED = "another version became champion while refitting over the older one: it is kept"
+TRAINED_SECTIONS = ("recall", "ranker", "interactionWeights")  # what a version records of the config it was trained on
 Report = Callable[[float, str], Awaitable[None]]
 
 
 class Superseded(Exception):
-    """A newer version became active while the similarity models were refitted over the older one."""
+    """Another version became champion while the similarity models were refitted over the older one."""
 
 
 class SwapTarget(Protocol):
@@ -71,7 +77,8 @@ class SwapTarget(Protocol):
 
 
 class SwapNotifier(Protocol):
-    async def publish(self, tenant_id: str, scenario_id: str, version: int, revision: int = 0) -> None: ...
+    async def publish(self, tenant_id: str, scenario_id: str, version: int, revision: int = 0, *,
+                      kind: str = MODEL_KIND) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -151,8 +158,8 @@ class TrainingService:
         )
 
     async def active_version(self, scenario_id: str, *, tenant_id: str) -> ModelVersion | None:
-        """Return the version serving the scenario, or None when it was never trained."""
-        return await versions.active_version(tenant_id, scenario_id)
+        """Return the version serving the scenario (its champion), or None when it was never trained."""
+        return await versions.champion(tenant_id, scenario_id)
 
     async def train(
         self, job_id: str, *, tenant_id: str, scenario_id: str, attempt: int = 1, may_retry: bool = False
@@ -191,7 +198,7 @@ class TrainingService:
         scenario = await Scenario.find_one({"_id": scenario_id, "tenant_id": tenant_id})
         if scenario is None:
             raise NotFound(f"scenario {scenario_id} no longer exists", field="scenarioId")
-        base = await versions.active_version(tenant_id, scenario_id) if partial else None
+        base = await versions.champion(tenant_id, scenario_id) if partial else None
         if partial and (base is None or not base.artifact):
             return {"skipped": NO_MODEL}
         data = await self._load(tenant_id, scenario_id, report)
@@ -214,8 +221,8 @@ class TrainingService:
     async def _already_applied(self, version: ModelVersion, config: LearningConfig) -> dict[str, Any]:
         """Finish a job an earlier attempt already applied: tell serving again (the attempt may have died first)."""
         log.info("training.already_applied", job_id=version.job_id, version=version.version)
-        if version.status == "active":
-            await self._announce(version, config)
+        if CHAMPION in version.aliases:
+            await announce(version, config)
         return versions.applied_result(version)
 
     async def _load(self, tenant_id: str, scenario_id: str, report: Report) -> TrainingData:
@@ -234,7 +241,8 @@ class TrainingService:
         self, version: ModelVersion, scenario: Scenario, data: TrainingData, config: LearningConfig, report: Report,
         seconds: dict[str, float], *, base: ModelVersion | None = None, since: datetime | None = None,
     ) -> dict[str, Any]:
-        """Fit and save in the child, store the embeddings, then activate the version and tell serving."""
+        """Fit and save in the child, store the embeddings, then apply the version and tell serving if it became
+        champion (a refit over the champion always does)."""
         await report(LOADED, "refitting similarity" if base is not None else "training")
         path = config.models_dir / (version.artifact or "")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +255,7 @@ class TrainingService:
         seconds.update(train=outcome["train_s"], save=outcome["save_s"], child=outcome["child_s"])
         if since is not None:
             outcome["forgotten"] = await _forget_erased(path, since, tenant_id=version.tenant_id)
-        await versions.set_status(version, "ready")  # the artifact is complete on disk
+        await versions.mark_ready(version)  # the artifact is complete on disk
         mark = time.perf_counter()
         await report(0.86, "storing vectors")
         spaces = await self._store_vectors(version, data, outcome.pop("embeddings"))
@@ -256,11 +264,15 @@ class TrainingService:
         await report(0.95, "activating")
         if base is not None:
             await _still_serving(base)
-        await versions.activate(version, spaces, _metrics(data, outcome, seconds))
+        outcome["promoted"] = await versions.apply(
+            version, spaces=spaces, metrics=_metrics(data, outcome, seconds), margin=_margin(scenario),
+            force=base is not None, device=str(outcome.get("device") or "cpu"), config=_trained(scenario, outcome),
+        )
         try:
-            await self._announce(version, config)
+            if outcome["promoted"]:
+                await announce(version, config)
             await versions.prune(version.tenant_id, version.scenario_id, config.models_dir)
-        except Exception:  # noqa: BLE001 - the version is active; serving re-checks active versions periodically
+        except Exception:  # noqa: BLE001 - the version is applied; serving re-checks champions periodically
             log.exception("training.after_activation_failed", scenario_id=version.scenario_id, version=version.version)
         seconds["swap"] = time.perf_counter() - mark
         return outcome
@@ -275,14 +287,15 @@ class TrainingService:
         return self._config
 
     async def _store_vectors(self, version: ModelVersion, data: TrainingData, embeddings: Any) -> dict[str, str]:
-        """Write the item embeddings into the space the active version does not use; return {kind: space}."""
+        """Write the item embeddings into the space the champion does not use; return {kind: space}."""
         if self._vectors is None or embeddings is None:
             return {}
         ids, matrix = embeddings
         space = await self._free_space(version, dim=int(matrix.shape[1]))
         tenant_id = version.tenant_id
         await self._vectors.ensure_space(space, dim=int(matrix.shape[1]))
-        await self._vectors.delete_tenant(space, tenant_id=tenant_id)  # left from the version before the active one
+        await self._vectors.delete_tenant(space, tenant_id=tenant_id)  # left from a version before the champion
+        await versions.release_space(version, "content", space)
         labels = {d["item_id"]: d for d in data.items}
         for start in range(0, len(ids), UPSERT_CHUNK):
             points = [
@@ -296,26 +309,27 @@ class TrainingService:
         return {"content": space}
 
     async def _free_space(self, version: ModelVersion, *, dim: int) -> str:
-        """Return the content space for a new version: of two per scenario, the one the active version does not use.
+        """Return the content space for a new version: of two per scenario, the one the champion does not use.
 
         Writing the new vectors beside the served ones makes the swap atomic: a reader sees the old model with the
         old vectors or the new model with the new ones.
         """
-        active = await versions.active_version(version.tenant_id, version.scenario_id)
+        active = await versions.champion(version.tenant_id, version.scenario_id)
         first, second = (content_space(version.scenario_id, slot, dim) for slot in ("a", "b"))
         return second if active is not None and active.spaces.get("content") == first else first
 
-    @staticmethod
-    async def _announce(version: ModelVersion, config: LearningConfig) -> None:
-        """Swap this process's serving copy now and tell the other API processes."""
-        if config.swaps is not None:
-            await config.swaps.swap(version.tenant_id, version.scenario_id, version.version)
-        if config.notifier is not None:
-            try:
-                await config.notifier.publish(version.tenant_id, version.scenario_id, version.version)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                # Other processes re-check active versions periodically; the notice only makes it faster.
-                log.warning("training.notice_not_sent", error=str(exc), scenario_id=version.scenario_id)
+
+async def announce(version: ModelVersion, config: LearningConfig) -> None:
+    """Swap this process's serving copy to the version (its kind's new champion) and tell the other API processes."""
+    if config.swaps is not None and version.kind == MODEL_KIND:
+        await config.swaps.swap(version.tenant_id, version.scenario_id, version.version, version.revision)
+    if config.notifier is not None:
+        try:
+            await config.notifier.publish(version.tenant_id, version.scenario_id, version.version, version.revision,
+                                          kind=version.kind)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            # Other processes re-check champions periodically; the notice only makes it faster.
+            log.warning("training.notice_not_sent", error=str(exc), scenario_id=version.scenario_id)
 
 
 async def _forget_erased(path: Path, since: datetime, *, tenant_id: str) -> int:
@@ -329,7 +343,7 @@ async def _forget_erased(path: Path, since: datetime, *, tenant_id: str) -> int:
 
 async def _still_serving(base: ModelVersion) -> None:
     """Raise Superseded when another version replaced the one the similarity models were refitted over."""
-    active = await versions.active_version(base.tenant_id, base.scenario_id)
+    active = await versions.champion(base.tenant_id, base.scenario_id)
     if active is not None and active.id != base.id:
         raise Superseded(SUPERSEDED)
 
@@ -343,7 +357,20 @@ def _payload(item: Mapping[str, Any] | None, version: ModelVersion) -> dict[str,
 def _metrics(data: TrainingData, outcome: Mapping[str, Any], seconds: Mapping[str, float]) -> dict[str, float]:
     counts = {"interactions": len(data.user_ids), "users": len(set(data.user_ids)), "items": len(data.items),
               "model_bytes": outcome["model_bytes"], "embeddings": outcome["embeddings_count"]}
-    return {**{k: float(v) for k, v in counts.items()}, **{f"{k}_s": round(v, 3) for k, v in seconds.items()}}
+    return {**{k: float(v) for k, v in counts.items()}, **{f"{k}_s": round(v, 3) for k, v in seconds.items()},
+            **outcome.get("model_metrics", {})}
+
+
+def _margin(scenario: Scenario) -> float:
+    """Return how much higher a new version's validation NDCG@10 must be for it to replace the champion."""
+    return float(((scenario.config or {}).get("models") or {}).get("promotionMargin") or 0.0)
+
+
+def _trained(scenario: Scenario, outcome: Mapping[str, Any]) -> dict[str, Any]:
+    """Return what a version records of its config: the sections training reads, then any values it fitted."""
+    config = scenario.config or {}
+    given = {name: config[name] for name in TRAINED_SECTIONS if name in config}
+    return {"configVersion": scenario.config_version, **given, **(outcome.get("config") or {})}
 
 
 def _result(
@@ -352,7 +379,7 @@ def _result(
     return {
         "modelVersionId": version.id, "version": version.version, "interactions": len(data.user_ids),
         "users": len(set(data.user_ids)), "items": len(data.items), "modelBytes": outcome["model_bytes"],
-        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "promoted": bool(outcome.get("promoted")), "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
 
 

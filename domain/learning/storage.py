@@ -15,6 +15,7 @@ import scipy.sparse as sp
 
 from domain.learning.content import ContentModel
 from domain.learning.factors import Factors
+from domain.learning.sequences import SequenceModel
 from domain.learning.tables import NeighbourTable
 from domain.recommend.base import CatalogueView
 
@@ -44,6 +45,8 @@ def model_arrays(model: ScenarioModel) -> dict[str, np.ndarray]:
     if (content := model.content) is not None:
         out["content.embeddings"], out["content.idf"] = content.embeddings, content.idf
         out["content.components"] = content.components
+    if model.sasrec is not None:
+        out.update(model.sasrec.arrays("sasrec"))
     return out
 
 
@@ -82,6 +85,8 @@ def _meta(model: ScenarioModel) -> dict[str, Any]:
         meta["item_users_shape"] = list(model.item_users.shape)
     if model.als is not None:
         meta["als"] = {"regularization": model.als.regularization, "confidence": model.als.confidence}
+    if model.sasrec is not None:
+        meta["sasrec"] = {"heads": model.sasrec.heads}
     return meta
 
 
@@ -116,6 +121,7 @@ def load_model(cls: type[ScenarioModel], path: Path) -> ScenarioModel:
         popularity=arrays["popularity"], trending=arrays.get("trending"), item_cf=_table(arrays, "item_cf"),
         ease=_table(arrays, "ease"), item_users=_item_users(arrays, meta), als=_factors(arrays, meta),
         content=_content(arrays, path), info=meta.get("info", {}),
+        sasrec=SequenceModel.from_arrays(arrays, "sasrec", heads=int(meta.get("sasrec", {}).get("heads", 1))),
     )
 
 

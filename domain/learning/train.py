@@ -15,6 +15,7 @@ from domain.learning.data import Interactions, TrainingData, build_interactions
 from domain.learning.factors import train_als
 from domain.learning.model import ScenarioModel
 from domain.learning.popularity import decayed_popularity, trending_scores
+from domain.learning.sequences import SequenceModel
 from domain.learning.similarity import ease, item_cf, item_users
 from domain.recommend.base import CatalogueView
 from domain.scenarios.config import validate_config
@@ -23,6 +24,7 @@ __all__ = ["TrainingData", "refit_similarity", "train_scenario_model"]
 
 CONTENT_DIM = 32
 SIMILARITY_MODELS = ("item_cf", "content")  # what a SIMILARITY job refits
+TRAINED_SOURCES = ("item_cf", "ease", "als", "user_cf", "content", "sasrec")  # each one training step
 Progress = Callable[[float, str], None]
 
 
@@ -42,6 +44,13 @@ class _Steps:
         self._done += 1
         return result
 
+    def within(self) -> Progress | None:
+        """Return a progress callback for the running step: its own 0..1 moves the job across the step's share."""
+        if self._progress is None:
+            return None
+        report, done, total = self._progress, self._done, self._total
+        return lambda fraction, stage: report((done + min(max(fraction, 0.0), 1.0)) / total, stage)
+
     def finish(self) -> None:
         if self._progress is not None:
             self._progress(1.0, "done")
@@ -52,7 +61,7 @@ def train_scenario_model(data: TrainingData, config: Mapping, *, scenario_id: st
     """Train what the config's recall sources need from the interactions and item documents."""
     config = validate_config(config)  # defaults filled, so a partial config trains the same as its stored form
     sources = _sources(config)
-    steps = _Steps(progress, 3 + sum(name in sources for name in ("item_cf", "ease", "als", "user_cf", "content")))
+    steps = _Steps(progress, 3 + sum(name in sources for name in TRAINED_SOURCES))
     catalogue = steps.run("catalogue", lambda: CatalogueView.from_items(data.items))
     inter = steps.run("interactions", lambda: build_interactions(data, catalogue, config["interactionWeights"]))
     now = inter.newest if np.isfinite(inter.newest) else time.time()
@@ -115,6 +124,18 @@ def _train_sources(model: ScenarioModel, inter: Interactions, data: TrainingData
     if "content" in sources:
         docs = [document_tokens(i) for i in data.items]
         model.content = steps.run("content", lambda: train_content(docs, CONTENT_DIM))
+    if "sasrec" in sources:
+        model.sasrec = steps.run("sasrec", lambda: _sasrec(model, inter, sources["sasrec"], steps.within()))
+
+
+def _sasrec(model: ScenarioModel, inter: Interactions, params: Mapping[str, Any],
+            progress: Progress | None) -> SequenceModel | None:
+    # Imported here: torch loads only in a process that trains a scenario using it (the training child).
+    from domain.learning.sasrec import train_sasrec
+
+    sequence, info = train_sasrec(inter.history_indptr, inter.history_items, params, progress)
+    model.info["sasrec"] = info
+    return sequence
 
 
 def refit_similarity(base: ScenarioModel, data: TrainingData, config: Mapping, *, version: int,

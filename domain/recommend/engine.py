@@ -344,6 +344,7 @@ class Engine:
         if not request.debug:
             return RecResult(items=items)
         debug = trace.report()
+        debug["modelVersion"] = self.model.version if self.model is not None else None  # which version answered
         debug["items"] = [{"itemId": r.item_id, "score": r.score, "sources": _source_scores(ranked, row)}
                           for row, r in enumerate(items)]
         return RecResult(items=items, debug=debug)

@@ -72,7 +72,7 @@ class EngineSource(Protocol):
 
     async def variant(
         self, tenant_id: str, scenario_id: str, arm_key: str, overrides: Mapping[str, Any], *,
-        config_version: int | None = None,
+        config_version: int | None = None, model: Mapping[str, Any] | None = None,
     ) -> Any: ...
 
 
@@ -234,8 +234,9 @@ class RecommendationService:
             raise Unavailable("this process runs no recommendation engine")
         if arm is None:
             return await self._engines.get(tenant_id, scenario_id, config_version=config_version)
+        pin = {"model": arm.model} if arm.model else {}  # a variant may serve a pinned model version
         return await self._engines.variant(tenant_id, scenario_id, arm.key, arm.overrides,
-                                           config_version=config_version)
+                                           config_version=config_version, **pin)
 
     async def _route(self, tenant_id: str, scenario_id: str, user_id: str) -> Arm | None:
         """Return the experiment arm serving the user; a failing router serves the scenario as is."""

@@ -1,12 +1,13 @@
 """The serving copy of every scenario's model: one Engine per (tenant, scenario), swapped atomically.
 
-An Engine is built from the scenario's active model version (loaded from its artifact, off the event loop), the
+An Engine is built from the scenario's champion model version (loaded from its artifact, off the event loop), the
 scenario config, and a live view of the scenario's items. Readers take the Engine reference from a dict, so a swap
 (load the new model fully, then replace the reference) never shows them half a model.
 
 What keeps each part current:
-- model: a swap notice on Redis pub/sub (`recograph:models`) from whichever process trained it, and a re-check of
-  the active versions in MongoDB every `refresh_s` in case a notice was missed (another pod converges either way);
+- model: a swap notice on Redis pub/sub (`recograph:models`) from whichever process trained or promoted it, and a
+  re-check of the champions in MongoDB every `refresh_s` in case a notice was missed (another pod converges either
+  way). A version whose artifact does not load leaves the model that serves in place;
 - config: the scenario's `config_version`, re-read at most every `config_ttl_s` on use; a change rebuilds the
   Engine over the same model (cheap);
 - items: every item write bumps the tenant's items version in the cache (`Cache.items_changed`). Every
@@ -16,6 +17,8 @@ What keeps each part current:
   the item view. The fingerprint is also taken every CATALOGUE_VERIFY_S whatever the version says (a bump lost
   while the cache was down), and every time when there is no cache.
   A swap keeps the item view it has: the model is aligned to it by item id.
+- experiment variants: an Engine per arm, over the scenario's model and items, or over a pinned version's model
+  (domain.recommend.pinned);
 - live popularity: each Engine holds a reader of its scenario's live window (domain.realtime.popularity), shared
   by the registry's engines, which keeps a snapshot per scenario refreshed in the background.
 """
@@ -36,7 +39,9 @@ from redis.exceptions import RedisError
 
 from domain.errors import BadInput, NotFound
 from domain.learning.model import ScenarioModel
+from domain.learning.versions import CHAMPION, MODEL_KIND, champion
 from domain.recommend.base import CatalogueView
+from domain.recommend.pinned import Pinned, PinnedModels
 from domain.realtime.popularity import LivePopularity
 from domain.recommend.engine import Engine
 from domain.scenarios.config import merge_config
@@ -49,7 +54,6 @@ log = structlog.get_logger()
 
 CHANNEL = "recograph:models"
 CATALOGUE_VERIFY_S = 600.0  # the item fingerprint is taken at least this often, whatever the items version says
-MODEL_KIND = "scenario"
 CATALOGUE_FIELDS = {"_id": 0, "item_id": 1, "title": 1, "categories": 1, "tags": 1, "attributes": 1,
                     "published_at": 1, "status": 1}
 Key = tuple[str, str]
@@ -66,10 +70,13 @@ class SwapChannel:
         """Return the Redis client the notices travel over."""
         return self._channel.client
 
-    async def publish(self, tenant_id: str, scenario_id: str, version: int, revision: int = 0) -> None:
-        """Announce that a version became active (or that its artifact was rewritten: a newer revision)."""
+    async def publish(self, tenant_id: str, scenario_id: str, version: int, revision: int = 0, *,
+                      kind: str = MODEL_KIND) -> None:
+        """Announce that a version became its kind's champion (or that its artifact was rewritten: a newer
+        revision)."""
         await self._channel.publish(
-            {"tenant_id": tenant_id, "scenario_id": scenario_id, "version": version, "revision": revision}
+            {"tenant_id": tenant_id, "scenario_id": scenario_id, "version": version, "revision": revision,
+             "kind": kind}
         )
 
     async def listen(self, handle: Callable[[str, str, int, int], Awaitable[Any]], *, retry_s: float = 2.0) -> None:
@@ -77,7 +84,8 @@ class SwapChannel:
         errors."""
 
         async def heard(data: dict[str, Any]) -> None:
-            if (notice := _notice(data)) is not None:
+            # Only the scenario bundle serves through ModelRegistry; other kinds' notices are for their own readers.
+            if (notice := _notice(data)) is not None and data.get("kind", MODEL_KIND) == MODEL_KIND:
                 await handle(*notice)
 
         await self._channel.listen(heard, retry_s=retry_s)
@@ -155,12 +163,14 @@ class ModelRegistry:
         self._locks: dict[Key, asyncio.Lock] = {}
         self._used: set[Key] = set()  # served since their items were last checked
         self._pending: dict[Key, int] = {}  # swap notices being applied: requests wait for the new version
-        # Experiment variants' engines: (tenant, scenario, arm key) -> (the base engine it was built over, engine).
-        self._variants: OrderedDict[tuple[str, str, str], tuple[Engine, Engine]] = OrderedDict()
+        # Experiment variants' engines: (tenant, scenario, arm key) -> (the base engine and pinned model it was built
+        # over, engine).
+        self._variants: OrderedDict[tuple[str, str, str], tuple[Engine, Pinned | None, Engine]] = OrderedDict()
+        self._pinned = PinnedModels(lambda doc: self._read_model(doc), ttl_s=refresh_s)
         self._tasks: list[asyncio.Task] = []
 
     async def get(self, tenant_id: str, scenario_id: str, *, config_version: int | None = None) -> Engine:
-        """Return the scenario's Engine (untrained until a version is active); NotFound for a missing scenario.
+        """Return the scenario's Engine (untrained until a version is champion); NotFound for a missing scenario.
 
         A caller that has just read the scenario passes its `config_version`: the Engine is then rebuilt only when
         that is newer than the one served, with no read of its own. Without it the config is re-read at most every
@@ -186,32 +196,44 @@ class ModelRegistry:
 
     async def variant(
         self, tenant_id: str, scenario_id: str, arm_key: str, overrides: Mapping[str, Any], *,
-        config_version: int | None = None,
+        config_version: int | None = None, model: Mapping[str, Any] | None = None,
     ) -> Engine:
         """Return the Engine of an experiment variant: the scenario's, with `overrides` merged over its config,
-        over the same model and items (rebuilt whenever the scenario's own Engine is). A variant without overrides
-        is served by the scenario's Engine itself."""
+        over the same items (rebuilt whenever the scenario's own Engine is) and the same model, or the model of the
+        version `model` pins (`{"version": n}` or `{"alias": name}`; the champion's when it cannot be loaded).
+        A variant with neither is served by the scenario's Engine itself."""
         base = await self.get(tenant_id, scenario_id, config_version=config_version)
-        if not overrides:
+        pinned = await self._pinned_model(tenant_id, scenario_id, model) if model else None
+        if not overrides and pinned is None:
             return base
         key = (tenant_id, scenario_id, arm_key)
         held = self._variants.get(key)
-        if held is not None and held[0] is base:
+        if held is not None and held[0] is base and held[1] is pinned:
             self._variants.move_to_end(key)
-            return held[1]
+            return held[2]
         served = self._served.get((tenant_id, scenario_id))
         if served is None:
             return base
+        trained, space = (pinned.model, pinned.space) if pinned is not None else (served.model, served.space)
         try:
-            engine = self._engine((tenant_id, scenario_id), merge_config(base.config, overrides), served.model,
-                                  served.catalogue, served.space)
+            engine = self._engine((tenant_id, scenario_id), merge_config(base.config, overrides), trained,
+                                  served.catalogue, space)
         except BadInput as exc:  # the scenario changed since the experiment was validated: serve it as is
             log.warning("experiments.variant_invalid", scenario_id=scenario_id, arm=arm_key, error=str(exc))
             engine = base
-        self._variants[key] = (base, engine)
+        self._variants[key] = (base, pinned, engine)
         while len(self._variants) > 4 * self._max_loaded:
             self._variants.popitem(last=False)
         return engine
+
+    async def _pinned_model(self, tenant_id: str, scenario_id: str, pin: Mapping[str, Any]) -> Pinned | None:
+        """Return the pinned version's model, or None to serve the scenario's own (the pin names the version that
+        serves it already, or names none that loads)."""
+        doc = await self._pinned.resolve(tenant_id, scenario_id, pin)
+        served = self._served.get((tenant_id, scenario_id))
+        if doc is None or (served is not None and served.serves(doc.version, doc.revision)):
+            return None
+        return await self._pinned.model(doc)
 
     def version(self, tenant_id: str, scenario_id: str) -> int | None:
         """Return the model version served for the scenario now (None: untrained or not loaded)."""
@@ -223,24 +245,25 @@ class ModelRegistry:
         return list(self._served)
 
     async def swap(self, tenant_id: str, scenario_id: str, version: int, revision: int = 0) -> bool:
-        """Serve `version` (at `revision`) if the scenario is loaded here and the version is active; return whether
-        it swapped."""
+        """Serve `version` (at `revision`) if the scenario is loaded here and the version is its champion; return
+        whether it swapped. A version that does not load leaves the one serving in place."""
         key = (tenant_id, scenario_id)
+        self._pinned.forget(tenant_id, scenario_id)  # an alias may have moved, an artifact been rewritten
         if key not in self._served or self._served[key].serves(version, revision):
             return False
         async with self._lock(key):
             doc = await ModelVersion.find_one(
                 {"tenant_id": tenant_id, "scenario_id": scenario_id, "kind": MODEL_KIND, "version": version}
             )
-            if doc is None or doc.status != "active" or key not in self._served:
+            if doc is None or CHAMPION not in doc.aliases or key not in self._served:
                 return False
             return await self._reload(key, doc)
 
     async def load_active(self) -> int:
-        """Load the most recently activated models, up to the bound; return how many are served."""
-        # Process-wide warm-up at startup: it reads every tenant's active versions, newest first.
+        """Load the most recently promoted champions, up to the bound; return how many are served."""
+        # Process-wide warm-up at startup: it reads every tenant's champions, newest first.
         cursor = ModelVersion.get_pymongo_collection().find(
-            {"status": "active", "kind": MODEL_KIND}, {"tenant_id": 1, "scenario_id": 1}
+            {"aliases": CHAMPION, "kind": MODEL_KIND}, {"tenant_id": 1, "scenario_id": 1}
         ).sort([("activated_at", -1)]).limit(self._max_loaded)
         for doc in await cursor.to_list(None):
             try:
@@ -251,7 +274,7 @@ class ModelRegistry:
         return len(self._served)
 
     def start(self) -> None:
-        """Start loading active models, listening for swap notices and re-checking what is served."""
+        """Start loading champions, listening for swap notices and re-checking what is served."""
         if self._tasks:
             return
         self._tasks.append(asyncio.create_task(self._guard(self.load_active(), "load_active")))
@@ -266,11 +289,12 @@ class ModelRegistry:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         self._served.clear()
+        self._pinned.clear()
         if self._live is not None:
             await self._live.close()
 
     async def refresh(self) -> None:
-        """Re-check each loaded scenario whose checks are due: active version and items."""
+        """Re-check each loaded scenario whose checks are due: champion and items."""
         now = time.monotonic()
         for key, served in list(self._served.items()):
             try:
@@ -332,7 +356,7 @@ class ModelRegistry:
             return served
 
     async def _load(self, key: Key, scenario: Scenario) -> Served:
-        doc = await _active_version(*key)
+        doc = await champion(*key)
         model = await self._read_model(doc)
         catalogue, fingerprint = await self._catalogue(key)
         space = doc.spaces.get("content") if doc is not None and model is not None else None
@@ -370,8 +394,8 @@ class ModelRegistry:
         path = self._models_dir / doc.artifact
         try:
             return await asyncio.to_thread(ScenarioModel.load, path)
-        except (OSError, ValueError) as exc:
-            # Serve untrained rather than fail; the periodic re-check tries again.
+        except Exception as exc:  # noqa: BLE001 - a broken artifact, whatever breaks in it, must not fail requests
+            # Keep what serves (untrained at first load) rather than fail; the periodic re-check tries again.
             log.error("models.load_failed", path=str(path), error=str(exc), scenario_id=doc.scenario_id)
             return None
 
@@ -387,7 +411,7 @@ class ModelRegistry:
         return Engine(config, model, catalogue=catalogue, vectors=vectors, content_space=space, live=live)
 
     async def _check_version(self, key: Key) -> None:
-        doc = await _active_version(*key)
+        doc = await champion(*key)
         served = self._served.get(key)
         if served is None:
             return
@@ -464,12 +488,6 @@ class ModelRegistry:
     def _forget(self, key: Key) -> None:
         self._served.pop(key, None)
         self._used.discard(key)
-
-
-async def _active_version(tenant_id: str, scenario_id: str) -> ModelVersion | None:
-    return await ModelVersion.find(
-        {"tenant_id": tenant_id, "scenario_id": scenario_id, "kind": MODEL_KIND, "status": "active"}
-    ).sort([("version", -1)]).first_or_none()
 
 
 async def _catalogue(tenant_id: str, scenario_id: str) -> tuple[CatalogueView, tuple]:

@@ -114,7 +114,7 @@ def _schema() -> dict[str, Any]:
             "features": _features(), "recall": _recall(), "filters": _filters(), "ranker": _ranker(),
             "rerank": _rerank(), "freshness": _freshness(), "popularity": _popularity(), "seen": _seen(),
             "fallback": _fallback(), "interactionWeights": _interaction_weights(), "retention": _retention(),
-            "limits": _limits(),
+            "limits": _limits(), "models": _models(),
         },
     }
 
@@ -256,6 +256,17 @@ def _limits() -> dict[str, Any]:
                              default=50, minimum=1, maximum=10000),
         maxCandidates=prop("integer", "Most fused candidates passed to ranking.", default=1000, minimum=10,
                            maximum=20000),
+    )
+
+
+def _models() -> dict[str, Any]:
+    return _section(
+        "The scenario's model versions (the model registry).",
+        promotionMargin=prop(
+            "number", "How much higher a newly trained version's validation NDCG@10 must be than the champion's "
+            "(absolute: 0.005 = half a point) for it to become champion; otherwise it is kept as the challenger. "
+            "Without comparable figures a new version always becomes champion.",
+            default=0.0, minimum=0, maximum=1),
     )
 
 

@@ -19,6 +19,7 @@ RECALL_SOURCES: tuple[str, ...] = (
     "vector",
     "fresh",
     "affinity",
+    "sasrec",
 )
 FILTERS: tuple[str, ...] = ("seen", "availability", "rules", "blocklist")
 RANKERS: tuple[str, ...] = ("fusion",)
@@ -82,6 +83,29 @@ RECALL_PARAMS: dict[str, dict[str, Any]] = {
         maxItems=prop("integer", "Most popular items kept in the model.", default=6000, minimum=10, maximum=6000),
     ),
     "fresh": params(maxAgeHours=_hours("Only items published within this many hours.", 72.0)),
+    # The next-item transformer (SASRec), trained with a full (or, over fullSoftmaxItems, a sampled) softmax.
+    "sasrec": params(
+        maxLength=prop("integer", "The user's newest items the model reads.", default=50, minimum=2, maximum=200),
+        dim=prop("integer", "Embedding width.", default=64, minimum=8, maximum=512, multipleOf=8),
+        blocks=prop("integer", "Transformer blocks.", default=2, minimum=1, maximum=8),
+        heads=prop("integer", "Attention heads (dim is a multiple of 8, so of each).", default=1, enum=[1, 2, 4, 8]),
+        dropout=prop("number", "Dropout rate in training.", default=0.2, minimum=0, maximum=0.9),
+        targetSpan=prop("integer", "How many of the following items each position learns to predict (1: the next).",
+                        default=1, minimum=1, maximum=50),
+        minItemUsers=prop("integer", "Items of fewer users are left out of the model (too rare to learn).",
+                          default=1, minimum=1, maximum=1000),
+        learningRate=prop("number", "Adam learning rate.", default=0.005, exclusiveMinimum=0, maximum=1),
+        batchSize=prop("integer", "Sequences per training step.", default=128, minimum=1, maximum=4096),
+        maxEpochs=prop("integer", "Most passes over the data.", default=200, minimum=1, maximum=1000),
+        patience=prop("integer", "Epochs without a validation gain before training stops.", default=5, minimum=1,
+                      maximum=100),
+        timeBudgetSeconds=prop("number", "Wall-clock limit of the training; the best epoch so far is kept.",
+                               default=150.0, exclusiveMinimum=0, maximum=7200),
+        fullSoftmaxItems=prop("integer", "Largest vocabulary trained with a full softmax; above it, sampled.",
+                              default=50000, minimum=1, maximum=10_000_000),
+        negatives=prop("integer", "Items drawn per batch for the sampled softmax.", default=2048, minimum=16,
+                       maximum=65536),
+    ),
     "affinity": params(
         topCategories=prop("integer", "The user's strongest categories/tags recalled from.", default=5, minimum=1,
                            maximum=50),

@@ -15,6 +15,7 @@ from domain.experiments import report
 from domain.experiments.service import ExperimentPlan as PlanResult
 from domain.scenarios.service import Page
 from graph.types.common import PageInfo, total_count
+from graph.types.model import ModelPin, ModelPinInput
 from models.documents import Experiment as ExperimentDoc
 from resolvers.experiments import experiment_results, get_experiment
 from resolvers.scenarios import get_scenario
@@ -68,6 +69,8 @@ class ExperimentVariant:
     name: str
     weight: float
     config: JSON = strawberry.field(description="Overrides merged over the scenario's config for this variant.")
+    model: ModelPin | None = strawberry.field(
+        default=None, description="The model version it serves instead of the champion (null: the champion).")
 
 
 @strawberry.type(description="A metric the treatment must not worsen by more than `margin` (relative).")
@@ -261,8 +264,8 @@ class Experiment:
         return cls(
             id=strawberry.ID(doc.id), scenario_id=strawberry.ID(doc.scenario_id), name=doc.name,
             hypothesis=doc.hypothesis, status=ExperimentStatus(doc.status),
-            variants=[ExperimentVariant(name=v["name"], weight=v["weight"], config=v.get("config") or {})
-                      for v in doc.variants],
+            variants=[ExperimentVariant(name=v["name"], weight=v["weight"], config=v.get("config") or {},
+                                        model=ModelPin.from_domain(v.get("model"))) for v in doc.variants],
             traffic_percent=doc.traffic_percent, traffic_offset=doc.traffic_offset, layer=doc.layer,
             allocation=Allocation(doc.allocation), primary_metric=ExperimentMetric(doc.primary_metric),
             secondary_metrics=[ExperimentMetric(m) for m in doc.secondary_metrics],
@@ -325,10 +328,13 @@ class VariantInput:
     weight: float = strawberry.field(default=1.0, description="Relative share of the traffic (>= 0).")
     config: JSON | None = strawberry.field(
         default=None, description="Overrides merged over the scenario's config, validated like a scenario config.")
+    model: ModelPinInput | None = strawberry.field(
+        default=None, description="Serve this model version of the scenario instead of its champion.")
 
     def to_domain(self) -> dict[str, Any]:
         """Return the variant as the domain reads it."""
-        return {"name": self.name, "weight": self.weight, "config": self.config}
+        pin = {"model": self.model.to_domain()} if self.model is not None else {}
+        return {"name": self.name, "weight": self.weight, "config": self.config, **pin}
 
 
 @strawberry.input(description="A metric the treatment must not worsen by more than `margin` (relative, > 0).")

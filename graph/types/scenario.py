@@ -10,8 +10,10 @@ from strawberry.scalars import JSON
 from domain.scenarios.service import Page, ScenarioStats
 from graph.types.common import total_count, PageInfo, ScenarioTemplate
 from graph.types.experiment import ExperimentConnection, ExperimentStatus
+from graph.types.model import ModelVersion
 from models.documents import Scenario as ScenarioDoc
 from resolvers.experiments import list_experiments
+from resolvers.models import list_models
 from resolvers.scenarios import get_scenario, scenario_stats
 
 
@@ -48,6 +50,11 @@ class Scenario:
         page = await list_experiments(info.context, scenario_id=self.id, status=status.value if status else None,
                                       first=first, after=after)
         return ExperimentConnection.from_domain(page)
+
+    @strawberry.field(description="The scenario's model versions of every kind, newest first (at most 50); the "
+                      "`champion` of each kind serves.")
+    async def models(self, info: strawberry.Info, first: int | None = 20) -> list[ModelVersion]:
+        return [ModelVersion.from_domain(d) for d in await list_models(info.context, scenario_id=self.id, first=first)]
 
     @classmethod
     def from_domain(cls, doc: ScenarioDoc) -> Scenario:

@@ -111,7 +111,7 @@ async def test_erasure_leaves_the_id_in_no_model_and_no_document(served, gql, ow
     assert await redis_holding(served, USER) == []
     assert await mongo_holding(served, USER) == []
     assert files_holding(served.runtime.models_dir, USER) == []
-    active = await ModelVersion.find_one({"tenant_id": owner.tenant_id, "scenario_id": sid, "status": "active"})
+    active = await ModelVersion.find_one({"tenant_id": owner.tenant_id, "scenario_id": sid, "aliases": "champion"})
     assert active.revision == 1
     # serving reloaded the rewritten version: the user's training history is gone from memory too
     assert (await registry.get(owner.tenant_id, sid)).model.user_history(USER) == []

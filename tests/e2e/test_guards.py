@@ -112,7 +112,7 @@ def test_every_list_field_with_first_is_covered():
     )
     assert paged == ["Item.similar", "Query.auditLog", "Query.deadLetters", "Query.experiments", "Query.items",
                      "Query.jobs", "Query.recommendations", "Query.scenarios", "Query.similarItems",
-                     "Scenario.experiments", "User.recommendations"]
+                     "Scenario.experiments", "Scenario.models", "User.recommendations"]
 
 
 async def test_too_many_tokens_are_refused(gql, keys):

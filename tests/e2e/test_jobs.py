@@ -13,7 +13,7 @@ import pytest
 
 from domain.learning.model import ScenarioModel
 from domain.learning.service import TrainingService
-from domain.learning.versions import activate
+from domain.learning.versions import promote
 from domain.maintenance import MaintenanceService
 from models.documents import Interaction, ModelVersion
 from tests.conftest import METRICS_AUTH, new_tenant
@@ -230,11 +230,11 @@ async def test_similarity_over_a_model_replaced_meanwhile_keeps_the_newer_one(se
         base = await ModelVersion.find_one({"tenant_id": owner.tenant_id, "scenario_id": sid, "version": 1})
         newer = base.model_copy(update={"id": f"{base.id}x", "version": version.version + 1, "job_id": "job_other"})
         await newer.insert()
-        await activate(newer, base.spaces, base.metrics)
+        await promote(newer)
         return spaces
 
     monkeypatch.setattr(TrainingService, "_store_vectors", a_training_finishes_meanwhile)
     job = await run(gql, owner.admin, sid, "SIMILARITY")
-    assert job["status"] == "SUCCEEDED" and "newer model became active" in job["result"]["skipped"], job
+    assert job["status"] == "SUCCEEDED" and "another version became champion" in job["result"]["skipped"], job
     built = await ModelVersion.find({"tenant_id": owner.tenant_id, "scenario_id": sid}).sort("version").to_list()
-    assert [(v.version, v.status) for v in built] == [(1, "retired"), (2, "failed"), (3, "active")]
+    assert [(v.version, v.status) for v in built] == [(1, "RETIRED"), (2, "FAILED"), (3, "READY")]

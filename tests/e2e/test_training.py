@@ -70,7 +70,8 @@ async def train(gql, key: str, sid: str) -> dict:
 
 
 async def active_versions(tenant_id: str, sid: str) -> list[int]:
-    docs = await ModelVersion.find({"tenant_id": tenant_id, "scenario_id": sid, "status": "active"}).to_list()
+    """Return the versions holding the champion alias (the one that serves)."""
+    docs = await ModelVersion.find({"tenant_id": tenant_id, "scenario_id": sid, "aliases": "champion"}).to_list()
     return [d.version for d in docs]
 
 
@@ -126,7 +127,7 @@ async def test_retraining_swaps_the_serving_copy_atomically(served, gql, trained
     assert after is not before and after.model.version == 2
     stored = await ModelVersion.find({"tenant_id": owner.tenant_id, "scenario_id": sid}).to_list()
     versions = {d.version: d for d in stored}
-    assert versions[1].status == "retired"
+    assert versions[1].status == "RETIRED" and versions[1].aliases == [] and versions[2].status == "READY"
     assert versions[2].spaces["content"] != versions[1].spaces["content"]  # new vectors were written beside the old
 
 
@@ -142,7 +143,7 @@ async def test_a_failed_training_keeps_the_previous_version(served, gql, trained
     assert job["progress"] < 1 and job["finishedAt"]
     assert await active_versions(owner.tenant_id, sid) == [2]
     failed = await ModelVersion.find_one({"tenant_id": owner.tenant_id, "scenario_id": sid, "version": 3})
-    assert failed.status == "failed" and failed.artifact is None and "vector write refused" in failed.error
+    assert failed.status == "FAILED" and failed.artifact is None and "vector write refused" in failed.error
     assert served.runtime.registry.version(owner.tenant_id, sid) == 2
 
 
@@ -281,7 +282,7 @@ async def test_a_store_outage_is_retried_by_the_worker(served, gql, owner, monke
     assert job["status"] == "SUCCEEDED" and job["attempts"] == 2, job
     assert calls == [1, 2] and job["result"]["version"] == 2
     failed = await ModelVersion.find_one({"tenant_id": owner.tenant_id, "scenario_id": sid, "version": 1})
-    assert failed.status == "failed" and "stepped down" in failed.error
+    assert failed.status == "FAILED" and "stepped down" in failed.error
 
 
 async def test_the_last_try_fails_the_job_instead_of_retrying(served, gql, owner, monkeypatch):

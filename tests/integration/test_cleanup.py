@@ -57,7 +57,8 @@ async def store_versions(tenant_id: str, sid: str, models_dir, statuses: list[st
         (models_dir / artifact).mkdir(parents=True)
         (models_dir / artifact / "meta.json").write_text("{}")
         await ModelVersion(id=new_id("mv"), tenant_id=tenant_id, scenario_id=sid, kind="scenario", version=number,
-                           status=status, artifact=artifact, created_at=utcnow()).insert()
+                           status=status, aliases=["champion"] if status == "READY" else [], artifact=artifact,
+                           created_at=utcnow(), applied_at=utcnow()).insert()
         artifacts.append(artifact)
     return artifacts
 
@@ -71,7 +72,7 @@ async def test_cleanup_removes_only_what_outlived_its_use(served, tenant, tmp_pa
     recent_job = await store_job(tenant, sid, finished_days_ago=2)
     running = await store_job(tenant, sid, finished_days_ago=None)
     other_job = await store_job(tenant, other, finished_days_ago=45)
-    artifacts = await store_versions(tenant, sid, tmp_path, ["retired"] * 4 + ["active"])
+    artifacts = await store_versions(tenant, sid, tmp_path, ["RETIRED"] * 4 + ["READY"])
     redis = served.runtime.cache.client
     gone = new_id("sc")  # a scenario deleted earlier: its seen sets linger without a TTL
     await redis.sadd(tenant_key(tenant, "seen", gone, "u1"), "i1")
@@ -94,7 +95,7 @@ async def test_cleanup_removes_only_what_outlived_its_use(served, tenant, tmp_pa
     assert {j.id for j in await Job.find({"tenant_id": tenant}).to_list()} == {recent_job, running, other_job}
     assert old_job not in {j.id for j in await Job.find({"tenant_id": tenant}).to_list()}
     on_disk = [a for a in artifacts if (tmp_path / a).exists()]
-    assert on_disk == artifacts[2:]  # the two oldest retired went; the newest two retired and the active stay
+    assert on_disk == artifacts[2:]  # the two oldest retired went; the newest two retired and the champion stay
     assert await redis.exists(tenant_key(tenant, "seen", gone, "u1"), tenant_key(tenant, "seen", gone, "u2")) == 0
     assert await redis.exists(tenant_key(tenant, "seen", "sc_expiring", "u1"), tenant_key(tenant, "seen", sid, "u1"),
                               tenant_key(elsewhere, "seen", gone, "u1")) == 3

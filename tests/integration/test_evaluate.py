@@ -95,7 +95,7 @@ def test_the_temporal_split_holds_out_each_users_latest_fifth():
 
 def test_every_template_and_both_baselines_are_scored(report: Report):
     names = [row.name for row in report.rows]
-    assert names == [*TEMPLATES, "popularity", "als (implicit)"]
+    assert names == [*TEMPLATES, "sasrec", "popularity", "als (implicit)"]
     for row in report.rows:
         for key in ("ndcg", "recall", "map", "coverage", "diversity"):
             assert 0.0 <= row.value(key) <= 1.0, (row.name, key)

@@ -4,8 +4,10 @@ replays, attribution only to the page's own user, and erasure subtracting a user
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -150,3 +152,26 @@ async def test_covariates_are_the_same_components_over_the_fortnight_before_the_
     # 4 attributed interactions in the window (the unattributed click and the one 15 days back do not count)
     assert pre == [8, 2, 1, 50, 0.5, 1, 4]
     assert await redis.hget(pre_key(tenant, experiment.id), "late") is None
+
+
+async def test_a_slow_covariate_read_finishes_in_the_background(served, shop, monkeypatch):
+    services, tenant, sid, experiment = shop
+    redis = served.runtime.cache.client
+    release = asyncio.Event()
+    from domain.experiments import outcomes as module
+
+    async def slow(exp):
+        await release.wait()
+        return {"early": [1, 0, 0, 0, 0, 0, 1]}
+
+    monkeypatch.setattr(module, "_pre_period", slow)
+    store = ExperimentOutcomes(redis)
+    started = time.monotonic()
+    await store.prepare(experiment, wait_s=0.1)  # returns: the experiment may start
+    assert time.monotonic() - started < 1 and await redis.hget(pre_key(tenant, experiment.id), "early") is None
+    release.set()
+    for _ in range(50):
+        if await redis.hget(pre_key(tenant, experiment.id), "early") is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert json.loads(await redis.hget(pre_key(tenant, experiment.id), "early")) == [1, 0, 0, 0, 0, 0, 1]

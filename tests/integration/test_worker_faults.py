@@ -1,5 +1,5 @@
 """Fault: the worker is killed in the middle of a job. arq runs the job again on another worker (its next try), the
-job ends SUCCEEDED after two attempts, and its result is applied once: one active model version, never two."""
+job ends SUCCEEDED after two attempts, and its result is applied once: one champion model version, never two."""
 
 from __future__ import annotations
 
@@ -88,13 +88,13 @@ async def test_a_worker_killed_mid_job_is_retried_and_applies_its_result_once(se
     final = await jobs.get(job.id, tenant_id=owner.tenant_id)
     assert final.status == JobStatus.SUCCEEDED and final.attempts == 2, final
     built = await ModelVersion.find({"tenant_id": owner.tenant_id, "scenario_id": sid}).sort("version").to_list()
-    assert [v.status for v in built if v.status == "active"] == ["active"]  # applied once
+    assert [v.aliases for v in built if v.aliases] == [["champion"]]  # applied once
     assert all(v.job_id == job.id for v in built)
     if point == "activated":  # the retry found the version its job had already activated
-        assert [(v.version, v.status) for v in built] == [(1, "active")]
+        assert [(v.version, v.status) for v in built] == [(1, "READY")]
         assert final.result["alreadyApplied"] is True and final.result["version"] == 1
     else:  # the half-built version was abandoned and built again once
-        assert [(v.version, v.status) for v in built] == [(1, "failed"), (2, "active")]
+        assert [(v.version, v.status) for v in built] == [(1, "FAILED"), (2, "READY")]
         assert "abandoned" in built[0].error and built[0].artifact is None
         assert final.result["version"] == 2 and (models / built[1].artifact).is_dir()
     assert await Job.find({"tenant_id": owner.tenant_id, "scenario_id": sid}).count() == 1

@@ -3,8 +3,8 @@ Redis, on its own queue, optionally hanging at a chosen point of a training so t
 
     python -m tests.integration.worker_child MONGO_URL DATABASE REDIS_URL MODELS_DIR QUEUE [--hang POINT MARKER]
 
-POINT is `activated` (after the new version is active, before serving is told) or `fitted` (after the artifact is
-written, before the version is activated). The marker file is written when the worker reaches it.
+POINT is `activated` (after the new version became champion, before serving is told) or `fitted` (after the
+artifact is written, before the version is applied). The marker file is written when the worker reaches it.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from models.settings import JobsSettings, Settings, TrainingSettings
 from workers.settings import job_functions, job_policy, worker_ctx
 
 class HangingNotifier:
-    """A swap notifier that never returns: the worker stops right after the version became active."""
+    """A swap notifier that never returns: the worker stops right after the version became champion."""
 
     def __init__(self, marker: Path) -> None:
         self._marker = marker
 
-    async def publish(self, tenant_id: str, scenario_id: str, version: int) -> None:
+    async def publish(self, tenant_id: str, scenario_id: str, version: int, revision: int = 0, *,
+                      kind: str = "scenario") -> None:
         self._marker.write_text(str(version))
         await asyncio.sleep(3600)
 

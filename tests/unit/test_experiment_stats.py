@@ -228,6 +228,13 @@ def test_holm_skips_nones():
     assert holm([None, None]) == [None, None] and holm([]) == []
 
 
+def test_holm_equals_statsmodels_on_random_p_values_with_ties():
+    rng = np.random.default_rng(3)
+    for size in (1, 2, 5, 17):
+        ps = np.round(rng.uniform(0, 0.2, size), 3)  # rounded: ties happen
+        assert holm(list(ps)) == pytest.approx(list(multipletests(ps, method="holm")[1]))
+
+
 # --- guardrails ----------------------------------------------------------------------------------------------------
 
 def test_non_inferiority_of_a_mean_equals_ttost_ind():

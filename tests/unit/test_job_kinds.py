@@ -295,9 +295,7 @@ async def test_each_kind_is_queued_under_its_function_with_its_time_limit(backgr
 
 def test_the_schedules_run_at_the_issues_times():
     by_name = {job.name: job for job in cron_jobs()}
-    assert set(by_name) == {f"cron:{kind.value}" for kind in JobKind} | {"cron:experiments.refresh"}
-    refresh = by_name["cron:experiments.refresh"]  # every minute: results and bandit weights
-    assert (refresh.hour, refresh.minute, refresh.second) == (None, None, 0)
+    assert set(by_name) == {f"cron:{kind.value}" for kind in JobKind}
     assert by_name["cron:similarity"].hour is None and by_name["cron:similarity"].minute == 30  # hourly
     assert by_name["cron:profiles"].hour == set(range(0, 24, 2))  # every 2 h
     assert by_name["cron:candidates"].hour == {0, 4, 8, 12, 16, 20}  # every 4 h

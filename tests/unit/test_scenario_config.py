@@ -68,7 +68,7 @@ def test_schema_is_a_valid_draft_2020_12_schema() -> None:
     assert schema["additionalProperties"] is False
     assert list(schema["properties"]) == [
         "features", "recall", "filters", "ranker", "rerank", "freshness", "popularity", "seen", "fallback",
-        "interactionWeights", "retention", "limits",
+        "interactionWeights", "retention", "limits", "models",
     ]
 
 

@@ -1,0 +1,297 @@
+"""Train SASRec (models.sasrec) on a scenario's user histories, and export it as numpy arrays for serving.
+
+Runs only in the training child process: it is the one module of domain/ that imports torch.
+
+Data: each user's positive items, oldest first, exactly as serving reads a history (domain.learning.data). Each
+user's newest items (a tenth, 1 to VALIDATION_MAX) are held out as a time-ordered validation slice; the rest is cut
+from its newest end into windows of max_len + 1 items, and every position of a window predicts the item after it.
+
+Loss: cross-entropy over the full softmax of every item while the vocabulary is at most `fullSoftmaxItems`, else a
+sampled softmax over `negatives` uniformly drawn items shared by the batch (uniform draws make the logQ correction a
+constant, so it drops out). Many negatives, never one: with a single negative (binary cross-entropy) SASRec is far
+behind its softmax-trained form on full-ranking metrics (Klenitskiy & Vasilev, "Turning Dross Into Gold Loss: is
+BERT4Rec really better than SASRec?", RecSys 2023; Petrov & Macdonald, "gSASRec", RecSys 2023).
+
+Early stopping: NDCG@10 of the held-out items over the full vocabulary (the user's training items excluded) after
+every epoch; training stops after `patience` epochs without a gain or past its wall-clock budget, and the best
+epoch's weights are kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from domain.learning.sequences import SequenceModel
+from models.sasrec import SASRec
+
+Progress = Callable[[float, str], None]
+K = 10  # NDCG@K on the validation slice
+VALIDATION_SHARE = 0.1  # of a user's items held out, at least one and at most VALIDATION_MAX
+VALIDATION_MAX = 5
+VALIDATION_MIN_ITEMS = 3  # a user with fewer items is trained on, not validated
+VALIDATION_USERS = 5000  # validating on more users sharpens nothing that matters and costs every epoch
+LOGIT_FLOATS = 1 << 26  # a batch's logits hold at most this many floats (256 MiB), for the loss and its gradient
+
+
+@dataclass(frozen=True)
+class Settings:
+    """SASRec's size and training; the scenario config's `sasrec` params (camelCase) override the defaults."""
+
+    max_length: int = 50
+    dim: int = 64
+    blocks: int = 2
+    heads: int = 1
+    dropout: float = 0.2
+    target_span: int = 1
+    min_item_users: int = 1
+    learning_rate: float = 5e-3
+    batch_size: int = 128
+    max_epochs: int = 200
+    patience: int = 5
+    time_budget_seconds: float = 150.0
+    full_softmax_items: int = 50_000
+    negatives: int = 2048
+    seed: int = 7
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Settings:
+        """Return the settings with the params that are set (None: default) applied."""
+        values = {f.name: params.get(_camel(f.name)) for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+@dataclass(frozen=True)
+class Histories:
+    """Users' items as vocabulary positions (1..V), oldest first, split into a training part and a held-out tail."""
+
+    vocabulary: np.ndarray  # int32: model catalogue index of vocabulary position p + 1
+    indptr: np.ndarray  # int64 (users + 1) over items
+    items: np.ndarray  # int64 vocabulary positions
+    held: np.ndarray  # int64 per user: how many of the newest items are held out for validation
+
+    @classmethod
+    def build(cls, indptr: np.ndarray, items: np.ndarray, min_users: int = 1) -> Histories:
+        """Map model catalogue indexes to a vocabulary of the items of at least min_users users (the others leave
+        the sequences, as serving drops items the model does not know), and choose each held-out tail."""
+        indptr, items = np.asarray(indptr, dtype=np.int64), np.asarray(items, dtype=np.int64)
+        users = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        kept = np.bincount(items)[items] >= min_users if len(items) else np.ones(0, dtype=bool)
+        items, users = items[kept], users[kept]
+        indptr = np.r_[0, np.cumsum(np.bincount(users, minlength=len(indptr) - 1))].astype(np.int64)
+        vocabulary, positions = np.unique(items, return_inverse=True)
+        lengths = np.diff(indptr)
+        held = np.clip(np.floor(lengths * VALIDATION_SHARE), 1, VALIDATION_MAX).astype(np.int64)
+        held[lengths < VALIDATION_MIN_ITEMS] = 0
+        return cls(vocabulary.astype(np.int32), indptr, positions.astype(np.int64) + 1, held)
+
+    @property
+    def train_lengths(self) -> np.ndarray:
+        return np.diff(self.indptr) - self.held
+
+    def windows(self, max_len: int, span: int = 1) -> np.ndarray:
+        """Return the training parts cut from their newest end into windows of max_len inputs, left-padded, each
+        followed by the `span` items after its last input (0 past the training part)."""
+        lengths = self.train_lengths
+        count = np.where(lengths >= 2, -(-(lengths - 1) // max_len), 0)
+        users = np.repeat(np.arange(len(lengths)), count)
+        within = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+        starts = self.indptr[users]
+        ends = starts + lengths[users] - within * max_len  # one past the item after the last input
+        idx = ends[:, None] - (max_len + 1) + np.arange(max_len + span)
+        real = (idx >= starts[:, None]) & (idx < (starts + lengths[users])[:, None])
+        return np.where(real, self.items[np.clip(idx, 0, len(self.items) - 1)], 0)
+
+    def validation(self, max_len: int, rng: np.random.Generator) -> Validation:
+        """Return the inputs (the newest max_len training items) and targets of up to VALIDATION_USERS users."""
+        users = np.flatnonzero(self.held > 0)
+        if len(users) > VALIDATION_USERS:
+            users = np.sort(rng.choice(users, VALIDATION_USERS, replace=False))
+        starts, ends = self.indptr[users], self.indptr[users] + self.train_lengths[users]
+        idx = ends[:, None] - max_len + np.arange(max_len)
+        inputs = np.where(idx >= starts[:, None], self.items[np.maximum(idx, 0)], 0)
+        seen_rows = np.repeat(np.arange(len(users)), ends - starts)
+        seen = self.items[np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])] \
+            if len(users) else np.empty(0, np.int64)
+        targets = [set(self.items[e : e + h].tolist()) for e, h in zip(ends, self.held[users], strict=True)]
+        return Validation(inputs, seen_rows, seen, targets)
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The validation slice: each user's input window, training items (excluded from ranking) and held-out items."""
+
+    inputs: np.ndarray  # users x max_len, left-padded vocabulary positions
+    seen_rows: np.ndarray  # int64: row of each (row, item) pair to exclude
+    seen_items: np.ndarray  # int64 vocabulary positions
+    targets: list[set[int]]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def train_sasrec(indptr: np.ndarray, items: np.ndarray, params: Mapping[str, Any],
+                 progress: Progress | None = None) -> tuple[SequenceModel | None, dict[str, Any]]:
+    """Train on users' histories (model catalogue indexes, oldest first); return the best epoch's export and info.
+
+    Returns (None, info) when no user has two items to learn an order from.
+    """
+    settings = Settings.from_params(params)
+    started = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(threads)  # explicit: the default may count cores this process cannot use
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    histories = Histories.build(indptr, items, settings.min_item_users)
+    windows = histories.windows(settings.max_length, settings.target_span)
+    info: dict[str, Any] = {"device": device.type, "threads": threads, "items": len(histories.vocabulary),
+                            "windows": len(windows), "loss": _loss_name(settings, len(histories.vocabulary))}
+    if len(windows) == 0:
+        return None, {**info, "epochs": 0, "seconds": round(time.perf_counter() - started, 3)}
+    model = SASRec(len(histories.vocabulary), max_len=settings.max_length, dim=settings.dim,
+                   blocks=settings.blocks, heads=settings.heads, dropout=settings.dropout).to(device)
+    fit = _fit(model, windows, histories.validation(settings.max_length, rng), settings, rng, device, started,
+               progress)
+    info.update(fit, seconds=round(time.perf_counter() - started, 3))
+    return export(model, histories.vocabulary), info
+
+
+def _loss_name(settings: Settings, vocabulary: int) -> str:
+    return "softmax" if vocabulary <= settings.full_softmax_items else f"sampled softmax ({settings.negatives})"
+
+
+def _fit(model: SASRec, windows: np.ndarray, validation: Validation, settings: Settings, rng: np.random.Generator,
+         device: torch.device, started: float, progress: Progress | None) -> dict[str, Any]:
+    """Train epoch by epoch, keep the best epoch's weights in the model; return what happened."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.98))
+    batch = _batch_size(settings, model.items.num_embeddings - 1)
+    best, best_state, best_epoch, stale, epoch, losses, curve = -1.0, None, 0, 0, 0, [], []
+    while epoch < settings.max_epochs and stale < settings.patience and not _over(settings, started):
+        epoch += 1
+        model.train()
+        losses.append(_epoch(model, optimizer, windows, batch, settings, rng, device, started))
+        score = _ndcg(model, validation, device) if len(validation) else -float(losses[-1])
+        curve.append(round(score, 4))
+        if score > best:
+            best, best_state, best_epoch, stale = score, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            stale += 1
+        if progress is not None:
+            elapsed = (time.perf_counter() - started) / settings.time_budget_seconds
+            progress(min(max(epoch / settings.max_epochs, elapsed), 1.0), f"sasrec epoch {epoch}")
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return {"epochs": epoch, "bestEpoch": best_epoch, "valNdcg10": round(best, 5) if len(validation) else None,
+            "validationUsers": len(validation), "lastLoss": round(losses[-1], 5) if losses else None, "curve": curve,
+            "stopped": "patience" if stale >= settings.patience else
+            "time budget" if _over(settings, started) else "max epochs"}
+
+
+def _over(settings: Settings, started: float) -> bool:
+    return time.perf_counter() - started > settings.time_budget_seconds
+
+
+def _batch_size(settings: Settings, vocabulary: int) -> int:
+    """Return the batch size, smaller where a full softmax's logits would not fit LOGIT_FLOATS."""
+    width = vocabulary if vocabulary <= settings.full_softmax_items else settings.negatives + 1
+    return int(max(1, min(settings.batch_size, LOGIT_FLOATS // (settings.max_length * width))))
+
+
+def _epoch(model: SASRec, optimizer: torch.optim.Optimizer, windows: np.ndarray, batch: int, settings: Settings,
+           rng: np.random.Generator, device: torch.device, started: float) -> float:
+    """Run one pass over the windows in random order (stopping early past the time budget); return the mean loss."""
+    order = rng.permutation(len(windows))
+    total, batches = 0.0, 0
+    for start in range(0, len(order), batch):
+        chunk = torch.as_tensor(windows[order[start : start + batch]], device=device)
+        n = settings.max_length
+        targets = torch.stack([chunk[:, j + 1 : j + 1 + n] for j in range(settings.target_span)], dim=-1)
+        loss = _loss(model, chunk[:, :n], targets, settings, rng)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, batches = total + loss.item(), batches + 1
+        if _over(settings, started):
+            break
+    return total / max(batches, 1)
+
+
+def _loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, settings: Settings,
+          rng: np.random.Generator) -> torch.Tensor:
+    """Return the mean cross-entropy of the items after every real position (targets: batch x length x span; 0 is
+    no item), each against the full softmax, or a sampled one over a large vocabulary."""
+    real = inputs > 0
+    hidden, target = model(inputs)[real], targets[real]
+    present = target > 0
+    vectors = model.item_vectors()
+    vocabulary = vectors.shape[0] - 1
+    if vocabulary <= settings.full_softmax_items:
+        log_p = torch.log_softmax(hidden @ vectors[1:].T, dim=-1).gather(1, (target - 1).clamp(min=0))
+        return -(log_p * present).sum() / present.sum()
+    negatives = torch.as_tensor(rng.integers(1, vocabulary + 1, settings.negatives), device=hidden.device)
+    hits = (negatives[None, :, None] == target[:, None, :]).any(-1)  # a drawn item that is a target is no negative
+    sampled = torch.logsumexp((hidden @ vectors[negatives].T).masked_fill(hits, float("-inf")), dim=1)
+    positive = (hidden[:, None, :] * vectors[target]).sum(-1)
+    return ((torch.logaddexp(positive, sampled[:, None]) - positive) * present).sum() / present.sum()
+
+
+@torch.no_grad()
+def _ndcg(model: SASRec, validation: Validation, device: torch.device, batch: int = 256) -> float:
+    """Return the mean NDCG@K of the held-out items, ranking the whole vocabulary less each user's training items."""
+    model.eval()
+    vectors = model.item_vectors()
+    total = 0.0
+    for start in range(0, len(validation), batch):
+        stop = min(start + batch, len(validation))
+        inputs = torch.as_tensor(validation.inputs[start:stop], device=device)
+        scores = model(inputs)[:, -1] @ vectors.T  # column 0 is padding
+        scores[:, 0] = -float("inf")
+        pairs = (validation.seen_rows >= start) & (validation.seen_rows < stop)
+        rows = torch.as_tensor(validation.seen_rows[pairs] - start, device=device)
+        scores[rows, torch.as_tensor(validation.seen_items[pairs], device=device)] = -float("inf")
+        top = torch.topk(scores, K, dim=1).indices.cpu().numpy()
+        total += sum(_ndcg_one(row, validation.targets[start + r]) for r, row in enumerate(top))
+    return total / len(validation)
+
+
+def _ndcg_one(ranked: np.ndarray, relevant: set[int]) -> float:
+    gains = [1.0 / math.log2(rank + 2) for rank, item in enumerate(ranked.tolist()) if item in relevant]
+    ideal = sum(1.0 / math.log2(rank + 2) for rank in range(min(K, len(relevant))))
+    return sum(gains) / ideal if ideal else 0.0
+
+
+def export(model: SASRec, vocabulary: np.ndarray) -> SequenceModel:
+    """Return the module's weights as the numpy arrays that serving's forward pass reads."""
+    state = {k: v.detach().to("cpu", torch.float32).numpy().copy() for k, v in model.state_dict().items()}
+    names = {"attn_norm_w": ("attn_norm.weight", False), "attn_norm_b": ("attn_norm.bias", False),
+             "wq": ("query.weight", True), "bq": ("query.bias", False), "wk": ("key.weight", True),
+             "bk": ("key.bias", False), "wv": ("value.weight", True), "bv": ("value.bias", False),
+             "wo": ("out.weight", True), "bo": ("out.bias", False), "ffn_norm_w": ("ffn_norm.weight", False),
+             "ffn_norm_b": ("ffn_norm.bias", False), "w1": ("ffn_in.weight", True), "b1": ("ffn_in.bias", False),
+             "w2": ("ffn_out.weight", True), "b2": ("ffn_out.bias", False)}
+
+    def stacked(key: str, transpose: bool) -> np.ndarray:
+        layers = [state[f"blocks.{b}.{key}"] for b in range(len(model.blocks))]
+        return np.ascontiguousarray(np.stack([w.T if transpose else w for w in layers]))
+
+    return SequenceModel(
+        items=np.asarray(vocabulary, dtype=np.int32), item_embeddings=state["items.weight"],
+        positions=state["positions.weight"], blocks={n: stacked(k, t) for n, (k, t) in names.items()},
+        norm_w=state["norm.weight"], norm_b=state["norm.bias"], heads=model.heads,
+    )
