@@ -233,7 +233,6 @@ class Experiment(Document):
         indexes = [
             IndexModel([("tenant_id", ASCENDING), ("scenario_id", ASCENDING), ("status", ASCENDING)]),
             IndexModel([("tenant_id", ASCENDING), ("layer", ASCENDING), ("status", ASCENDING)]),
-            IndexModel([("status", ASCENDING)]),
         ]
 
 
