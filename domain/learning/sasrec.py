@@ -2,9 +2,15 @@
 
 Runs only in the training child process: it is the one module of domain/ that imports torch.
 
-Data: each user's positive items, oldest first, exactly as serving reads a history (domain.learning.data). Each
-user's newest items (a tenth, 1 to VALIDATION_MAX) are held out as a time-ordered validation slice; the rest is cut
-from its newest end into windows of max_len + 1 items, and every position of a window predicts the item after it.
+Data: each user's positive items, oldest first, exactly as serving reads a history (domain.learning.data), less
+the items of fewer than `minItemUsers` users (too rare to learn; serving skips them too). Each user's newest items
+(a tenth, 1 to VALIDATION_MAX) are held out as a time-ordered validation slice; the rest is cut from its newest end
+into windows of max_len inputs, and every position learns to predict each of the `targetSpan` items after it (a
+"dense all-action" objective, Pancha et al., PinnerFormer, KDD 2022). A span of 1 is the original next-item task;
+a longer one serves a feed better, whose list is consumed over the following items, not only the next. Chosen on
+ml-latest-small without its test part (each user's newest fifth of the training part held out and scored through
+the serving engine): NDCG@10 0.110 with span 1 and 0.119 with span 8 at learning rate 0.005 and every item; 0.135
+with span 8 at 0.01 and minItemUsers 3 (span 16 there: 0.121; minItemUsers 5: 0.131).
 
 Loss: cross-entropy over the full softmax of every item while the vocabulary is at most `fullSoftmaxItems`, else a
 sampled softmax over `negatives` uniformly drawn items shared by the batch (uniform draws make the logQ correction a
@@ -52,12 +58,12 @@ class Settings:
     blocks: int = 2
     heads: int = 1
     dropout: float = 0.2
-    target_span: int = 1
-    min_item_users: int = 1
-    learning_rate: float = 5e-3
+    target_span: int = 8
+    min_item_users: int = 3
+    learning_rate: float = 1e-2
     batch_size: int = 128
     max_epochs: int = 200
-    patience: int = 5
+    patience: int = 10
     time_budget_seconds: float = 150.0
     full_softmax_items: int = 50_000
     negatives: int = 2048

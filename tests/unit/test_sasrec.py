@@ -25,8 +25,9 @@ from models.sasrec import SASRec
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
 N_ITEMS = 40
+# Next-item targets (span 1) on every item: the walks below make the next item the one right answer.
 FAST = {"maxEpochs": 60, "patience": 8, "timeBudgetSeconds": 20.0, "dim": 32, "dropout": 0.1,
-        "learningRate": 0.005}
+        "learningRate": 0.005, "targetSpan": 1, "minItemUsers": 1}
 
 
 def items() -> list[dict]:
@@ -109,6 +110,20 @@ def test_windows_make_every_training_item_after_the_first_a_target_once_and_hold
         real = np.flatnonzero(row > 0)
         assert real.tolist() == list(range(real[0], len(row)))
     assert set(histories.vocabulary[histories.items - 1].tolist()) == set(items.tolist())
+
+
+def test_a_target_span_adds_the_following_items_of_the_training_part_only() -> None:
+    histories = Histories.build(np.array([0, 12]), np.arange(12))  # one user: vocabulary positions 1..12
+    assert histories.held.tolist() == [1]  # item 12 is held out
+    windows = histories.windows(max_len=4, span=3)
+    assert windows.tolist() == [[7, 8, 9, 10, 11, 0, 0], [3, 4, 5, 6, 7, 8, 9], [0, 0, 1, 2, 3, 4, 5]]
+
+
+def test_rare_items_leave_the_vocabulary_and_the_sequences() -> None:
+    items = np.array([5, 6, 7, 5, 6, 8, 5, 9])  # 7, 8 and 9 have one user each
+    histories = Histories.build(np.array([0, 3, 6, 8]), items, min_users=2)
+    assert histories.vocabulary.tolist() == [5, 6]
+    assert histories.indptr.tolist() == [0, 2, 4, 5] and histories.items.tolist() == [1, 2, 1, 2, 1]
 
 
 def test_settings_defaults_are_the_config_schema_defaults() -> None:
