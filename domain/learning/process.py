@@ -197,13 +197,27 @@ def _fit_in_child(
         "embeddings_count": 0 if embeddings is None else len(embeddings[0]),
         "steps": dict(model.info.get("seconds") or {}), "refitted": list(model.info.get("refitted") or []),
         "model_metrics": _model_metrics(model), "device": (model.info.get("sasrec") or {}).get("device", "cpu"),
+        "config": _fitted(model),
     }
 
 
 def _model_metrics(model: ScenarioModel) -> dict[str, float]:
-    """Return the learned models' validation metrics and training seconds (none for a scenario without them)."""
+    """Return the pipeline's figures on the training's validation slice (`ndcg@10`, `recall@20`, `coverage`: what
+    promotion compares) and the learned models' own; none for a scenario trained without them."""
     info = model.info.get("sasrec") or {}
-    return {name: float(info[key]) for key, name in SASREC_METRICS.items() if info.get(key) is not None}
+    learned = {name: float(info[key]) for key, name in SASREC_METRICS.items() if info.get(key) is not None}
+    tuning = model.info.get("tuning") or {}
+    return {**{k: float(v) for k, v in (tuning.get("validation") or {}).items()}, **learned,
+            **({"tuning_s": float(tuning["seconds"])} if "seconds" in tuning else {})}
+
+
+def _fitted(model: ScenarioModel) -> dict[str, Any]:
+    """Return what the training fitted, recorded in the version's config (none when it did not tune)."""
+    tuning = model.info.get("tuning")
+    if not tuning:
+        return {}
+    return {"fitted": {key: tuning[key] for key in ("weights", "params", "chosen", "pipelines", "sources",
+                                                     "validationUsers", "stopped") if key in tuning}}
 
 
 def _embeddings(model: Any) -> tuple[list[str], np.ndarray] | None:

@@ -4,9 +4,9 @@ Runs only in the training child process: it is the one module of domain/ that im
 
 Data: each user's positive items, oldest first, exactly as serving reads a history (domain.learning.data), less
 the items of fewer than `minItemUsers` users (too rare to learn; serving skips them too). Each user's newest items
-(a tenth, 1 to VALIDATION_MAX) are held out as a time-ordered validation slice; the rest is cut from its newest end
-into windows of max_len inputs, and every position learns to predict each of the `targetSpan` items after it (a
-"dense all-action" objective, Pancha et al., PinnerFormer, KDD 2022). A span of 1 is the original next-item task;
+(a tenth, 1 to 5: domain.learning.tuning.validation_tails) are held out as a time-ordered validation slice; the
+rest is cut from its newest end into windows of max_len inputs, and every position learns to predict each of the
+`targetSpan` items after it (a "dense all-action" objective, Pancha et al., PinnerFormer, KDD 2022). A span of 1 is the original next-item task;
 a longer one serves a feed better, whose list is consumed over the following items, not only the next. Chosen on
 ml-latest-small without its test part (each user's newest fifth of the training part held out and scored through
 the serving engine): NDCG@10 0.110 with span 1 and 0.119 with span 8 at learning rate 0.005 and every item; 0.135
@@ -38,13 +38,11 @@ import torch
 import torch.nn.functional as F
 
 from domain.learning.sequences import SequenceModel
+from domain.learning.tuning import validation_tails
 from models.sasrec import SASRec
 
 Progress = Callable[[float, str], None]
 K = 10  # NDCG@K on the validation slice
-VALIDATION_SHARE = 0.1  # of a user's items held out, at least one and at most VALIDATION_MAX
-VALIDATION_MAX = 5
-VALIDATION_MIN_ITEMS = 3  # a user with fewer items is trained on, not validated
 VALIDATION_USERS = 5000  # validating on more users sharpens nothing that matters and costs every epoch
 LOGIT_FLOATS = 1 << 26  # a batch's logits hold at most this many floats (256 MiB), for the loss and its gradient
 
@@ -91,18 +89,25 @@ class Histories:
     held: np.ndarray  # int64 per user: how many of the newest items are held out for validation
 
     @classmethod
-    def build(cls, indptr: np.ndarray, items: np.ndarray, min_users: int = 1) -> Histories:
+    def build(cls, indptr: np.ndarray, items: np.ndarray, min_users: int = 1,
+              held: np.ndarray | None = None) -> Histories:
         """Map model catalogue indexes to a vocabulary of the items of at least min_users users (the others leave
-        the sequences, as serving drops items the model does not know), and choose each held-out tail."""
+        the sequences, as serving drops items the model does not know), and choose each held-out tail.
+
+        `held` gives each user's held-out tail in the unfiltered history (the training's validation slice,
+        domain.learning.tuning), so that SASRec never trains on an item the blend is fitted to predict; without it
+        the tail is chosen here by the same rule."""
         indptr, items = np.asarray(indptr, dtype=np.int64), np.asarray(items, dtype=np.int64)
-        users = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-        kept = np.bincount(items)[items] >= min_users if len(items) else np.ones(0, dtype=bool)
-        items, users = items[kept], users[kept]
-        indptr = np.r_[0, np.cumsum(np.bincount(users, minlength=len(indptr) - 1))].astype(np.int64)
-        vocabulary, positions = np.unique(items, return_inverse=True)
         lengths = np.diff(indptr)
-        held = np.clip(np.floor(lengths * VALIDATION_SHARE), 1, VALIDATION_MAX).astype(np.int64)
-        held[lengths < VALIDATION_MIN_ITEMS] = 0
+        users = np.repeat(np.arange(len(lengths)), lengths)
+        if held is None:
+            held = validation_tails(lengths)
+        in_tail = np.arange(len(items)) - indptr[users] >= np.repeat(lengths - np.asarray(held), lengths)
+        kept = np.bincount(items)[items] >= min_users if len(items) else np.ones(0, dtype=bool)
+        held = np.bincount(users[kept & in_tail], minlength=len(lengths)).astype(np.int64)
+        items, users = items[kept], users[kept]
+        indptr = np.r_[0, np.cumsum(np.bincount(users, minlength=len(lengths)))].astype(np.int64)
+        vocabulary, positions = np.unique(items, return_inverse=True)
         return cls(vocabulary.astype(np.int32), indptr, positions.astype(np.int64) + 1, held)
 
     @property
@@ -124,7 +129,7 @@ class Histories:
 
     def validation(self, max_len: int, rng: np.random.Generator) -> Validation:
         """Return the inputs (the newest max_len training items) and targets of up to VALIDATION_USERS users."""
-        users = np.flatnonzero(self.held > 0)
+        users = np.flatnonzero((self.held > 0) & (self.train_lengths > 0))
         if len(users) > VALIDATION_USERS:
             users = np.sort(rng.choice(users, VALIDATION_USERS, replace=False))
         starts, ends = self.indptr[users], self.indptr[users] + self.train_lengths[users]
@@ -151,9 +156,11 @@ class Validation:
 
 
 def train_sasrec(indptr: np.ndarray, items: np.ndarray, params: Mapping[str, Any],
-                 progress: Progress | None = None) -> tuple[SequenceModel | None, dict[str, Any]]:
+                 progress: Progress | None = None,
+                 held: np.ndarray | None = None) -> tuple[SequenceModel | None, dict[str, Any]]:
     """Train on users' histories (model catalogue indexes, oldest first); return the best epoch's export and info.
 
+    `held`: each user's newest items kept out of training and used for early stopping (see Histories.build).
     Returns (None, info) when no user has two items to learn an order from.
     """
     settings = Settings.from_params(params)
@@ -163,7 +170,7 @@ def train_sasrec(indptr: np.ndarray, items: np.ndarray, params: Mapping[str, Any
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(threads)  # explicit: the default may count cores this process cannot use
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    histories = Histories.build(indptr, items, settings.min_item_users)
+    histories = Histories.build(indptr, items, settings.min_item_users, held)
     windows = histories.windows(settings.max_length, settings.target_span)
     info: dict[str, Any] = {"device": device.type, "threads": threads, "items": len(histories.vocabulary),
                             "windows": len(windows), "loss": _loss_name(settings, len(histories.vocabulary))}

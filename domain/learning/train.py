@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +17,22 @@ from domain.learning.model import ScenarioModel
 from domain.learning.popularity import decayed_popularity, trending_scores
 from domain.learning.sequences import SequenceModel
 from domain.learning.similarity import ease, item_cf, item_users
+from domain.learning.tuning import (
+    MIN_USERS,
+    TUNABLE,
+    FusionInputs,
+    Scorer,
+    Tuning,
+    ValidationSlice,
+    alone,
+    fit_weights,
+    tune_value,
+    with_params,
+    with_weights,
+    without_slice,
+)
 from domain.recommend.base import CatalogueView
+from domain.recommend.engine import Engine
 from domain.scenarios.config import validate_config
 
 __all__ = ["TrainingData", "refit_similarity", "train_scenario_model"]
@@ -26,6 +41,7 @@ CONTENT_DIM = 32
 SIMILARITY_MODELS = ("item_cf", "content")  # what a SIMILARITY job refits
 TRAINED_SOURCES = ("item_cf", "ease", "als", "user_cf", "content", "sasrec")  # each one training step
 Progress = Callable[[float, str], None]
+SINGLES_CHECKED = 2  # sources alone scored through the whole engine (the best by the fusion-stage fit)
 
 
 class _Steps:
@@ -58,19 +74,181 @@ class _Steps:
 
 def train_scenario_model(data: TrainingData, config: Mapping, *, scenario_id: str, version: int,
                          progress: Progress | None = None) -> ScenarioModel:
-    """Train what the config's recall sources need from the interactions and item documents."""
+    """Train what the config's recall sources need from the interactions and item documents; with `models.tune`
+    on, first fit the sources' settings and the fusion weights on the data's validation slice (domain.learning.tuning)."""
     config = validate_config(config)  # defaults filled, so a partial config trains the same as its stored form
     sources = _sources(config)
-    steps = _Steps(progress, 3 + sum(name in sources for name in TRAINED_SOURCES))
+    tune = bool(config["models"]["tune"]) and config["ranker"]["name"] == "fusion"
+    steps = _Steps(progress, 3 + tune + sum(name in sources for name in TRAINED_SOURCES))
     catalogue = steps.run("catalogue", lambda: CatalogueView.from_items(data.items))
     inter = steps.run("interactions", lambda: build_interactions(data, catalogue, config["interactionWeights"]))
     now = inter.newest if np.isfinite(inter.newest) else time.time()
+    fit: _Fit | None = None
+    if tune:
+        fit = steps.run("tuning", lambda: _tune(data, inter, catalogue, config, sources, scenario_id, steps.within()))
+        if fit is not None:
+            sources = {name: {**params, **fit.tuning.params.get(name, {})} for name, params in sources.items()}
     model = steps.run("popularity", lambda: _base_model(inter, catalogue, config, sources, now, scenario_id, version))
-    _train_sources(model, inter, data, sources, steps)
+    _train_sources(model, inter, data, sources, steps, sasrec=fit.sasrec if fit is not None else None)
     model.info = {"seconds": steps.seconds, "users": len(inter.user_ids), "items": len(catalogue),
                   "pairs": int(inter.strength.nnz), "sources": sorted(sources), **model.info}
+    if fit is not None:
+        model.info["tuning"] = fit.tuning.as_dict()
     steps.finish()
     return model
+
+
+@dataclass
+class _Fit:
+    """The tuning's outcome, and the SASRec it trained (on the data less the validation slice, used as is)."""
+
+    tuning: Tuning
+    sasrec: tuple[SequenceModel | None, dict[str, Any]] | None = None
+
+
+SOURCE_PARTS = {"ease": ("ease", "info.easeItems"), "als": ("als",), "item_cf": ("item_cf",), "user_cf": ("item_users",)}
+
+
+def _tune(data: TrainingData, inter: Interactions, catalogue: CatalogueView, config: Mapping,
+          sources: Mapping[str, Mapping[str, Any]], scenario_id: str, progress: Progress | None) -> _Fit | None:
+    """Fit the sources' settings and the fusion weights on the validation slice; None when the data is too small."""
+    started = time.monotonic()
+    deadline = started + float(config["models"]["tuningBudgetSeconds"])
+    report = progress or (lambda fraction, stage: None)
+    held = ValidationSlice.of(inter, str(config["models"]["validation"]))
+    if len(held.users) < MIN_USERS:
+        return None
+    tuning = Tuning(validation_users=len(held.users))
+    fit_data = without_slice(data, inter, catalogue.index, held)
+    fit_inter = build_interactions(fit_data, catalogue, config["interactionWeights"])
+    fit_now = fit_inter.newest if np.isfinite(fit_inter.newest) else time.time()
+    base = _base_model(fit_inter, catalogue, config, sources, fit_now, scenario_id, 0)
+    scorer = Scorer(held, inter.user_ids, base, len(catalogue), _engine)
+    chosen = {name: dict(params) for name, params in sources.items()}
+    parts: dict[str, ScenarioModel] = {}
+    order = sorted((e for e in config["recall"] if e["source"] in TUNABLE), key=lambda e: -float(e.get("weight", 1)))
+    for done, entry in enumerate(order):
+        name = entry["source"]
+        report(0.05 + 0.45 * done / max(len(order), 1), f"tuning {name}")
+        parts[name] = _tune_source(name, chosen, config, base, fit_inter, fit_data, scorer, tuning, deadline)
+    sasrec = None
+    if "sasrec" in sources:
+        report(0.5, "sasrec")
+        # On a time-ordered slice SASRec trains on all the data and early-stops on the slice; a random slice is not
+        # a tail of the sequences, so SASRec then trains on the data less the slice, with its own tail held out.
+        trained = time.monotonic()
+        sasrec = _sasrec_fit(inter, chosen["sasrec"], held.held) if held.how == "temporal" else \
+            _sasrec_fit(fit_inter, chosen["sasrec"], None)
+        deadline += time.monotonic() - trained  # SASRec keeps its own budget
+    report(0.8, "fusion weights")
+    fit_model = _fit_model(base, parts, fit_inter, fit_data, chosen, sasrec)
+    tuned = with_config_params(config, chosen)
+    _fit_fusion(tuned, fit_model, scorer, tuning, deadline)
+    tuning.params = {name: {key: chosen[name][key] for key, *_ in TUNABLE[name]} for name in parts}
+    tuning.seconds = time.monotonic() - started - float((sasrec or (None, {}))[1].get("seconds") or 0.0)
+    if time.monotonic() > deadline:
+        tuning.stopped = "time budget"
+    report(1.0, "tuned")
+    return _Fit(tuning, sasrec)
+
+
+def _engine(config: Mapping, model: ScenarioModel) -> Engine:
+    return Engine(config, model)
+
+
+def _tune_source(name: str, chosen: dict[str, dict[str, Any]], config: Mapping, base: ScenarioModel,
+                 fit_inter: Interactions, fit_data: TrainingData, scorer: Scorer, tuning: Tuning,
+                 deadline: float) -> ScenarioModel:
+    """Search the source's settings one after the other; return the model part trained with the best ones."""
+    trained: dict[tuple, ScenarioModel] = {}
+
+    def part(params: Mapping[str, Any]) -> ScenarioModel:
+        key = tuple(sorted(params.items()))
+        if key not in trained:
+            model = replace(base, info=dict(base.info))
+            _train_sources(model, fit_inter, fit_data, {name: params}, _Steps(None, 1))
+            trained[key] = model
+        return trained[key]
+
+    trials: list[dict[str, Any]] = []
+    for param, low, high, integer in TUNABLE[name]:
+        start = float(chosen[name].get(param, _default(name, param)))
+
+        def score_of(value: float, param: str = param) -> float:
+            params = {**chosen[name], param: int(value) if integer else value}
+            ndcg = scorer.pipeline(alone(with_config_params(config, {name: params}), name), part(params)).ndcg
+            trials.append({"params": {param: params[param]}, "ndcg@10": round(ndcg, 5)})
+            return ndcg
+
+        value, _, _ = tune_value(start, low, high, integer, score_of, deadline)
+        chosen[name][param] = int(value) if integer else value
+    tuning.trials[name] = trials
+    return part(chosen[name])
+
+
+def _default(source: str, param: str) -> float:
+    from domain.scenarios.stages import RECALL_PARAMS
+
+    return float(RECALL_PARAMS[source]["properties"][param]["default"])
+
+
+def _fit_model(base: ScenarioModel, parts: Mapping[str, ScenarioModel], fit_inter: Interactions,
+               fit_data: TrainingData, chosen: Mapping[str, Mapping[str, Any]],
+               sasrec: tuple[SequenceModel | None, dict[str, Any]] | None) -> ScenarioModel:
+    """Return the fit part's model with every source: the tuned parts as trained, the others trained now."""
+    model = replace(base, info=dict(base.info))
+    rest = {name: params for name, params in chosen.items() if name not in parts and name != "sasrec"}
+    _train_sources(model, fit_inter, fit_data, rest, _Steps(None, len(rest)))
+    for name, part in parts.items():
+        for attr in SOURCE_PARTS[name]:
+            if attr.startswith("info."):
+                model.info[attr[5:]] = part.info.get(attr[5:])
+            else:
+                setattr(model, attr, getattr(part, attr))
+    if sasrec is not None:
+        model.sasrec = sasrec[0]
+    return model
+
+
+def _fit_fusion(config: Mapping, model: ScenarioModel, scorer: Scorer, tuning: Tuning, deadline: float) -> None:
+    """Fit the fusion weights on the fit model, then keep the best of the config's, the fitted and each source
+    alone, scored through the whole engine."""
+    names = [e["source"] for e in config["recall"]]
+    given = np.array([float(e.get("weight", 1.0)) for e in config["recall"]])
+    inputs = FusionInputs.collect(scorer, config, model, names)
+    singles = [np.eye(len(names))[i] * 3.0 for i in range(len(names))]
+    fitted, _ = fit_weights(inputs, [given, *singles], deadline)
+    alone_ndcg = [inputs.ndcg(single) for single in singles]
+    tuning.sources = {name: round(score, 5) for name, score in zip(names, alone_ndcg, strict=True)}
+    by_alone = sorted(range(len(names)), key=lambda i: -alone_ndcg[i])
+    candidates = {"config": given, "fitted": fitted,
+                  **{f"single:{names[i]}": singles[i] for i in by_alone[:SINGLES_CHECKED]}}
+    scores = {}
+    for label, weights in candidates.items():
+        if label != "config" and time.monotonic() > deadline and scores:
+            continue
+        scores[label] = scorer.pipeline(with_weights(config, dict(zip(names, weights.tolist(), strict=True))), model)
+    best = max(scores, key=lambda label: (scores[label].ndcg, label == "config"))
+    tuning.chosen = best
+    tuning.pipelines = {label: round(s.ndcg, 5) for label, s in scores.items()}
+    tuning.weights = {n: round(float(w), 4) for n, w in zip(names, candidates[best].tolist(), strict=True)}
+    tuning.given = {n: float(w) for n, w in zip(names, given.tolist(), strict=True)}
+    tuning.validation = scores[best].as_dict()
+
+
+def with_config_params(config: Mapping, chosen: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Return the config with each named recall source's params replaced by the chosen ones."""
+    out = dict(config)
+    for name, params in chosen.items():
+        out = with_params(out, name, params)
+    return out
+
+
+def _sasrec_fit(inter: Interactions, params: Mapping[str, Any],
+                held: np.ndarray | None) -> tuple[SequenceModel | None, dict[str, Any]]:
+    from domain.learning.sasrec import train_sasrec  # torch loads only where a scenario uses it
+
+    return train_sasrec(inter.history_indptr, inter.history_items, params, None, held)
 
 
 def _sources(config: Mapping) -> dict[str, Mapping[str, Any]]:
@@ -103,7 +281,8 @@ def _base_model(inter: Interactions, catalogue: CatalogueView, config: Mapping, 
 
 
 def _train_sources(model: ScenarioModel, inter: Interactions, data: TrainingData,
-                   sources: Mapping[str, Mapping[str, Any]], steps: _Steps) -> None:
+                   sources: Mapping[str, Mapping[str, Any]], steps: _Steps,
+                   sasrec: tuple[SequenceModel | None, dict[str, Any]] | None = None) -> None:
     n_items = len(model.catalogue)
     if "item_cf" in sources:
         k = int(sources["item_cf"].get("neighbors", 50))
@@ -124,7 +303,9 @@ def _train_sources(model: ScenarioModel, inter: Interactions, data: TrainingData
     if "content" in sources:
         docs = [document_tokens(i) for i in data.items]
         model.content = steps.run("content", lambda: train_content(docs, CONTENT_DIM))
-    if "sasrec" in sources:
+    if "sasrec" in sources and sasrec is not None:  # trained by the tuning, on the data less its slice
+        model.sasrec, model.info["sasrec"] = sasrec
+    elif "sasrec" in sources:
         model.sasrec = steps.run("sasrec", lambda: _sasrec(model, inter, sources["sasrec"], steps.within()))
 
 

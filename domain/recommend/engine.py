@@ -95,7 +95,7 @@ class Engine:
     def __init__(self, config: Mapping, model: ScenarioModel | None, *, catalogue: CatalogueView | None = None,
                  vectors: VectorSearch | None = None, content_space: str | None = None,
                  live: LiveFeed | None = None) -> None:
-        self.config = validate_config(config)
+        self.config = fitted_config(validate_config(config), model)
         self.model = model
         self.index = CatalogueIndex.build(model, catalogue)
         self.catalogue = self.index.catalogue
@@ -129,6 +129,13 @@ class Engine:
         ranked = self._rerank(ranked, stage, request.limit)
         trace.lap("rerank")
         return self._result(ranked, request, trace)
+
+    async def recall_filtered(self, request: RecRequest) -> dict[str, Candidates]:
+        """Return each recall source's candidates that pass the filters: what the ranker fuses (for fitting the
+        fusion weights offline, domain.learning.tuning)."""
+        ctx = self._context(request, await self._popularity())
+        per_source = await self._recall_all(ctx, self._plan(ctx), _Trace())
+        return self._filter(per_source, self._stage_context(ctx), self._filters, ctx.excluded)
 
     async def similar(self, item_id: str, *, limit: int, exclude: frozenset[str] = frozenset(),
                       debug: bool = False) -> RecResult:
@@ -348,6 +355,23 @@ class Engine:
         debug["items"] = [{"itemId": r.item_id, "score": r.score, "sources": _source_scores(ranked, row)}
                           for row, r in enumerate(items)]
         return RecResult(items=items, debug=debug)
+
+
+def fitted_config(config: dict[str, Any], model: ScenarioModel | None) -> dict[str, Any]:
+    """Return the config with the recall weights its model's training fitted (domain.learning.tuning): a source
+    fitted to 0 is not run.
+
+    The config serves as written when it sets `models.tune` false, or when its recall weights are no longer the ones
+    the training started from: an edit since, or an experiment variant testing other weights, is served as asked
+    until the next training fits again."""
+    tuning = (model.info.get("tuning") or {}) if model is not None else {}
+    fitted = tuning.get("weights") or {}
+    given = {e["source"]: float(e.get("weight", 1.0)) for e in config["recall"]}
+    if not fitted or not config["models"]["tune"] or given != tuning.get("given"):
+        return config
+    weighted = [{**e, "weight": float(fitted.get(e["source"], e.get("weight", 1.0)))} for e in config["recall"]]
+    kept = [e for e in weighted if e["weight"] > 0]
+    return {**config, "recall": kept} if kept else config
 
 
 async def _timed(work: Awaitable[Candidates]) -> tuple[Candidates, float]:

@@ -267,6 +267,18 @@ def _models() -> dict[str, Any]:
             "(absolute: 0.005 = half a point) for it to become champion; otherwise it is kept as the challenger. "
             "Without comparable figures a new version always becomes champion.",
             default=0.0, minimum=0, maximum=1),
+        tune=prop(
+            "boolean", "Fit the recall weights and each source's key settings (EASE lambda, ALS factors and "
+            "regularisation, neighbours) on a time-ordered validation slice of this scenario's data at every training, "
+            "starting from the values here; serving then uses the fitted weights. false: train and serve the values "
+            "as written (an experiment variant that tests weights sets this).", default=True),
+        validation=prop(
+            "string", "The slice the fit is scored on: temporal (each user's newest items: what recommending the "
+            "next ones needs) or random (items drawn from each history: for data whose order means little).",
+            default="temporal", enum=["temporal", "random"]),
+        tuningBudgetSeconds=prop(
+            "number", "Most seconds the fit may take per training (SASRec's own training not counted); what was "
+            "found by then is kept.", default=90.0, minimum=1, maximum=3600),
     )
 
 

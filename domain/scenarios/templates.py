@@ -60,7 +60,7 @@ VLOG: dict[str, Any] = {
                                    DISLIKE=-6),
     "retention": {"interactionsDays": 180},
     "limits": _limits(),
-    "models": {"promotionMargin": 0.0},
+    "models": {"promotionMargin": 0.0, "tune": True, "validation": "temporal", "tuningBudgetSeconds": 90.0},
 }
 
 # News: value decays within hours, readers expect their region and language, and wire copies repeat.
@@ -101,7 +101,7 @@ NEWS: dict[str, Any] = {
                                    DISLIKE=-4),
     "retention": {"interactionsDays": 90},
     "limits": _limits(),
-    "models": {"promotionMargin": 0.0},
+    "models": {"promotionMargin": 0.0, "tune": True, "validation": "temporal", "tuningBudgetSeconds": 90.0},
 }
 
 # E-commerce: buying is the goal, stock changes, and merchandisers pin and balance the shelf.
@@ -144,7 +144,7 @@ ECOMMERCE: dict[str, Any] = {
     # Two years keeps yearly seasonality (last December) in the training data.
     "retention": {"interactionsDays": 730},
     "limits": _limits(),
-    "models": {"promotionMargin": 0.0},
+    "models": {"promotionMargin": 0.0, "tune": True, "validation": "temporal", "tuningBudgetSeconds": 90.0},
 }
 
 # Music: listening is repetitive by nature and sessions flow by artist and genre.
@@ -181,7 +181,7 @@ MUSIC: dict[str, Any] = {
                                    RATING=2, WATCH=3, SKIP=-2, DISLIKE=-6),
     "retention": {"interactionsDays": 365},
     "limits": _limits(),
-    "models": {"promotionMargin": 0.0},
+    "models": {"promotionMargin": 0.0, "tune": True, "validation": "temporal", "tuningBudgetSeconds": 90.0},
 }
 
 # Custom: the smallest useful pipeline (what is popular, what goes with what the user just did, what is new), to
@@ -206,7 +206,7 @@ CUSTOM: dict[str, Any] = {
                                    RATING=3, WATCH=3, SKIP=-1, DISLIKE=-4),
     "retention": {"interactionsDays": None},
     "limits": _limits(),
-    "models": {"promotionMargin": 0.0},
+    "models": {"promotionMargin": 0.0, "tune": True, "validation": "temporal", "tuningBudgetSeconds": 90.0},
 }
 
 TEMPLATES: dict[str, dict[str, Any]] = {

@@ -46,8 +46,10 @@ class ModelVersion:
     size_bytes: float | None = strawberry.field(description="Its size in memory, in bytes (a Float: it may pass "
                                                 "Int's 2^31).")
     config: JSON = strawberry.field(
-        description="What it was trained with: the scenario config version and sections training reads, with any "
-        "values training fitted.")
+        description="What it was trained with: the scenario config version and sections training reads, and under "
+        "`fitted` what training fitted on its validation slice (`models.tune`): the recall `weights` served, each "
+        "source's `params`, which pipeline was `chosen` (`config`, `fitted` or `single:<source>`) and the "
+        "NDCG@10 of each candidate `pipelines` and source alone (`sources`).")
     scenario_id: strawberry.Private[str]
 
     @strawberry.field(description="The scenario it serves (null once deleted).")

@@ -179,6 +179,31 @@ async def test_a_version_short_of_the_margin_waits_as_the_challenger(gql, owner,
     assert await served_version(gql, owner.admin, sid) == 3
 
 
+async def test_training_fits_its_blend_and_records_it_on_the_version(gql, owner):
+    sid = await shop(gql, owner.admin, "fitted", users=80, items=60)
+    assert (await train(gql, owner.admin, sid))["status"] == "SUCCEEDED"
+    [version] = await models(gql, owner.admin, sid)
+    fitted = version["config"]["fitted"]
+    listed = [e["source"] for e in version["config"]["recall"]]
+    assert set(fitted["weights"]) == set(listed) and any(w > 0 for w in fitted["weights"].values())
+    assert set(fitted["params"]) == {"ease", "item_cf"} and fitted["params"]["ease"]["lambda"] > 0
+    assert fitted["chosen"] in fitted["pipelines"]
+    assert fitted["pipelines"][fitted["chosen"]] == max(fitted["pipelines"].values())
+    assert fitted["validationUsers"] == 80
+    metrics = version["metrics"]
+    assert metrics["ndcg@10"] == fitted["pipelines"][fitted["chosen"]]  # what promotion compares
+    assert 0 <= metrics["recall@20"] <= 1 and 0 < metrics["coverage"] <= 1 and metrics["tuning_s"] > 0
+    # Serving runs the fitted weights: a source fitted to 0 is not run.
+    debug = (await gql.data(DEBUG, {"s": sid, "u": "u1"}, key=owner.admin))["recommendations"]["debug"]
+    ran = set(debug["recall"]) | set(debug["dropped"])
+    assert ran and ran <= {s for s, w in fitted["weights"].items() if w > 0} | {"affinity"}
+    # With models.tune off the next training fits nothing and the config's weights serve as written.
+    await gql.data(UPDATE, {"id": sid, "input": {"config": {"models": {"tune": False}}}}, key=owner.admin)
+    assert (await train(gql, owner.admin, sid))["status"] == "SUCCEEDED"
+    newest = (await models(gql, owner.admin, sid))[0]
+    assert "fitted" not in newest["config"] and "ndcg@10" not in newest["metrics"]
+
+
 async def test_a_variant_pinned_to_the_previous_version_serves_from_it(served, gql, owner):
     sid = await shop(gql, owner.admin, "pinned", users=20, items=30)
     for _ in range(2):
