@@ -1,4 +1,5 @@
-"""The `recograph evaluate` command: every scenario template's pipeline and the baselines, evaluated offline."""
+"""The `recograph evaluate` command: every scenario template's pipeline, each model alone and the baselines, evaluated
+offline over several seeds."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from rich.table import Table
 
 from domain.errors import DomainError
 from domain.evaluation.report import Report
-from domain.evaluation.runner import Settings, evaluate
+from domain.evaluation.runner import Settings, evaluate, first_seeds
 
 DEFAULT_DATASET = Path(__file__).resolve().parent.parent / "demo" / "ml-latest-small"
 DEFAULT_OUTPUT = Path("bench/results/evaluate.md")
@@ -22,6 +23,7 @@ DEFAULT_OUTPUT = Path("bench/results/evaluate.md")
 class SplitKind(str, Enum):
     temporal = "temporal"
     random = "random"
+    loo = "loo"
 
 
 def register(app: typer.Typer) -> None:
@@ -32,13 +34,17 @@ def register(app: typer.Typer) -> None:
 def evaluate_command(
     dataset: Path = typer.Option(DEFAULT_DATASET, "--dataset", help="A dataset in the MovieLens layout."),
     split: SplitKind = typer.Option(SplitKind.temporal, "--split", help="temporal: each user's latest 20% held "
-                                    "out; random: a random 20%."),
+                                    "out; random: a random 20%; loo: each user's newest interaction (users with at "
+                                    "least 5 interactions)."),
     k: int = typer.Option(10, "--k", min=1, max=200, help="List length the metrics are computed at."),
+    seed_count: int = typer.Option(3, "--seeds", min=1, max=20, help="Runs, with seeds 7, 8, 9, ...: each cell "
+                                   "is the mean ± the sample standard deviation over them (--seeds 1: one quick run)."),
     output: Path = typer.Option(DEFAULT_OUTPUT, "--output", help="Where to write the table as Markdown."),
 ) -> None:
-    """Train every template's pipeline and the baselines on a split of a dataset; print and save the comparison."""
+    """Train every template's pipeline, each model alone and the baselines on a split of a dataset, once per seed;
+    print and save the comparison (mean ± sample standard deviation over the seeds)."""
     errors = Console(stderr=True)
-    settings = Settings(dataset=dataset, split=split.value, k=k)
+    settings = Settings(dataset=dataset, split=split.value, k=k, seeds=first_seeds(seed_count))
     try:
         report = _run(settings, errors)
     except DomainError as exc:
@@ -66,7 +72,8 @@ def _run(settings: Settings, console: Console) -> Report:
 
 
 def _table(report: Report) -> Table:
-    table = Table(title=f"{report.dataset} ({report.split} split, k={report.k})")
+    runs = f"seeds {', '.join(str(s) for s in report.seeds)}"
+    table = Table(title=f"{report.dataset} ({report.split} split, k={report.k}, {runs})")
     for header in report.headers():
         table.add_column(header, justify="left" if header in ("Pipeline", "Kind", "Notes") else "right")
     for row in report.rows:

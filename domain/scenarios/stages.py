@@ -105,6 +105,8 @@ RECALL_PARAMS: dict[str, dict[str, Any]] = {
                               default=50000, minimum=1, maximum=10_000_000),
         negatives=prop("integer", "Items drawn per batch for the sampled softmax.", default=2048, minimum=16,
                        maximum=65536),
+        seed=prop("integer", "Seed of the initial weights and of the sampling in training.", default=7, minimum=0,
+                  maximum=2**31 - 1),
     ),
     "affinity": params(
         topCategories=prop("integer", "The user's strongest categories/tags recalled from.", default=5, minimum=1,
