@@ -157,4 +157,5 @@ def _registry(
         vectors=vectors, models_dir=models_dir, channel=channel, refresh_s=training.models_refresh_s,
         catalogue_refresh_s=training.catalogue_refresh_s, max_loaded=training.max_loaded_scenarios,
         ann_min_items=training.ann_min_items, on_change=heap.request if heap is not None else None, versions=cache,
+        preload=True,  # a serving process: a new champion loads before its first request here, not during it
     )

@@ -7,7 +7,10 @@ scenario config, and a live view of the scenario's items. Readers take the Engin
 What keeps each part current:
 - model: a swap notice on Redis pub/sub (`recograph:models`) from whichever process trained or promoted it, and a
   re-check of the champions in MongoDB every `refresh_s` in case a notice was missed (another pod converges either
-  way). A version whose artifact does not load leaves the model that serves in place;
+  way). A version whose artifact does not load leaves the model that serves in place. A serving process
+  (`preload`) that does not hold the scenario yet loads it in the background when it hears of its new champion, as
+  it loads the champions at start-up: otherwise its first request for it would wait for the model and the item view
+  (seconds on the embedded server, while every request for the scenario queues behind it);
 - config: the scenario's `config_version`, re-read at most every `config_ttl_s` on use; a change rebuilds the
   Engine over the same model (cheap);
 - items: every item write bumps the tenant's items version in the cache (`Cache.items_changed`). Every
@@ -145,7 +148,7 @@ class ModelRegistry:
         self, *, vectors: VectorStore | None, models_dir: Path | None, channel: SwapChannel | None = None,
         config_ttl_s: float = 1.0, refresh_s: float = 30.0, catalogue_refresh_s: float = 30.0, max_loaded: int = 200,
         ann_min_items: int = 50_000, live: LivePopularity | None = None, on_change: Callable[[], None] | None = None,
-        versions: Cache | None = None,
+        versions: Cache | None = None, preload: bool = False,
     ) -> None:
         self._vectors = vectors
         self._versions = versions  # the tenants' items versions (without: every check takes the fingerprint)
@@ -168,6 +171,8 @@ class ModelRegistry:
         self._variants: OrderedDict[tuple[str, str, str], tuple[Engine, Pinned | None, Engine]] = OrderedDict()
         self._pinned = PinnedModels(lambda doc: self._read_model(doc), ttl_s=refresh_s)
         self._tasks: list[asyncio.Task] = []
+        self._preload = preload  # load a new champion of a scenario not held here when told of it (serving processes)
+        self._preloading: dict[Key, asyncio.Task] = {}
 
     async def get(self, tenant_id: str, scenario_id: str, *, config_version: int | None = None) -> Engine:
         """Return the scenario's Engine (untrained until a version is champion); NotFound for a missing scenario.
@@ -246,10 +251,14 @@ class ModelRegistry:
 
     async def swap(self, tenant_id: str, scenario_id: str, version: int, revision: int = 0) -> bool:
         """Serve `version` (at `revision`) if the scenario is loaded here and the version is its champion; return
-        whether it swapped. A version that does not load leaves the one serving in place."""
+        whether it swapped. A version that does not load leaves the one serving in place. A scenario not loaded here
+        starts loading in the background when this registry preloads."""
         key = (tenant_id, scenario_id)
         self._pinned.forget(tenant_id, scenario_id)  # an alias may have moved, an artifact been rewritten
-        if key not in self._served or self._served[key].serves(version, revision):
+        if key not in self._served:
+            self._start_preload(key)
+            return False
+        if self._served[key].serves(version, revision):
             return False
         async with self._lock(key):
             doc = await ModelVersion.find_one(
@@ -273,6 +282,25 @@ class ModelRegistry:
         log.info("models.loaded", scenarios=len(self._served))
         return len(self._served)
 
+    def _start_preload(self, key: Key) -> None:
+        """Load a scenario in the background, once at a time, while fewer than `max_loaded` are held (a new
+        champion must not push out a scenario this process serves)."""
+        if not self._preload or key in self._preloading or len(self._served) >= self._max_loaded:
+            return
+        task = asyncio.create_task(self._preload_one(key), name="recograph.models.preload")
+        self._preloading[key] = task
+        task.add_done_callback(lambda _: self._preloading.pop(key, None))
+
+    async def _preload_one(self, key: Key) -> None:
+        try:
+            await self.get(*key)  # under the scenario's lock: a request arriving meanwhile waits for this load
+        except NotFound:
+            return  # deleted since its training: nothing to serve
+        except Exception:  # noqa: BLE001 - the first request loads it instead
+            log.exception("models.preload_failed", tenant_id=key[0], scenario_id=key[1])
+        else:
+            log.info("models.preloaded", tenant_id=key[0], scenario_id=key[1], version=self.version(*key))
+
     def start(self) -> None:
         """Start loading champions, listening for swap notices and re-checking what is served."""
         if self._tasks:
@@ -284,10 +312,12 @@ class ModelRegistry:
 
     async def stop(self) -> None:
         """Stop the background tasks and forget the models."""
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._preloading.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._preloading.clear()
         self._served.clear()
         self._pinned.clear()
         if self._live is not None:

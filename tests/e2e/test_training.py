@@ -215,6 +215,26 @@ async def test_another_process_converges_by_notice_and_by_re_check(served, gql, 
         await listening.stop()
 
 
+async def test_a_serving_process_loads_a_new_champion_before_any_request_asks_for_it(served, gql, owner):
+    # A process that never served the scenario used to load it on its first request: that request, and every one
+    # queued behind the scenario's lock, waited seconds for the model and the item view (the serve bench's cold p99).
+    sid = await shop(gql, owner.admin, "preloads", users=20)
+    assert (await train(gql, owner.admin, sid))["status"] == "SUCCEEDED"
+    runtime = served.runtime
+    serving_pod = ModelRegistry(vectors=runtime.vectors, models_dir=runtime.models_dir, preload=True)
+    worker = ModelRegistry(vectors=runtime.vectors, models_dir=runtime.models_dir)  # no preload: a worker's registry
+    try:
+        for pod in (serving_pod, worker):
+            assert await pod.swap(owner.tenant_id, sid, 1) is False  # as its swap notice arrives: nothing held here
+        deadline = time.monotonic() + 30
+        while serving_pod.version(owner.tenant_id, sid) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert serving_pod.version(owner.tenant_id, sid) == 1  # loaded in the background, no request made
+        assert worker.loaded() == []
+    finally:
+        await serving_pod.stop()
+
+
 async def test_the_registry_follows_item_and_config_changes(served, gql, owner):
     sid = await shop(gql, owner.admin, "changes", users=10, items=20)
     changes = []
