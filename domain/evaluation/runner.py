@@ -40,10 +40,10 @@ from domain.scenarios.config import build_config, validate_config
 from domain.scenarios.templates import TEMPLATES
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
-MODELS = ("sasrec",)
+MODELS = ("sasrec", "two_tower")
 MODEL_LIMIT = 200  # candidates a model alone recalls (its fallback, popularity, fills only for unknown users)
 FIRST_SEED = 7
-SEEDED_SOURCES = ("sasrec",)  # recall sources whose training draws from a seed their params can set
+SEEDED_SOURCES = ("sasrec", "two_tower")  # recall sources whose training draws from a seed their params can set
 
 
 def first_seeds(count: int) -> tuple[int, ...]:

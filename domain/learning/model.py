@@ -15,6 +15,7 @@ from domain.learning.content import ContentModel
 from domain.learning.factors import Factors
 from domain.learning.sequences import SequenceModel
 from domain.learning.tables import NeighbourTable
+from domain.learning.towers import TowerModel
 from domain.recommend.base import CatalogueView
 
 
@@ -39,6 +40,7 @@ class ScenarioModel:
     als: Factors | None = None
     content: ContentModel | None = None
     sasrec: SequenceModel | None = None  # next-item transformer weights, for numpy inference (no torch)
+    two_tower: TowerModel | None = None  # every item's two-tower vector and the user tower's weights (numpy)
     info: dict[str, Any] = field(default_factory=dict)  # settings trained with, sizes and timings (JSON)
     user_index: dict[str, int] = field(init=False, repr=False)
 

@@ -26,9 +26,9 @@ from domain.learning.train import TrainingData, refit_similarity, train_scenario
 
 Report = Callable[[float, str], Awaitable[None]]
 RELAY_S = 0.25  # how often the parent forwards the child's progress
-# The learned models' training record, as the version's metrics (numbers) name it.
-SASREC_METRICS = {"valNdcg10": "sasrec_val_ndcg10", "epochs": "sasrec_epochs", "bestEpoch": "sasrec_best_epoch",
-                  "seconds": "sasrec_s"}
+# The learned models' training record, as the version's metrics (numbers) name it: `<model>_val_ndcg10` etc.
+LEARNED_MODELS = ("sasrec", "two_tower")
+LEARNED_METRICS = {"valNdcg10": "val_ndcg10", "epochs": "epochs", "bestEpoch": "best_epoch", "seconds": "s"}
 
 
 class TrainingTimeout(JobTimeout):
@@ -204,8 +204,9 @@ def _fit_in_child(
 def _model_metrics(model: ScenarioModel) -> dict[str, float]:
     """Return the pipeline's figures on the training's validation slice (`ndcg@10`, `recall@20`, `coverage`: what
     promotion compares) and the learned models' own; none for a scenario trained without them."""
-    info = model.info.get("sasrec") or {}
-    learned = {name: float(info[key]) for key, name in SASREC_METRICS.items() if info.get(key) is not None}
+    learned = {f"{kind}_{name}": float(info[key]) for kind in LEARNED_MODELS
+               for info in [model.info.get(kind) or {}] for key, name in LEARNED_METRICS.items()
+               if info.get(key) is not None}
     tuning = model.info.get("tuning") or {}
     return {**{k: float(v) for k, v in (tuning.get("validation") or {}).items()}, **learned,
             **({"tuning_s": float(tuning["seconds"])} if "seconds" in tuning else {})}

@@ -17,6 +17,7 @@ from domain.learning.content import ContentModel
 from domain.learning.factors import Factors
 from domain.learning.sequences import SequenceModel
 from domain.learning.tables import NeighbourTable
+from domain.learning.towers import TowerModel
 from domain.recommend.base import CatalogueView
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ def model_arrays(model: ScenarioModel) -> dict[str, np.ndarray]:
         out["content.components"] = content.components
     if model.sasrec is not None:
         out.update(model.sasrec.arrays("sasrec"))
+    if model.two_tower is not None:
+        out.update(model.two_tower.arrays("two_tower"))
     return out
 
 
@@ -87,6 +90,8 @@ def _meta(model: ScenarioModel) -> dict[str, Any]:
         meta["als"] = {"regularization": model.als.regularization, "confidence": model.als.confidence}
     if model.sasrec is not None:
         meta["sasrec"] = {"heads": model.sasrec.heads}
+    if model.two_tower is not None:
+        meta["two_tower"] = {"temperature": model.two_tower.temperature}
     return meta
 
 
@@ -122,6 +127,8 @@ def load_model(cls: type[ScenarioModel], path: Path) -> ScenarioModel:
         ease=_table(arrays, "ease"), item_users=_item_users(arrays, meta), als=_factors(arrays, meta),
         content=_content(arrays, path), info=meta.get("info", {}),
         sasrec=SequenceModel.from_arrays(arrays, "sasrec", heads=int(meta.get("sasrec", {}).get("heads", 1))),
+        two_tower=TowerModel.from_arrays(arrays, "two_tower",
+                                         temperature=float(meta.get("two_tower", {}).get("temperature", 1.0))),
     )
 
 

@@ -17,6 +17,7 @@ from domain.learning.model import ScenarioModel
 from domain.learning.popularity import decayed_popularity, trending_scores
 from domain.learning.sequences import SequenceModel
 from domain.learning.similarity import ease, item_cf, item_users
+from domain.learning.towers import TowerModel
 from domain.learning.tuning import (
     MIN_USERS,
     TUNABLE,
@@ -39,9 +40,11 @@ __all__ = ["TrainingData", "refit_similarity", "train_scenario_model"]
 
 CONTENT_DIM = 32
 SIMILARITY_MODELS = ("item_cf", "content")  # what a SIMILARITY job refits
-TRAINED_SOURCES = ("item_cf", "ease", "als", "user_cf", "content", "sasrec")  # each one training step
+TRAINED_SOURCES = ("item_cf", "ease", "als", "user_cf", "content", "sasrec", "two_tower")  # each one training step
 Progress = Callable[[float, str], None]
 SINGLES_CHECKED = 2  # sources alone scored through the whole engine (the best by the fusion-stage fit)
+SEARCH_SHARE = 0.6  # of the tuning budget, for the sources' settings; the rest for the fusion weights
+FUSION_MIN_S = 10.0
 
 
 class _Steps:
@@ -75,7 +78,8 @@ class _Steps:
 def train_scenario_model(data: TrainingData, config: Mapping, *, scenario_id: str, version: int,
                          progress: Progress | None = None) -> ScenarioModel:
     """Train what the config's recall sources need from the interactions and item documents; with `models.tune`
-    on, first fit the sources' settings and the fusion weights on the data's validation slice (domain.learning.tuning)."""
+    on, first fit the sources' settings and the fusion weights on the data's validation slice
+    (domain.learning.tuning)."""
     config = validate_config(config)  # defaults filled, so a partial config trains the same as its stored form
     sources = _sources(config)
     tune = bool(config["models"]["tune"]) and config["ranker"]["name"] == "fusion"
@@ -89,7 +93,7 @@ def train_scenario_model(data: TrainingData, config: Mapping, *, scenario_id: st
         if fit is not None:
             sources = {name: {**params, **fit.tuning.params.get(name, {})} for name, params in sources.items()}
     model = steps.run("popularity", lambda: _base_model(inter, catalogue, config, sources, now, scenario_id, version))
-    _train_sources(model, inter, data, sources, steps, sasrec=fit.sasrec if fit is not None else None)
+    _train_sources(model, inter, data, sources, steps, learned=fit.learned if fit is not None else None)
     model.info = {"seconds": steps.seconds, "users": len(inter.user_ids), "items": len(catalogue),
                   "pairs": int(inter.strength.nnz), "sources": sorted(sources), **model.info}
     if fit is not None:
@@ -98,22 +102,29 @@ def train_scenario_model(data: TrainingData, config: Mapping, *, scenario_id: st
     return model
 
 
+LEARNED = ("sasrec", "two_tower")  # trained once, by the tuning (they early-stop on its slice), then served as is
+Learned = dict[str, tuple[Any, dict[str, Any]]]  # source -> (its export, its training info)
+
+
 @dataclass
 class _Fit:
-    """The tuning's outcome, and the SASRec it trained (on the data less the validation slice, used as is)."""
+    """The tuning's outcome, and the learned models it trained (on the data less the validation slice)."""
 
     tuning: Tuning
-    sasrec: tuple[SequenceModel | None, dict[str, Any]] | None = None
+    learned: Learned
 
 
-SOURCE_PARTS = {"ease": ("ease", "info.easeItems"), "als": ("als",), "item_cf": ("item_cf",), "user_cf": ("item_users",)}
+SOURCE_PARTS = {"ease": ("ease", "info.easeItems"), "als": ("als",), "item_cf": ("item_cf",),
+                "user_cf": ("item_users",)}  # the model fields each tuned source trains
 
 
 def _tune(data: TrainingData, inter: Interactions, catalogue: CatalogueView, config: Mapping,
           sources: Mapping[str, Mapping[str, Any]], scenario_id: str, progress: Progress | None) -> _Fit | None:
     """Fit the sources' settings and the fusion weights on the validation slice; None when the data is too small."""
     started = time.monotonic()
-    deadline = started + float(config["models"]["tuningBudgetSeconds"])
+    budget = float(config["models"]["tuningBudgetSeconds"])
+    # The settings search stops at its share of the budget: the fusion fit after it matters most and is kept.
+    search_deadline, deadline = started + SEARCH_SHARE * budget, started + budget
     report = progress or (lambda fraction, stage: None)
     held = ValidationSlice.of(inter, str(config["models"]["validation"]))
     if len(held.users) < MIN_USERS:
@@ -130,26 +141,25 @@ def _tune(data: TrainingData, inter: Interactions, catalogue: CatalogueView, con
     for done, entry in enumerate(order):
         name = entry["source"]
         report(0.05 + 0.45 * done / max(len(order), 1), f"tuning {name}")
-        parts[name] = _tune_source(name, chosen, config, base, fit_inter, fit_data, scorer, tuning, deadline)
-    sasrec = None
-    if "sasrec" in sources:
-        report(0.5, "sasrec")
-        # On a time-ordered slice SASRec trains on all the data and early-stops on the slice; a random slice is not
-        # a tail of the sequences, so SASRec then trains on the data less the slice, with its own tail held out.
-        trained = time.monotonic()
-        sasrec = _sasrec_fit(inter, chosen["sasrec"], held.held) if held.how == "temporal" else \
-            _sasrec_fit(fit_inter, chosen["sasrec"], None)
-        deadline += time.monotonic() - trained  # SASRec keeps its own budget
+        parts[name] = _tune_source(name, chosen, config, base, fit_inter, fit_data, scorer, tuning,
+                                   search_deadline)
+    report(0.5, "learned models")
+    fit_model = _fit_model(base, parts, fit_inter, fit_data, chosen)
+    trained = time.monotonic()
+    learned = _learned(fit_model, inter, fit_inter, chosen, held)
+    deadline += time.monotonic() - trained  # the learned models keep their own budgets
+    for name, (export, _) in learned.items():
+        setattr(fit_model, name, export)
     report(0.8, "fusion weights")
-    fit_model = _fit_model(base, parts, fit_inter, fit_data, chosen, sasrec)
     tuned = with_config_params(config, chosen)
     _fit_fusion(tuned, fit_model, scorer, tuning, deadline)
-    tuning.params = {name: {key: chosen[name][key] for key, *_ in TUNABLE[name]} for name in parts}
-    tuning.seconds = time.monotonic() - started - float((sasrec or (None, {}))[1].get("seconds") or 0.0)
-    if time.monotonic() > deadline:
+    tuning.params = {name: {key: chosen[name][key] for key, *_ in TUNABLE[name] if key in chosen[name]}
+                     for name in parts}
+    tuning.seconds = time.monotonic() - started - sum(float(info.get("seconds") or 0.0) for _, info in learned.values())
+    if time.monotonic() > deadline or tuning.stopped == "time budget":
         tuning.stopped = "time budget"
     report(1.0, "tuned")
-    return _Fit(tuning, sasrec)
+    return _Fit(tuning, learned)
 
 
 def _engine(config: Mapping, model: ScenarioModel) -> Engine:
@@ -162,8 +172,10 @@ def _tune_source(name: str, chosen: dict[str, dict[str, Any]], config: Mapping, 
     """Search the source's settings one after the other; return the model part trained with the best ones."""
     trained: dict[tuple, ScenarioModel] = {}
 
+    request_time = {param for param, *_, trained in TUNABLE[name] if not trained}
+
     def part(params: Mapping[str, Any]) -> ScenarioModel:
-        key = tuple(sorted(params.items()))
+        key = tuple(sorted((k, v) for k, v in params.items() if k not in request_time))
         if key not in trained:
             model = replace(base, info=dict(base.info))
             _train_sources(model, fit_inter, fit_data, {name: params}, _Steps(None, 1))
@@ -171,8 +183,8 @@ def _tune_source(name: str, chosen: dict[str, dict[str, Any]], config: Mapping, 
         return trained[key]
 
     trials: list[dict[str, Any]] = []
-    for param, low, high, integer in TUNABLE[name]:
-        start = float(chosen[name].get(param, _default(name, param)))
+    for param, low, high, integer, _ in TUNABLE[name]:
+        start = float(chosen[name].get(param) or _default(name, param))
 
         def score_of(value: float, param: str = param) -> float:
             params = {**chosen[name], param: int(value) if integer else value}
@@ -181,23 +193,28 @@ def _tune_source(name: str, chosen: dict[str, dict[str, Any]], config: Mapping, 
             return ndcg
 
         value, _, _ = tune_value(start, low, high, integer, score_of, deadline)
+        if time.monotonic() > deadline:
+            tuning.stopped = "time budget"
         chosen[name][param] = int(value) if integer else value
     tuning.trials[name] = trials
     return part(chosen[name])
 
 
 def _default(source: str, param: str) -> float:
+    from domain.recommend.recall.context import HISTORY_CAP, HISTORY_HALF_LIFE
     from domain.scenarios.stages import RECALL_PARAMS
 
-    return float(RECALL_PARAMS[source]["properties"][param]["default"])
+    default = RECALL_PARAMS[source]["properties"][param]["default"]
+    if default is None:  # null: the engine's own
+        return float({"historyHalfLife": HISTORY_HALF_LIFE, "historyItems": HISTORY_CAP}[param])
+    return float(default)
 
 
 def _fit_model(base: ScenarioModel, parts: Mapping[str, ScenarioModel], fit_inter: Interactions,
-               fit_data: TrainingData, chosen: Mapping[str, Mapping[str, Any]],
-               sasrec: tuple[SequenceModel | None, dict[str, Any]] | None) -> ScenarioModel:
-    """Return the fit part's model with every source: the tuned parts as trained, the others trained now."""
+               fit_data: TrainingData, chosen: Mapping[str, Mapping[str, Any]]) -> ScenarioModel:
+    """Return the fit part's model with every classical source: the tuned parts as trained, the others now."""
     model = replace(base, info=dict(base.info))
-    rest = {name: params for name, params in chosen.items() if name not in parts and name != "sasrec"}
+    rest = {name: params for name, params in chosen.items() if name not in parts and name not in LEARNED}
     _train_sources(model, fit_inter, fit_data, rest, _Steps(None, len(rest)))
     for name, part in parts.items():
         for attr in SOURCE_PARTS[name]:
@@ -205,9 +222,25 @@ def _fit_model(base: ScenarioModel, parts: Mapping[str, ScenarioModel], fit_inte
                 model.info[attr[5:]] = part.info.get(attr[5:])
             else:
                 setattr(model, attr, getattr(part, attr))
-    if sasrec is not None:
-        model.sasrec = sasrec[0]
     return model
+
+
+def _learned(fit_model: ScenarioModel, inter: Interactions, fit_inter: Interactions,
+             chosen: Mapping[str, Mapping[str, Any]], held: ValidationSlice) -> Learned:
+    """Train the learned models the config uses, once. On a time-ordered slice they train on all the data and
+    early-stop on the slice; a random slice is not a tail of the sequences, so they then train on the data less the
+    slice, holding out their own tail."""
+    on, tails = (inter, held.held) if held.how == "temporal" else (fit_inter, None)
+    out: Learned = {}
+    if "sasrec" in chosen:
+        out["sasrec"] = _sasrec_fit(on, chosen["sasrec"], tails)
+    if "two_tower" in chosen:
+        from domain.learning.two_tower import train_two_tower  # torch loads only where a scenario uses it
+
+        content = None if fit_model.content is None else np.asarray(fit_model.content.embeddings)
+        out["two_tower"] = train_two_tower(fit_model.catalogue, on.history_indptr, on.history_items,
+                                           chosen["two_tower"], content, None, tails)
+    return out
 
 
 def _fit_fusion(config: Mapping, model: ScenarioModel, scorer: Scorer, tuning: Tuning, deadline: float) -> None:
@@ -217,15 +250,17 @@ def _fit_fusion(config: Mapping, model: ScenarioModel, scorer: Scorer, tuning: T
     given = np.array([float(e.get("weight", 1.0)) for e in config["recall"]])
     inputs = FusionInputs.collect(scorer, config, model, names)
     singles = [np.eye(len(names))[i] * 3.0 for i in range(len(names))]
-    fitted, _ = fit_weights(inputs, [given, *singles], deadline)
+    # The ascent is cheap (seconds): it always gets FUSION_MIN_S, even when the settings search overran.
+    fitted, _ = fit_weights(inputs, [given, *singles], max(deadline, time.monotonic() + FUSION_MIN_S))
     alone_ndcg = [inputs.ndcg(single) for single in singles]
     tuning.sources = {name: round(score, 5) for name, score in zip(names, alone_ndcg, strict=True)}
     by_alone = sorted(range(len(names)), key=lambda i: -alone_ndcg[i])
     candidates = {"config": given, "fitted": fitted,
                   **{f"single:{names[i]}": singles[i] for i in by_alone[:SINGLES_CHECKED]}}
     scores = {}
+    always = {"config", "fitted", *(f"single:{names[i]}" for i in by_alone[:1])}
     for label, weights in candidates.items():
-        if label != "config" and time.monotonic() > deadline and scores:
+        if label not in always and time.monotonic() > deadline:
             continue
         scores[label] = scorer.pipeline(with_weights(config, dict(zip(names, weights.tolist(), strict=True))), model)
     best = max(scores, key=lambda label: (scores[label].ndcg, label == "config"))
@@ -282,7 +317,7 @@ def _base_model(inter: Interactions, catalogue: CatalogueView, config: Mapping, 
 
 def _train_sources(model: ScenarioModel, inter: Interactions, data: TrainingData,
                    sources: Mapping[str, Mapping[str, Any]], steps: _Steps,
-                   sasrec: tuple[SequenceModel | None, dict[str, Any]] | None = None) -> None:
+                   learned: Learned | None = None) -> None:
     n_items = len(model.catalogue)
     if "item_cf" in sources:
         k = int(sources["item_cf"].get("neighbors", 50))
@@ -303,10 +338,16 @@ def _train_sources(model: ScenarioModel, inter: Interactions, data: TrainingData
     if "content" in sources:
         docs = [document_tokens(i) for i in data.items]
         model.content = steps.run("content", lambda: train_content(docs, CONTENT_DIM))
-    if "sasrec" in sources and sasrec is not None:  # trained by the tuning, on the data less its slice
-        model.sasrec, model.info["sasrec"] = sasrec
+    learned = learned or {}
+    if "sasrec" in learned:  # trained by the tuning
+        model.sasrec, model.info["sasrec"] = learned["sasrec"]
     elif "sasrec" in sources:
         model.sasrec = steps.run("sasrec", lambda: _sasrec(model, inter, sources["sasrec"], steps.within()))
+    if "two_tower" in learned:
+        model.two_tower, model.info["two_tower"] = learned["two_tower"]
+    elif "two_tower" in sources:  # after content: the item tower reads the content embeddings when there are some
+        model.two_tower = steps.run("two_tower", lambda: _two_tower(model, inter, sources["two_tower"],
+                                                                    steps.within()))
 
 
 def _sasrec(model: ScenarioModel, inter: Interactions, params: Mapping[str, Any],
@@ -317,6 +358,18 @@ def _sasrec(model: ScenarioModel, inter: Interactions, params: Mapping[str, Any]
     sequence, info = train_sasrec(inter.history_indptr, inter.history_items, params, progress)
     model.info["sasrec"] = info
     return sequence
+
+
+def _two_tower(model: ScenarioModel, inter: Interactions, params: Mapping[str, Any],
+               progress: Progress | None) -> TowerModel | None:
+    # Imported here: torch loads only in a process that trains a scenario using it (the training child).
+    from domain.learning.two_tower import train_two_tower
+
+    content = None if model.content is None else np.asarray(model.content.embeddings)
+    towers, info = train_two_tower(model.catalogue, inter.history_indptr, inter.history_items, params, content,
+                                   progress)
+    model.info["two_tower"] = info
+    return towers
 
 
 def refit_similarity(base: ScenarioModel, data: TrainingData, config: Mapping, *, version: int,

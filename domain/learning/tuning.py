@@ -11,9 +11,9 @@ with `models.tune` on (the default) fits them again on the scenario's own intera
    collected in bulk), or to mirror a random-split evaluation; a time-ordered slice there favours what is recent
    and misleads the fit.
 2. **Hyperparameters**, source by source, heaviest weight first: each source alone, trained on the rest of the data,
-   scored on the slice through the serving engine (NDCG@10); a local search on a log scale around the config's
-   value (EASE lambda, ALS factors and regularisation, neighbours of item-CF and user-CF), keeping a move only when
-   it gains.
+   scored on the slice through the serving engine (NDCG@10); a walk on a log scale from the config's value (EASE
+   lambda, ALS factors and regularisation, neighbours of item-CF and user-CF, and how fast the weight of older
+   history items decays for each), keeping a move only when it gains.
 3. **Fusion weights.** With the chosen settings, each validation user's filtered candidates and their normalised
    per-source scores are computed once; coordinate ascent over multiplicative steps of each weight (from the
    config's weights, and from each source alone) maximises NDCG@10 of the fused lists. This is the fusion ranker's
@@ -56,13 +56,15 @@ MIN_GAIN = 1e-4  # a move must gain this much NDCG@10 to be kept (ties keep the 
 WEIGHT_STEPS = (0.0, 0.25, 0.5, 2.0, 4.0)  # multiplicative moves of one fusion weight
 WEIGHT_ROUNDS = 3
 
-# Each tunable source's key settings: (param, lowest, highest, integer?). The search multiplies the current value
-# by SCALE (then by sqrt(SCALE)) in both directions, within [lowest, highest].
-TUNABLE: dict[str, tuple[tuple[str, float, float, bool], ...]] = {
-    "ease": (("lambda", 1.0, 1e6, False),),
-    "als": (("factors", 8, 256, True), ("regularization", 1e-4, 100.0, False)),
-    "item_cf": (("neighbors", 5, 500, True),),
-    "user_cf": (("neighbors", 5, 500, True),),
+# Each tunable source's key settings: (param, lowest, highest, integer?, trained?). The search walks from the
+# current value by steps of SCALE while that gains, then refines by sqrt(SCALE), within [lowest, highest]. A setting
+# read only at request time (how much the newest history items count) needs no retraining to try.
+HISTORY = (("historyHalfLife", 0.5, 100000.0, False, False), ("historyItems", 50, 3200, True, False))
+TUNABLE: dict[str, tuple[tuple[str, float, float, bool, bool], ...]] = {
+    "ease": (("lambda", 1.0, 1e6, False, True), *HISTORY),
+    "als": (("factors", 8, 256, True, True), ("regularization", 1e-4, 100.0, False, True), *HISTORY),
+    "item_cf": (("neighbors", 5, 500, True, True), *HISTORY),
+    "user_cf": (("neighbors", 5, 500, True, True), *HISTORY),
 }
 SCALE = 4.0
 
@@ -303,9 +305,15 @@ class Tuning:
     seconds: float = 0.0
     stopped: str = "done"
 
+    def serving(self) -> dict[str, dict[str, Any]]:
+        """Return the fitted settings read at request time (serving applies them; the others are in the model)."""
+        request_time = {name: {p for p, *_, trained in TUNABLE[name] if not trained} for name in TUNABLE}
+        return {source: {k: v for k, v in params.items() if k in request_time.get(source, ())}
+                for source, params in self.params.items()}
+
     def as_dict(self) -> dict[str, Any]:
         return {"params": self.params, "sources": self.sources, "trials": self.trials, "weights": self.weights,
-                "given": self.given,
+                "given": self.given, "serving": self.serving(),
                 "chosen": self.chosen, "pipelines": self.pipelines, "validation": self.validation,
                 "validationUsers": self.validation_users, "seconds": round(self.seconds, 3),
                 "stopped": self.stopped}
@@ -313,8 +321,8 @@ class Tuning:
 
 def tune_value(value: float, low: float, high: float, integer: bool, score_of: Callable[[float], float],
                deadline: float) -> tuple[float, float, list[tuple[float, float]]]:
-    """Return the best value found around `value` (a step of SCALE each way, then of sqrt(SCALE) around the best),
-    its score and every (value, score) tried."""
+    """Return the best value found from `value`: steps of SCALE in the direction that gains for as long as it gains,
+    then steps of sqrt(SCALE) around the best; its score, and every (value, score) tried."""
     def clip(v: float) -> float:
         v = min(max(v, low), high)
         return float(round(v)) if integer else float(v)
@@ -322,13 +330,15 @@ def tune_value(value: float, low: float, high: float, integer: bool, score_of: C
     tried = {clip(value): score_of(clip(value))}
     best = clip(value)
     for factor in (SCALE, math.sqrt(SCALE)):
-        for candidate in (clip(best / factor), clip(best * factor)):
-            if candidate in tried or time.monotonic() > deadline:
-                continue
-            tried[candidate] = score_of(candidate)
-        leader = max(tried, key=lambda v: tried[v])
-        if tried[leader] > tried[best] + MIN_GAIN:
-            best = leader
+        moved = True
+        while moved and time.monotonic() <= deadline:
+            moved = False
+            for candidate in (clip(best / factor), clip(best * factor)):
+                if candidate not in tried and time.monotonic() <= deadline:
+                    tried[candidate] = score_of(candidate)
+            leader = max(tried, key=lambda v: tried[v])
+            if tried[leader] > tried[best] + MIN_GAIN:
+                best, moved = leader, True
     return best, tried[best], sorted(tried.items())
 
 

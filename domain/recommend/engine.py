@@ -358,8 +358,8 @@ class Engine:
 
 
 def fitted_config(config: dict[str, Any], model: ScenarioModel | None) -> dict[str, Any]:
-    """Return the config with the recall weights its model's training fitted (domain.learning.tuning): a source
-    fitted to 0 is not run.
+    """Return the config with the recall weights and request-time settings (`historyHalfLife`, `historyItems`) its
+    model's training fitted (domain.learning.tuning): a source fitted to 0 is not run.
 
     The config serves as written when it sets `models.tune` false, or when its recall weights are no longer the ones
     the training started from: an edit since, or an experiment variant testing other weights, is served as asked
@@ -369,7 +369,9 @@ def fitted_config(config: dict[str, Any], model: ScenarioModel | None) -> dict[s
     given = {e["source"]: float(e.get("weight", 1.0)) for e in config["recall"]}
     if not fitted or not config["models"]["tune"] or given != tuning.get("given"):
         return config
-    weighted = [{**e, "weight": float(fitted.get(e["source"], e.get("weight", 1.0)))} for e in config["recall"]]
+    serving = tuning.get("serving") or {}
+    weighted = [{**e, "weight": float(fitted.get(e["source"], e.get("weight", 1.0))),
+                 "params": {**(e.get("params") or {}), **serving.get(e["source"], {})}} for e in config["recall"]]
     kept = [e for e in weighted if e["weight"] > 0]
     return {**config, "recall": kept} if kept else config
 

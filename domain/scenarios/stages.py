@@ -20,6 +20,7 @@ RECALL_SOURCES: tuple[str, ...] = (
     "fresh",
     "affinity",
     "sasrec",
+    "two_tower",
 )
 FILTERS: tuple[str, ...] = ("seen", "availability", "rules", "blocklist")
 RANKERS: tuple[str, ...] = ("fusion",)
@@ -57,25 +58,47 @@ def _neighbors(default: int) -> dict[str, Any]:
     return prop("integer", "Nearest neighbours kept per item/user.", default=default, minimum=1, maximum=1000)
 
 
+def _history_items() -> dict[str, Any]:
+    return prop(
+        ["integer", "null"], "How many of the user's newest items the source reads; null: 200. Where the whole "
+        "history counts (a long `historyHalfLife`) more of it helps. Fitted at training with `models.tune`.",
+        default=None, minimum=1, maximum=5000)
+
+
+def _history_half_life() -> dict[str, Any]:
+    return prop(
+        ["number", "null"], "How much the user's newest items count more: an item's weight halves every this many "
+        "newer items (down to a fifth). Small: the session's last items steer; large: the whole history counts "
+        "alike. null: 2. Fitted at training with `models.tune`.", default=None, minimum=0.25, maximum=100000)
+
+
 RECALL_PARAMS: dict[str, dict[str, Any]] = {
     "popular": params(halfLifeHours=_hours("Popularity decay half-life; null: use popularity.halfLifeHours.", None)),
     "trending": params(windowHours=_hours("Sliding window; null: use popularity.trendingWindowHours.", None, 720)),
     "item_cf": params(
         neighbors=_neighbors(50),
+        historyHalfLife=_history_half_life(),
+        historyItems=_history_items(),
         seedItems=prop("integer", "How many of the user's recent items seed the lookup.", default=20, minimum=1,
                        maximum=200),
     ),
     "user_cf": params(
         neighbors=_neighbors(50),
+        historyHalfLife=_history_half_life(),
+        historyItems=_history_items(),
         seedItems=prop("integer", "How many of the user's recent items seed the neighbour search.", default=50,
                        minimum=1, maximum=200),
     ),
     "als": params(
+        historyHalfLife=_history_half_life(),
+        historyItems=_history_items(),
         factors=prop("integer", "Latent factors.", default=64, minimum=2, maximum=512),
         iterations=prop("integer", "Alternating least-squares sweeps.", default=15, minimum=1, maximum=100),
         regularization=prop("number", "L2 regularisation.", default=0.01, minimum=0, maximum=100),
     ),
     "ease": params(
+        historyHalfLife=_history_half_life(),
+        historyItems=_history_items(),
         # EASE inverts an items x items matrix, so the vocabulary is capped to the most popular items.
         **{"lambda": prop("number", "L2 regularisation of the item-item matrix.", default=500.0, exclusiveMinimum=0,
                           maximum=1e6)},
@@ -94,6 +117,8 @@ RECALL_PARAMS: dict[str, dict[str, Any]] = {
                         default=8, minimum=1, maximum=50),
         minItemUsers=prop("integer", "Items of fewer users are left out of the model (too rare to learn).",
                           default=3, minimum=1, maximum=1000),
+        minUsers=prop("integer", "Fewer users with two items or more: the model is not trained (it would learn "
+                      "noise) and the other recall sources serve.", default=200, minimum=1, maximum=10_000_000),
         learningRate=prop("number", "Adam learning rate.", default=0.01, exclusiveMinimum=0, maximum=1),
         batchSize=prop("integer", "Sequences per training step.", default=128, minimum=1, maximum=4096),
         maxEpochs=prop("integer", "Most passes over the data.", default=200, minimum=1, maximum=1000),
@@ -105,6 +130,29 @@ RECALL_PARAMS: dict[str, dict[str, Any]] = {
                               default=50000, minimum=1, maximum=10_000_000),
         negatives=prop("integer", "Items drawn per batch for the sampled softmax.", default=2048, minimum=16,
                        maximum=65536),
+        seed=prop("integer", "Seed of the initial weights and of the sampling in training.", default=7, minimum=0,
+                  maximum=2**31 - 1),
+    ),
+    # Two towers (user: newest items and their categories; item: id and features) trained with in-batch negatives.
+    "two_tower": params(
+        maxLength=prop("integer", "The user's newest items the user tower reads.", default=50, minimum=1,
+                       maximum=200),
+        dim=prop("integer", "Vector width.", default=64, minimum=8, maximum=512),
+        idDropout=prop("number", "Share of item ids hidden in training, so that features alone place an item.",
+                       default=0.1, minimum=0, maximum=0.9),
+        minItemUsers=prop("integer", "Items of fewer users get no id embedding (their features stand for them).",
+                          default=2, minimum=1, maximum=1000),
+        targetsPerUser=prop("integer", "Targets drawn per user and epoch.", default=32, minimum=1, maximum=1000),
+        learningRate=prop("number", "Adam learning rate.", default=0.01, exclusiveMinimum=0, maximum=1),
+        batchSize=prop("integer", "Examples per training step (each one's negatives are the others' targets).",
+                       default=256, minimum=2, maximum=8192),
+        temperature=prop("number", "Scores are dot products of unit vectors over this.", default=0.05,
+                         exclusiveMinimum=0, maximum=10),
+        maxEpochs=prop("integer", "Most epochs.", default=100, minimum=1, maximum=1000),
+        patience=prop("integer", "Epochs without a validation gain before training stops.", default=5, minimum=1,
+                      maximum=100),
+        timeBudgetSeconds=prop("number", "Wall-clock limit of the training; the best epoch so far is kept.",
+                               default=90.0, exclusiveMinimum=0, maximum=7200),
         seed=prop("integer", "Seed of the initial weights and of the sampling in training.", default=7, minimum=0,
                   maximum=2**31 - 1),
     ),

@@ -23,6 +23,16 @@ def _limits() -> dict[str, int]:
     return {"recallTimeoutMs": 50, "maxCandidates": 1000}
 
 
+# SASRec, the next-item transformer (domain/learning/sasrec.py), where what a user did last says what comes next.
+# Settings chosen on ml-latest-small without its test part; below `minUsers` it is not trained and the other sources
+# serve. Its weight, like every weight here, is a starting point: training fits the blend (`models.tune`).
+def _sasrec(weight: float) -> dict[str, Any]:
+    return {"source": "sasrec", "weight": weight, "limit": 200, "params": {
+        "maxLength": 50, "dim": 64, "blocks": 2, "heads": 1, "dropout": 0.2, "targetSpan": 8, "minItemUsers": 3,
+        "minUsers": 200, "learningRate": 0.01, "batchSize": 128, "maxEpochs": 200, "patience": 10,
+        "timeBudgetSeconds": 150.0, "fullSoftmaxItems": 50000, "negatives": 2048, "seed": 7}}
+
+
 # Short video: the signal is how much of a clip was watched, and a skip is a strong "no".
 VLOG: dict[str, Any] = {
     "features": {
@@ -33,8 +43,14 @@ VLOG: dict[str, Any] = {
     "recall": [
         # Co-watch structure around the clips just watched carries the session's intent best: EASE over the
         # 3k most watched clips (its exact item-item solve stays a few seconds), co-watch neighbours for the rest.
-        {"source": "ease", "weight": 3.0, "limit": 300, "params": {"lambda": 300.0, "maxItems": 3000}},
-        {"source": "item_cf", "weight": 1.0, "limit": 200, "params": {"neighbors": 50, "seedItems": 20}},
+        {"source": "ease", "weight": 3.0, "limit": 300,
+         "params": {"lambda": 300.0, "maxItems": 3000, "historyHalfLife": None,
+                    "historyItems": None}},
+        # The order of the clips just watched: what a feed shows next.
+        _sasrec(3.0),
+        {"source": "item_cf", "weight": 1.0, "limit": 200,
+         "params": {"neighbors": 50, "seedItems": 20, "historyHalfLife": None,
+                    "historyItems": None}},
         # Embeddings reach clips with few views that CF cannot see yet.
         {"source": "vector", "weight": 0.5, "limit": 200, "params": {}},
         {"source": "content", "weight": 0.5, "limit": 150, "params": {}},
@@ -76,7 +92,9 @@ NEWS: dict[str, Any] = {
         {"source": "trending", "weight": 2.0, "limit": 200, "params": {"windowHours": None}},
         {"source": "affinity", "weight": 1.5, "limit": 150, "params": {"topCategories": 5}},
         # Co-reading ("readers of this also read") is the classic news signal while a story is live.
-        {"source": "item_cf", "weight": 2.0, "limit": 100, "params": {"neighbors": 30, "seedItems": 10}},
+        {"source": "item_cf", "weight": 2.0, "limit": 100,
+         "params": {"neighbors": 30, "seedItems": 10, "historyHalfLife": None,
+                    "historyItems": None}},
         {"source": "popular", "weight": 0.5, "limit": 100, "params": {"halfLifeHours": None}},
     ],
     "filters": [
@@ -114,10 +132,17 @@ ECOMMERCE: dict[str, Any] = {
     "recall": [
         # EASE is strong on sparse basket data; capped to the 4k best sellers (an exact solve of that size takes
         # seconds, the long tail is reached through co-purchase neighbours).
-        {"source": "ease", "weight": 3.0, "limit": 300, "params": {"lambda": 300.0, "maxItems": 4000}},
-        {"source": "item_cf", "weight": 1.5, "limit": 300, "params": {"neighbors": 100, "seedItems": 20}},
+        {"source": "ease", "weight": 3.0, "limit": 300,
+         "params": {"lambda": 300.0, "maxItems": 4000, "historyHalfLife": None,
+                    "historyItems": None}},
+        {"source": "item_cf", "weight": 1.5, "limit": 300,
+         "params": {"neighbors": 100, "seedItems": 20, "historyHalfLife": None,
+                    "historyItems": None}},
         {"source": "als", "weight": 1.0, "limit": 200,
-         "params": {"factors": 128, "iterations": 20, "regularization": 0.05}},
+         "params": {"factors": 128, "iterations": 20, "regularization": 0.05, "historyHalfLife": None,
+                    "historyItems": None}},
+        # Browsing sessions have an order (a phone, then its case): the next product after the last ones viewed.
+        _sasrec(3.0),
         {"source": "popular", "weight": 0.5, "limit": 100, "params": {"halfLifeHours": None}},
         {"source": "trending", "weight": 0.5, "limit": 100, "params": {"windowHours": None}},
     ],
@@ -156,9 +181,14 @@ MUSIC: dict[str, Any] = {
     },
     "recall": [
         # Next-track neighbours of the last few plays keep the session's flow.
-        {"source": "item_cf", "weight": 3.0, "limit": 300, "params": {"neighbors": 50, "seedItems": 10}},
+        {"source": "item_cf", "weight": 3.0, "limit": 300,
+         "params": {"neighbors": 50, "seedItems": 10, "historyHalfLife": None,
+                    "historyItems": None}},
+        # A listening session is a sequence: the next track after the last plays.
+        _sasrec(5.0),
         {"source": "als", "weight": 2.5, "limit": 300,
-         "params": {"factors": 96, "iterations": 15, "regularization": 0.01}},
+         "params": {"factors": 96, "iterations": 15, "regularization": 0.01, "historyHalfLife": None,
+                    "historyItems": None}},
         {"source": "affinity", "weight": 2.0, "limit": 200, "params": {"topCategories": 8}},
         {"source": "popular", "weight": 0.5, "limit": 100, "params": {"halfLifeHours": None}},
         {"source": "fresh", "weight": 0.5, "limit": 100, "params": {"maxAgeHours": 336.0}},
@@ -190,7 +220,9 @@ CUSTOM: dict[str, Any] = {
     "features": {"item": [], "user": [], "context": []},
     "recall": [
         {"source": "popular", "weight": 1.0, "limit": 200, "params": {"halfLifeHours": None}},
-        {"source": "item_cf", "weight": 1.0, "limit": 200, "params": {"neighbors": 50, "seedItems": 20}},
+        {"source": "item_cf", "weight": 1.0, "limit": 200,
+         "params": {"neighbors": 50, "seedItems": 20, "historyHalfLife": None,
+                    "historyItems": None}},
         {"source": "fresh", "weight": 0.5, "limit": 100, "params": {"maxAgeHours": 72.0}},
     ],
     "filters": [{"name": "seen", "params": {}}, {"name": "availability", "params": {}}],

@@ -23,8 +23,9 @@ from graph.evaluate import register
 
 DEMO = Path(__file__).resolve().parents[2] / "demo" / "ml-latest-small"
 # A few seconds of sasrec training: enough for its row to exist and to depend on the seed.
-TINY_SASREC = {"sasrec": {"dim": 16, "blocks": 1, "maxEpochs": 4, "patience": 2, "timeBudgetSeconds": 10.0,
-                          "targetSpan": 1, "minItemUsers": 1}}
+TINY_SASREC = {"two_tower": {"dim": 16, "maxEpochs": 3, "patience": 2, "timeBudgetSeconds": 10.0, "targetsPerUser": 4},
+               "sasrec": {"dim": 16, "blocks": 1, "maxEpochs": 4, "patience": 2, "timeBudgetSeconds": 10.0,
+                          "targetSpan": 1, "minItemUsers": 1, "minUsers": 1}}
 GENRES = ("Action", "Drama", "Comedy", "Horror", "Sci-Fi", "Romance")
 GROUPS = 5  # latent tastes; genres are drawn independently of them, as coarse labels are in real catalogues
 MOVIES_PER_GROUP = 12
@@ -120,7 +121,7 @@ def test_leave_one_out_holds_out_each_users_newest_interaction_ties_by_file_orde
 
 def test_every_template_model_and_baseline_is_scored(report: Report):
     names = [row.name for row in report.rows]
-    assert names == [*TEMPLATES, "sasrec", "popularity", "recent popularity", "EASE", "als (implicit)"]
+    assert names == [*TEMPLATES, "sasrec", "two_tower", "popularity", "recent popularity", "EASE", "als (implicit)"]
     for row in report.rows:
         for key in ("ndcg", "recall", "map", "coverage", "diversity"):
             assert 0.0 <= row.value(key) <= 1.0, (row.name, key)

@@ -27,7 +27,7 @@ T0 = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
 N_ITEMS = 40
 # Next-item targets (span 1) on every item: the walks below make the next item the one right answer.
 FAST = {"maxEpochs": 60, "patience": 8, "timeBudgetSeconds": 20.0, "dim": 32, "dropout": 0.1,
-        "learningRate": 0.005, "targetSpan": 1, "minItemUsers": 1}
+        "learningRate": 0.005, "targetSpan": 1, "minItemUsers": 1, "minUsers": 1}
 
 
 def items() -> list[dict]:
@@ -46,7 +46,8 @@ def cycles(users: int = 60, length: int = 16) -> TrainingData:
 
 def sasrec_config(**params: float) -> dict:
     recall = [{"source": "sasrec", "weight": 1.0, "limit": 50, "params": {**FAST, **params}}]
-    return build_config("CUSTOM", {"recall": recall, "fallback": {"sources": ["popular"], "minItems": 1}})
+    return build_config("CUSTOM", {"recall": recall, "fallback": {"sources": ["popular"], "minItems": 1},
+                                   "models": {"tune": False}})
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +202,9 @@ def test_serving_modules_do_not_import_torch() -> None:
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_too_few_users_train_no_model_and_the_source_stays_empty() -> None:
+    model = train_scenario_model(cycles(users=30), sasrec_config(minUsers=31), scenario_id="s", version=1)
+    assert model.sasrec is None and "minUsers is 31" in model.info["sasrec"]["skipped"]
+    assert len(await SasrecSource().recall(context(model, ["i3", "i4"]), 5)) == 0

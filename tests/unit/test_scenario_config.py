@@ -78,7 +78,7 @@ def test_schema_enums_are_the_canonical_stage_names() -> None:
     assert props["filters"]["items"]["properties"]["name"]["enum"] == list(stages.FILTERS)
     assert props["ranker"]["properties"]["name"]["enum"] == ["fusion"]
     assert props["rerank"]["items"]["properties"]["name"]["enum"] == list(stages.RERANKERS)
-    assert "two_tower" not in stages.RECALL_SOURCES and "sequence" not in stages.RECALL_SOURCES
+    assert "two_tower" in stages.RECALL_SOURCES and "sequence" not in stages.RECALL_SOURCES
 
 
 def test_stage_params_only_describe_known_stages() -> None:
@@ -111,9 +111,9 @@ def test_weight_above_100_and_limit_out_of_range_are_refused() -> None:
 
 
 def test_unknown_recall_source_names_its_source_field() -> None:
-    error = _error({"recall": _recall("popular", "item_cf", "two_tower")})
+    error = _error({"recall": _recall("popular", "item_cf", "gru4rec")})
     assert error.field == "input.config.recall.2.source"
-    assert "'two_tower' is not one of" in error.message
+    assert "'gru4rec' is not one of" in error.message
 
 
 def test_unknown_top_level_key_is_named() -> None:
@@ -220,7 +220,8 @@ def test_defaults_are_filled_and_validation_is_idempotent() -> None:
     result = validate_config(config)
     assert config == before
     assert result["recall"] == [
-        {"source": "item_cf", "weight": 2, "limit": 200, "params": {"neighbors": 50, "seedItems": 20}}
+        {"source": "item_cf", "weight": 2, "limit": 200,
+         "params": {"neighbors": 50, "seedItems": 20, "historyHalfLife": None, "historyItems": None}}
     ]
     assert result["filters"] == [{"name": "blocklist", "params": {"itemIds": [], "categories": []}}]
     assert result["ranker"] == {"name": "fusion", "params": {"method": "weighted", "normalize": "minmax", "rrfK": 60.0}}

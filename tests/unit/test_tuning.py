@@ -148,8 +148,10 @@ def test_the_settings_search_walks_to_the_best_value_on_a_log_scale() -> None:
         return -abs(math.log(value / 37.0))
 
     best, _, trials = tune_value(300.0, 1.0, 1e6, False, score, deadline=float("inf"))
-    assert best == pytest.approx(37.5)  # 300 -> 75 (a step of 4) -> 37.5 (a step of 2)
-    assert len(trials) == len(set(tried)) <= 5
+    assert best == pytest.approx(37.5)  # 300 -> 75 -> 18.75 (steps of 4) -> 37.5 (a step of 2)
+    assert len(trials) == len(set(tried)) <= 7
+    far, _, _ = tune_value(2.0, 0.5, 1e5, False, lambda v: -abs(math.log(v / 5000.0)), deadline=float("inf"))
+    assert far == pytest.approx(4096.0)  # walks on while it gains: 2 -> 8 -> ... -> 8192, back to 4096
 
 
 def test_a_trained_pipeline_is_never_worse_on_its_slice_than_its_config_or_a_single_source(tuned) -> None:
@@ -160,6 +162,7 @@ def test_a_trained_pipeline_is_never_worse_on_its_slice_than_its_config_or_a_sin
     assert all(chosen >= score for score in tuning["pipelines"].values())
     assert tuning["validation"]["ndcg@10"] == chosen
     assert set(tuning["params"]) == {"ease", "item_cf"}
+    assert set(tuning["params"]["ease"]) == {"lambda", "historyHalfLife", "historyItems"}
     assert tuning["trials"]["ease"][0]["params"] == {"lambda": 50.0}  # the search starts from the config's value
     assert tuning["validationUsers"] >= MIN_USERS
 
@@ -171,8 +174,14 @@ def test_popularity_alone_loses_its_weight_to_the_taste_sources(tuned) -> None:
 
 def test_serving_uses_the_fitted_weights_unless_tuning_is_off(tuned) -> None:
     fitted = {k: v for k, v in tuned.info["tuning"]["weights"].items() if v > 0}
-    served = {e["source"]: e["weight"] for e in Engine(config(), tuned).config["recall"]}
+    engine = Engine(config(), tuned)
+    served = {e["source"]: e["weight"] for e in engine.config["recall"]}
     assert served == fitted
+    params = tuned.info["tuning"]["params"]
+    for entry in engine.config["recall"]:
+        if entry["source"] in params:  # the request-time settings it fitted are served too
+            assert entry["params"]["historyHalfLife"] == params[entry["source"]]["historyHalfLife"]
+            assert entry["params"]["historyItems"] == params[entry["source"]]["historyItems"]
     as_written = {e["source"]: e["weight"] for e in Engine(config(tune=False), tuned).config["recall"]}
     assert as_written == {"ease": 1.0, "item_cf": 1.0, "popular": 3.0}
     # A config (or an experiment variant) whose weights differ from those training started from serves its own.
