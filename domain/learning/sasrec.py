@@ -30,13 +30,14 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from domain.learning.params import from_params
 from domain.learning.sequences import SequenceModel
 from domain.learning.tuning import validation_tails
 from models.sasrec import SASRec
@@ -71,13 +72,7 @@ class Settings:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Settings:
         """Return the settings with the params that are set (None: default) applied."""
-        values = {f.name: params.get(_camel(f.name)) for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if v is not None})
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
+        return from_params(cls, params)
 
 
 @dataclass(frozen=True)

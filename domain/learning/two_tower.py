@@ -27,13 +27,14 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from domain.learning.params import from_params
 from domain.learning.towers import TowerModel
 from domain.learning.tuning import validation_tails
 from domain.recommend.base import CatalogueView
@@ -68,13 +69,7 @@ class Settings:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Settings:
         """Return the settings with the params that are set (None: default) applied."""
-        values = {f.name: params.get(_camel(f.name)) for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if v is not None})
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
+        return from_params(cls, params)
 
 
 # --- item features ---------------------------------------------------------------------------------------------
