@@ -25,7 +25,6 @@ epoch's weights are kept.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from domain.learning.epochs import fit_epochs, over
 from domain.learning.params import from_params
 from domain.learning.sequences import SequenceModel
 from domain.learning.tuning import validation_tails
@@ -192,31 +192,13 @@ def _fit(model: SASRec, windows: np.ndarray, validation: Validation, settings: S
     """Train epoch by epoch, keep the best epoch's weights in the model; return what happened."""
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.98))
     batch = _batch_size(settings, model.items.num_embeddings - 1)
-    best, best_state, best_epoch, stale, epoch, losses, curve = -1.0, None, 0, 0, 0, [], []
-    while epoch < settings.max_epochs and stale < settings.patience and not _over(settings, started):
-        epoch += 1
-        model.train()
-        losses.append(_epoch(model, optimizer, windows, batch, settings, rng, device, started))
-        score = _ndcg(model, validation, device) if len(validation) else -float(losses[-1])
-        curve.append(round(score, 4))
-        if score > best:
-            best, best_state, best_epoch, stale = score, copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            stale += 1
-        if progress is not None:
-            elapsed = (time.perf_counter() - started) / settings.time_budget_seconds
-            progress(min(max(epoch / settings.max_epochs, elapsed), 1.0), f"sasrec epoch {epoch}")
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return {"epochs": epoch, "bestEpoch": best_epoch, "valNdcg10": round(best, 5) if len(validation) else None,
-            "validationUsers": len(validation), "lastLoss": round(losses[-1], 5) if losses else None, "curve": curve,
-            "stopped": "patience" if stale >= settings.patience else
-            "time budget" if _over(settings, started) else "max epochs"}
 
+    def run_epoch() -> float:
+        return _epoch(model, optimizer, windows, batch, settings, rng, device, started)
 
-def _over(settings: Settings, started: float) -> bool:
-    return time.perf_counter() - started > settings.time_budget_seconds
+    validate = (lambda: _ndcg(model, validation, device)) if len(validation) else None
+    return {**fit_epochs(model, settings, started, run_epoch, validate, progress, "sasrec"),
+            "validationUsers": len(validation)}
 
 
 def _batch_size(settings: Settings, vocabulary: int) -> int:
@@ -239,7 +221,7 @@ def _epoch(model: SASRec, optimizer: torch.optim.Optimizer, windows: np.ndarray,
         loss.backward()
         optimizer.step()
         total, batches = total + loss.item(), batches + 1
-        if _over(settings, started):
+        if over(settings, started):
             break
     return total / max(batches, 1)
 

@@ -21,7 +21,6 @@ past its wall-clock budget, and the best epoch's weights are kept.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from domain.learning.epochs import fit_epochs, over
 from domain.learning.params import from_params
 from domain.learning.towers import TowerModel
 from domain.learning.tuning import validation_tails
@@ -268,32 +268,14 @@ def _fit(model: TwoTower, histories: Histories, log_q: torch.Tensor, validation:
          progress: Progress | None) -> dict[str, Any]:
     """Train epoch by epoch, keep the best epoch's weights in the model; return what happened."""
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    best, best_state, best_epoch, stale, epoch, losses, curve = -1.0, None, 0, 0, 0, [], []
-    while epoch < settings.max_epochs and stale < settings.patience and not _over(settings, started):
-        epoch += 1
-        model.train()
+
+    def run_epoch() -> float:
         history, targets = histories.sample(settings.targets_per_user, settings.max_length, rng)
-        losses.append(_epoch(model, optimizer, history, targets, log_q, settings, rng, device, started))
-        score = _ndcg(model, validation, device) if len(validation) else -float(losses[-1])
-        curve.append(round(score, 4))
-        if score > best:
-            best, best_state, best_epoch, stale = score, copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            stale += 1
-        if progress is not None:
-            elapsed = (time.perf_counter() - started) / settings.time_budget_seconds
-            progress(min(max(epoch / settings.max_epochs, elapsed), 1.0), f"two_tower epoch {epoch}")
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return {"epochs": epoch, "bestEpoch": best_epoch, "valNdcg10": round(best, 5) if len(validation) else None,
-            "validationUsers": len(validation), "lastLoss": round(losses[-1], 5) if losses else None, "curve": curve,
-            "stopped": "patience" if stale >= settings.patience else
-            "time budget" if _over(settings, started) else "max epochs"}
+        return _epoch(model, optimizer, history, targets, log_q, settings, rng, device, started)
 
-
-def _over(settings: Settings, started: float) -> bool:
-    return time.perf_counter() - started > settings.time_budget_seconds
+    validate = (lambda: _ndcg(model, validation, device)) if len(validation) else None
+    return {**fit_epochs(model, settings, started, run_epoch, validate, progress, "two_tower"),
+            "validationUsers": len(validation)}
 
 
 def _epoch(model: TwoTower, optimizer: torch.optim.Optimizer, history: np.ndarray, targets: np.ndarray,
@@ -310,7 +292,7 @@ def _epoch(model: TwoTower, optimizer: torch.optim.Optimizer, history: np.ndarra
         loss.backward()
         optimizer.step()
         total, batches = total + loss.item(), batches + 1
-        if _over(settings, started):
+        if over(settings, started):
             break
     return total / max(batches, 1)
 
