@@ -380,7 +380,8 @@ def refit_similarity(base: ScenarioModel, data: TrainingData, config: Mapping, *
     its index space and is copied from the base; items added since the base was trained join at the next training.
     """
     config = validate_config(config)
-    sources = _sources(config)
+    fitted = (base.info.get("tuning") or {}).get("params") or {}  # the settings the base's training chose
+    sources = {name: {**params, **fitted.get(name, {})} for name, params in _sources(config).items()}
     refitted = [name for name in SIMILARITY_MODELS if name in sources]
     steps = _Steps(progress, 1 + len(refitted))
     catalogue = base.catalogue

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from domain.learning.data import TrainingData, build_interactions
-from domain.learning.train import train_scenario_model
+from domain.learning.train import refit_similarity, train_scenario_model
 from domain.learning.tuning import (
     MIN_USERS,
     FusionInputs,
@@ -215,3 +215,14 @@ def test_run_inline_refuses_a_coroutine_that_waits() -> None:
 
     with pytest.raises(RuntimeError, match="in-memory"):
         run_inline(waits())
+
+
+def test_the_hourly_similarity_refit_keeps_the_fitted_settings_and_weights(tuned, data: TrainingData) -> None:
+    import copy
+    from dataclasses import replace
+
+    info = copy.deepcopy(tuned.info)
+    info["tuning"]["params"]["item_cf"]["neighbors"] = 7  # as if the fit had chosen 7 (the config says 20)
+    refit = refit_similarity(replace(tuned, info=info), data, config(), version=2)
+    assert refit.item_cf.neighbors.shape[1] == 7
+    assert refit.info["tuning"] == info["tuning"]  # so serving keeps the fitted weights
