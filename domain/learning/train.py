@@ -279,11 +279,16 @@ def with_config_params(config: Mapping, chosen: Mapping[str, Mapping[str, Any]])
     return out
 
 
-def _sasrec_fit(inter: Interactions, params: Mapping[str, Any],
-                held: np.ndarray | None) -> tuple[SequenceModel | None, dict[str, Any]]:
+def _sasrec_fit(inter: Interactions, params: Mapping[str, Any], held: np.ndarray | None,
+                progress: Progress | None = None) -> tuple[SequenceModel | None, dict[str, Any]]:
+    learners = int((np.diff(inter.history_indptr) >= 2).sum())
+    need = int(params.get("minUsers") or _default("sasrec", "minUsers"))
+    if learners < need:  # decided before torch loads: a small scenario's training stays light
+        return None, {"epochs": 0, "seconds": 0.0,
+                      "skipped": f"{learners} users with two items or more; minUsers is {need}"}
     from domain.learning.sasrec import train_sasrec  # torch loads only where a scenario uses it
 
-    return train_sasrec(inter.history_indptr, inter.history_items, params, None, held)
+    return train_sasrec(inter.history_indptr, inter.history_items, params, progress, held)
 
 
 def _sources(config: Mapping) -> dict[str, Mapping[str, Any]]:
@@ -352,10 +357,7 @@ def _train_sources(model: ScenarioModel, inter: Interactions, data: TrainingData
 
 def _sasrec(model: ScenarioModel, inter: Interactions, params: Mapping[str, Any],
             progress: Progress | None) -> SequenceModel | None:
-    # Imported here: torch loads only in a process that trains a scenario using it (the training child).
-    from domain.learning.sasrec import train_sasrec
-
-    sequence, info = train_sasrec(inter.history_indptr, inter.history_items, params, progress)
+    sequence, info = _sasrec_fit(inter, params, None, progress)
     model.info["sasrec"] = info
     return sequence
 
