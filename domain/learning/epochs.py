@@ -4,6 +4,7 @@ after `patience` epochs without a gain, at `max_epochs`, or past the wall-clock 
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -13,6 +14,11 @@ class Budgeted(Protocol):
     max_epochs: int
     patience: int
     time_budget_seconds: float
+
+
+def usable_cores() -> int:
+    """Return the cores this process may run on (the affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def over(settings: Budgeted, started: float) -> bool:

@@ -25,8 +25,6 @@ epoch's weights are kept.
 
 from __future__ import annotations
 
-import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,12 +32,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from domain.learning.epochs import fit_epochs, over
+from domain.learning.epochs import fit_epochs, over, usable_cores
 from domain.learning.params import from_params
 from domain.learning.sequences import SequenceModel
-from domain.learning.tuning import validation_tails
+from domain.learning.tuning import ndcg_at, validation_tails
 from models.sasrec import SASRec
 
 Progress = Callable[[float, str], None]
@@ -163,7 +160,7 @@ def train_sasrec(indptr: np.ndarray, items: np.ndarray, params: Mapping[str, Any
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = usable_cores()
     torch.set_num_threads(threads)  # explicit: the default may count cores this process cannot use
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     histories = Histories.build(indptr, items, settings.min_item_users, held)
@@ -260,14 +257,8 @@ def _ndcg(model: SASRec, validation: Validation, device: torch.device, batch: in
         rows = torch.as_tensor(validation.seen_rows[pairs] - start, device=device)
         scores[rows, torch.as_tensor(validation.seen_items[pairs], device=device)] = -float("inf")
         top = torch.topk(scores, K, dim=1).indices.cpu().numpy()
-        total += sum(_ndcg_one(row, validation.targets[start + r]) for r, row in enumerate(top))
+        total += sum(ndcg_at(row.tolist(), validation.targets[start + r], K) for r, row in enumerate(top))
     return total / len(validation)
-
-
-def _ndcg_one(ranked: np.ndarray, relevant: set[int]) -> float:
-    gains = [1.0 / math.log2(rank + 2) for rank, item in enumerate(ranked.tolist()) if item in relevant]
-    ideal = sum(1.0 / math.log2(rank + 2) for rank in range(min(K, len(relevant))))
-    return sum(gains) / ideal if ideal else 0.0
 
 
 def export(model: SASRec, vocabulary: np.ndarray) -> SequenceModel:

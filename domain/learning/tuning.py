@@ -34,6 +34,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,7 +158,7 @@ class Scores:
                 "coverage": round(self.coverage, 5)}
 
 
-def ndcg_at(ranked: Sequence[int], relevant: frozenset[int], k: int = K) -> float:
+def ndcg_at(ranked: Sequence[int], relevant: AbstractSet[int], k: int = K) -> float:
     """Return binary NDCG@k of a ranked list (catalogue indexes)."""
     gains = sum(1.0 / math.log2(r + 2) for r, i in enumerate(ranked[:k]) if i in relevant)
     ideal = sum(1.0 / math.log2(r + 2) for r in range(min(k, len(relevant))))

@@ -22,7 +22,6 @@ past its wall-clock budget, and the best epoch's weights are kept.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -33,10 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from domain.learning.epochs import fit_epochs, over
+from domain.learning.epochs import fit_epochs, over, usable_cores
 from domain.learning.params import from_params
 from domain.learning.towers import TowerModel
-from domain.learning.tuning import validation_tails
+from domain.learning.tuning import ndcg_at, validation_tails
 from domain.recommend.base import CatalogueView
 from models.two_tower import TwoTower
 
@@ -241,7 +240,7 @@ def train_two_tower(catalogue: CatalogueView, indptr: np.ndarray, items: np.ndar
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = usable_cores()
     torch.set_num_threads(threads)  # explicit: the default may count cores this process cannot use
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     histories = Histories.build(indptr, items, held)
@@ -319,19 +318,13 @@ def _ndcg(model: TwoTower, validation: Validation, device: torch.device, batch: 
         for r, seen in enumerate(validation.seen[start : start + batch]):
             scores[r, torch.as_tensor(seen, device=device)] = -float("inf")
         top = torch.topk(scores, min(K, scores.shape[1]), dim=1).indices.cpu().numpy()
-        total += sum(_ndcg_one(row, validation.targets[start + r]) for r, row in enumerate(top))
+        total += sum(ndcg_at(row.tolist(), validation.targets[start + r], K) for r, row in enumerate(top))
     return total / len(validation)
 
 
 def _all_items(model: TwoTower) -> torch.Tensor:
     codes = torch.arange(1, len(model.ids), device=model.ids.device)
     return model.item_vectors(codes)
-
-
-def _ndcg_one(ranked: np.ndarray, relevant: set[int]) -> float:
-    gains = [1.0 / math.log2(rank + 2) for rank, item in enumerate(ranked.tolist()) if item in relevant]
-    ideal = sum(1.0 / math.log2(rank + 2) for rank in range(min(K, len(relevant))))
-    return sum(gains) / ideal if ideal else 0.0
 
 
 @torch.no_grad()
