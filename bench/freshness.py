@@ -6,7 +6,12 @@ recommendations, clicks the first item, and from the moment the mutation returns
 is gone from the list and first in the profile's recent items. Probes run once with no other traffic (baseline) and
 once while `--workers` background tasks record `--rate` events/s in all for other users, in batches of `--batch`.
 
-    .venv/bin/python bench/freshness.py [--probes 200] [--rate 1000] [--batch 100]
+With `--sasrec` the scenario recalls from `sasrec` alone, trained first on synthetic chains (each user walks the
+catalogue i0 -> i1 -> i2 ..., from a random start, so the next item is learnable). A probe clicks an item b the user
+has not seen and waits until b's successor is in the first five of the list as well: the new event has reached the
+sequence model's input and changed its candidates.
+
+    .venv/bin/python bench/freshness.py [--probes 200] [--rate 1000] [--batch 100] [--sasrec]
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ RECOMMEND = "query($s: ID!, $u: ID!) { recommendations(scenarioId: $s, userId: $
 PROFILE = "query($u: ID!) { profile(userId: $u) { recent { itemId } } }"
 ITEMS = 1000
 TARGET_P99_S = 1.0
+TRAIN = "mutation($s: ID!) { trainScenario(scenarioId: $s) { id } }"
+JOB = "query($id: ID!) { job(id: $id) { status progress stage error } }"
+CHAIN_USERS, CHAIN_LENGTH = 400, 30  # synthetic training for --sasrec: 12,000 events, SASRec trains in seconds
+SUCCESSOR_TOP = 5  # with --sasrec, the clicked item's successor must be among the first five
 
 
 class Api:
@@ -63,17 +72,58 @@ async def set_up(api: Api, name: str = "fresh") -> str:
     return sid
 
 
-async def probe(api: Api, sid: str, user: str) -> float:
-    """Return seconds from the click's mutation returning to both reads reflecting it."""
-    listed = (await api(RECOMMEND, {"s": sid, "u": user}))["recommendations"]["items"]
-    item = listed[0]["item"]["id"]
+async def set_up_sasrec(api: Api, name: str = "fresh-sasrec") -> str:
+    """Create a scenario that recalls from `sasrec` alone, record synthetic chains and train it; return its id."""
+    config = {"recall": [{"source": "sasrec", "weight": 1, "limit": 200,
+                          "params": {"timeBudgetSeconds": 60, "minItemUsers": 1, "targetSpan": 1}}],
+              "rerank": [], "models": {"tune": False}}
+    sid = (await api(CREATE, {"i": {"name": name, "template": "VLOG", "config": config}}))["createScenario"]["id"]
+    items = [{"id": f"i{k}", "categories": [f"c{k % 10}"]} for k in range(ITEMS)]
+    for start in range(0, ITEMS, 500):
+        await api(UPSERT, {"s": sid, "items": items[start : start + 500]})
+    rng = random.Random(11)
+    began = datetime.now(UTC) - timedelta(days=10)
+    events = []
+    for u in range(CHAIN_USERS):
+        first = rng.randrange(ITEMS - CHAIN_LENGTH)
+        events += [{"scenarioId": sid, "userId": f"chain{u}", "itemId": f"i{first + k}", "type": "CLICK",
+                    "timestamp": (began + timedelta(minutes=u * CHAIN_LENGTH + k)).isoformat()}
+                   for k in range(CHAIN_LENGTH)]
+    for start in range(0, len(events), 500):
+        await api(RECORD, {"e": events[start : start + 500]})
+    job = (await api(TRAIN, {"s": sid}))["trainScenario"]["id"]
+    deadline = time.perf_counter() + 600
+    while (state := (await api(JOB, {"id": job}))["job"])["status"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"training still {state['status']} after 600 s ({state['stage']})")
+        await asyncio.sleep(1.0)
+    if state["status"] != "SUCCEEDED":
+        raise RuntimeError(f"training {state['status']}: {state['error']}")
+    return sid
+
+
+def successor(item: str) -> str | None:
+    """Return the item after `item` in the synthetic chains (None for the last)."""
+    k = int(item[1:]) + 1
+    return f"i{k}" if k < ITEMS else None
+
+
+async def probe(api: Api, sid: str, user: str, sasrec: bool = False) -> float:
+    """Return seconds from the click's mutation returning to both reads reflecting it (with sasrec, also the
+    clicked item's successor among the first SUCCESSOR_TOP of the list)."""
+    listed = [r["item"]["id"] for r in (await api(RECOMMEND, {"s": sid, "u": user}))["recommendations"]["items"]]
+    item = listed[0]
+    if sasrec:  # an item whose successor is not listed yet, so that only the click can bring it in
+        item = next(f"i{k}" for k in random.Random(user).sample(range(ITEMS - 1), ITEMS - 1)
+                    if f"i{k + 1}" not in listed[:SUCCESSOR_TOP] and f"i{k}" not in listed)
+    expected = successor(item) if sasrec else None
     await api(RECORD, {"e": [{"scenarioId": sid, "userId": user, "itemId": item, "type": "CLICK"}]})
     returned = time.perf_counter()
     gone = shown = False
     while not (gone and shown):
         if not gone:
             ids = [r["item"]["id"] for r in (await api(RECOMMEND, {"s": sid, "u": user}))["recommendations"]["items"]]
-            gone = item not in ids
+            gone = item not in ids and (expected is None or expected in ids[:SUCCESSOR_TOP])
         if not shown:
             profile = (await api(PROFILE, {"u": user}))["profile"]
             shown = bool(profile and profile["recent"] and profile["recent"][0]["itemId"] == item)
@@ -97,8 +147,8 @@ async def background(api: Api, sid: str, rate: float, batch: int, stop: asyncio.
         await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
 
 
-async def run_probes(api: Api, sid: str, n: int, tag: str) -> list[float]:
-    return [await probe(api, sid, f"{tag}{k}") for k in range(n)]
+async def run_probes(api: Api, sid: str, n: int, tag: str, sasrec: bool = False) -> list[float]:
+    return [await probe(api, sid, f"{tag}{k}", sasrec) for k in range(n)]
 
 
 def summary(name: str, samples: list[float], extra: str = "") -> str:
@@ -127,15 +177,15 @@ async def main(args: argparse.Namespace) -> int:
             await serve.wait_ready(client)
             keys, _ = serve.create_tenant("freshness")
             api = Api(client, serve.url, keys["keys"]["admin"])
-            sid = await set_up(api)
-            await run_probes(api, sid, 5, "warm")
-            idle = await run_probes(api, sid, args.probes, "idle")
+            sid = await (set_up_sasrec(api) if args.sasrec else set_up(api))
+            await run_probes(api, sid, 5, "warm", args.sasrec)
+            idle = await run_probes(api, sid, args.probes, "idle", args.sasrec)
             stop, sent = asyncio.Event(), [0]
             load = asyncio.gather(*(background(api, sid, args.rate / args.workers, args.batch, stop, sent, seed)
                                     for seed in range(args.workers)))
             await asyncio.sleep(2.0)  # let the load settle
             began, before = time.perf_counter(), sent[0]
-            loaded = await run_probes(api, sid, args.probes, "load")
+            loaded = await run_probes(api, sid, args.probes, "load", args.sasrec)
             achieved = (sent[0] - before) / (time.perf_counter() - began)
             stop.set()
             await load
@@ -157,4 +207,6 @@ def load_arguments(parser: argparse.ArgumentParser, *, probes: int) -> argparse.
 
 if __name__ == "__main__":
     parser = load_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), probes=200)
+    parser.add_argument("--sasrec", action="store_true",
+                        help="recall from a trained sasrec alone and wait for the click to change its candidates")
     sys.exit(asyncio.run(main(parser.parse_args())))

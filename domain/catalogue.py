@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +37,7 @@ MAX_SEARCH_CHARS = 256
 DUPLICATE_KEY = 11000
 ITEM_TTL_S = 30.0  # how long a shown item is reused as read; other processes' changes show after it
 ITEM_STALE_S = 3600.0  # how long past that it is still shown while a background read refreshes it
+Written = Callable[[str, str, list[str]], Awaitable[None]]  # (tenant_id, scenario_id, item ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,12 @@ class CatalogueService:
         # never shown; this process's own writes drop their items at once.
         self._hot: HotCache[Item] = HotCache(ttl_s=ITEM_TTL_S, stale_s=ITEM_STALE_S)
         self._reread = Revalidator(self._reread_items, name="items")
+        self._written: list[Written] = []
+
+    def on_written(self, handler: Written) -> None:
+        """Await handler(tenant_id, scenario_id, item ids) after items of a scenario were upserted or removed from it
+        (what is derived from items follows them: the two-tower vectors in the store)."""
+        self._written.append(handler)
 
     async def upsert(self, items: Sequence[ItemData], *, tenant_id: str, scenario_id: str) -> UpsertResult:
         """Insert or update items under a scenario; bad rows are reported, good rows stored."""
@@ -183,6 +190,7 @@ class CatalogueService:
             new = await self._write(accepted, tenant_id=tenant_id, scenario_id=scenario_id, now=now)
             await self._mirror(accepted, new, tenant_id=tenant_id, scenario_id=scenario_id)
             await self._changed([d.id for d in accepted], tenant_id=tenant_id)
+            await self._tell(tenant_id, scenario_id, [d.id for d in accepted])
         result.upserted = len(accepted)
         return result
 
@@ -257,7 +265,12 @@ class CatalogueService:
         except CacheUnavailable as exc:
             log.warning("cache.unavailable", op="items.delete", error=str(exc))
         await self._changed(list(dict.fromkeys(ids)), tenant_id=tenant_id)
+        await self._tell(tenant_id, scenario_id, list(dict.fromkeys(ids)))
         return result.modified_count
+
+    async def _tell(self, tenant_id: str, scenario_id: str, ids: list[str]) -> None:
+        for handler in self._written:
+            await handler(tenant_id, scenario_id, ids)
 
     async def _changed(self, ids: list[str], *, tenant_id: str) -> None:
         """Tell serving (every process) that these items changed: the items version its item views follow, and the

@@ -18,6 +18,7 @@ from domain.jobs import JobQueue, JobService
 from domain.jobwatch import JobWatch
 from domain.learning.registry import ModelVersionService
 from domain.learning.service import LearningConfig, TrainingService
+from domain.learning.tower_spaces import TowerSpaces
 from domain.privacy import PrivacyService
 from domain.ratelimit import RateLimits, RatePolicy
 from domain.realtime.impressions import impression_sink
@@ -61,6 +62,7 @@ class Services:
     audit: AuditLog = field(default_factory=AuditLog)  # admin mutations, written by the GraphQL audit extension
     job_watch: JobWatch = field(default_factory=JobWatch)  # one poll per job however many follow it
     returning: ReturningUsers | None = None  # rebuilds returning users' expired state (serving processes run it)
+    towers: TowerSpaces | None = None  # two-tower item vectors in the store: written, kept current, dropped
 
     @classmethod
     def build(
@@ -79,7 +81,10 @@ class Services:
         jobs = JobService(queue)
         catalogue = CatalogueService(cache, scenarios, windowed_listing=windowed_listing, invalidations=invalidations)
         profiles = ProfileService(cache, redis)
-        training = TrainingService(jobs, scenarios, vectors=vectors, config=learning)
+        towers = TowerSpaces(vectors, scenarios, models_dir=learning.models_dir if learning else None, queue=queue)
+        catalogue.on_written(towers.request_sync)  # the item-vector job gives new items their vectors
+        scenarios.on_delete(towers.drop_scenario)
+        training = TrainingService(jobs, scenarios, vectors=vectors, config=learning, towers=towers)
         user_ttl_s = cache.user_ttl_s if isinstance(cache, RedisCache) else USER_STATE_TTL_S
         realtime = (RealtimeService(redis, catalogue, scenarios, user_ttl_s=user_ttl_s, attribution_s=attribution_s)
                     if redis is not None else None)
@@ -124,4 +129,5 @@ class Services:
             invalidations=invalidations,
             rate_limits=RateLimits.over(redis, rate_policy or RatePolicy()),
             returning=returning,
+            towers=towers,
         )

@@ -13,6 +13,7 @@ from typing import Any
 from arq import Retry
 
 from domain.jobs import JOB_FUNCTIONS, JobKind, Retryable
+from domain.learning.tower_spaces import SYNC_FUNCTION
 
 # Seconds before retry n (1-based) of a job whose stores were briefly unavailable.
 BACKOFF_S = (5, 30, 120, 600)
@@ -69,6 +70,24 @@ async def cleanup(ctx: dict[str, Any], tenant_id: str, scenario_id: str, job_id:
     background = ctx["services"].background
     return await _run(ctx, JobKind.CLEANUP, lambda attempt, may_retry: background.cleanup(
         job_id, tenant_id=tenant_id, scenario_id=scenario_id, attempt=attempt, may_retry=may_retry))
+
+
+async def sync_item_vectors(ctx: dict[str, Any], tenant_id: str, scenario_id: str,
+                            item_ids: list[str]) -> dict | None:
+    """items.vectors: give written items their two-tower vectors in the store, and take removed ones out.
+
+    Queued by each item write of a scenario that serves two towers, not recorded as a job (there is one per write).
+    """
+    towers = ctx["services"].towers
+    if towers is None:
+        return None
+    attempt = int(ctx.get("job_try") or 1)
+    tries = (ctx.get("tries") or {}).get(SYNC_FUNCTION, ctx["max_tries"])
+    try:
+        return await towers.sync(item_ids, tenant_id=tenant_id, scenario_id=scenario_id,
+                                 may_retry=attempt < int(tries))
+    except Retryable as exc:
+        raise Retry(defer=backoff_s(attempt)) from exc
 
 
 JOBS: dict[JobKind, Callable[..., Awaitable[dict | None]]] = {

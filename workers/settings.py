@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from domain.background import JobPolicy
 from domain.jobs import JOB_FUNCTIONS, JobKind
 from domain.learning.service import LearningConfig
+from domain.learning.tower_spaces import SYNC_FUNCTION
 from domain.maintenance import CleanupPolicy
 from domain.precompute import CandidatePolicy
 from domain.recommend.serving import ModelRegistry, SwapChannel
@@ -31,7 +32,7 @@ from models.mongo import connect_mongo
 from models.settings import JobsSettings, Settings, TrainingSettings
 from models.vectors import open_vector_store
 from workers.cron import cron_jobs
-from workers.jobs import JOBS
+from workers.jobs import JOBS, sync_item_vectors
 from workers.metrics import JobMetrics
 
 log = structlog.get_logger()
@@ -40,6 +41,7 @@ log = structlog.get_logger()
 # the outcome. A job whose worker died is picked up again once arq's in-progress key expires (the largest timeout
 # plus 10 s), as its next try.
 TIMEOUT_MARGIN_S = 600
+ITEM_VECTORS_TIMEOUT_S = 300  # items.vectors: up to 5,000 items' vectors for a few spaces
 MAX_JOBS = 4  # trainings queue for the one training process; other jobs may run beside them
 
 
@@ -54,16 +56,18 @@ def time_limits_s(training: TrainingSettings, jobs: JobsSettings) -> dict[JobKin
 
 def tries(training: TrainingSettings, jobs: JobsSettings) -> dict[str, int]:
     """Return each job function's number of tries."""
-    return {JOB_FUNCTIONS[kind]: training.job_max_tries if kind is JobKind.TRAIN else jobs.max_tries
-            for kind in JobKind}
+    return {**{JOB_FUNCTIONS[kind]: training.job_max_tries if kind is JobKind.TRAIN else jobs.max_tries
+               for kind in JobKind}, SYNC_FUNCTION: jobs.max_tries}
 
 
 def job_functions(training: TrainingSettings, jobs: JobsSettings | None = None) -> list[Function]:
     """Return the registered jobs with the configured time limits and tries."""
     jobs = jobs or JobsSettings.model_construct()
     limits, counts = time_limits_s(training, jobs), tries(training, jobs)
-    return [func(JOBS[kind], name=JOB_FUNCTIONS[kind], timeout=limits[kind] + TIMEOUT_MARGIN_S,
-                 max_tries=counts[JOB_FUNCTIONS[kind]]) for kind in JobKind]
+    return [*(func(JOBS[kind], name=JOB_FUNCTIONS[kind], timeout=limits[kind] + TIMEOUT_MARGIN_S,
+                   max_tries=counts[JOB_FUNCTIONS[kind]]) for kind in JobKind),
+            func(sync_item_vectors, name=SYNC_FUNCTION, timeout=ITEM_VECTORS_TIMEOUT_S,
+                 max_tries=counts[SYNC_FUNCTION])]
 
 
 def job_policy(settings: Settings) -> JobPolicy:

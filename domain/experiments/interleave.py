@@ -12,8 +12,6 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from statsmodels.stats.proportion import binom_test, proportion_confint
-
 from domain.experiments.moments import Moments
 from domain.experiments.report import Preference
 
@@ -54,6 +52,7 @@ def preference(moments: Moments, *, alpha: float) -> Preference:
     """Return the users preferring each variant, the treatment's share of preferences with its Wilson interval
     (Wilson 1927; statsmodels `proportion_confint(method="wilson")`), and the two-sided sign test of share = 1/2
     (exact binomial; statsmodels `binom_test`). Ties (users with no or balanced credited clicks) do not count."""
+    from statsmodels.stats.proportion import binom_test, proportion_confint  # 1-2 s to import: loaded when first used
     wins_a = int(round(moments.sum("prefers_a")))
     wins_b = int(round(moments.sum("prefers_b")))
     ties = max(moments.n - wins_a - wins_b, 0)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from statsmodels.stats.power import tt_ind_solve_power
-from statsmodels.stats.proportion import samplesize_proportions_2indep_onetail
 
 from domain.errors import BadInput
 from domain.experiments.metrics import MetricSpec
@@ -39,6 +37,8 @@ def _check(*, alpha: float, power: float, mde: float, variants: int) -> None:
 
 def _proportions(spec: MetricSpec, baseline: float, mde: float, alpha: float, power: float) -> float:
     """Return users per variant for a two-sided test of two proportions."""
+    # statsmodels takes 1-2 s to import: loaded when first used, so serving processes and the CLI start without it
+    from statsmodels.stats.proportion import samplesize_proportions_2indep_onetail
     diff = baseline * mde if spec.higher_is_better else -baseline * mde
     if not 0 < baseline + diff < 1:
         raise BadInput("the lifted rate must stay between 0 and 1", field="minimumDetectableEffect")
@@ -49,6 +49,7 @@ def _proportions(spec: MetricSpec, baseline: float, mde: float, alpha: float, po
 def plan(spec: MetricSpec, *, baseline: float, baseline_sd: float | None, mde: float, alpha: float, power: float,
          variants: int) -> tuple[int, int]:
     """Return (users per variant, total users) to detect a relative lift `mde` of `baseline` at `power`."""
+    from statsmodels.stats.power import tt_ind_solve_power  # 1-2 s to import: loaded when first used
     _check(alpha=alpha, power=power, mde=mde, variants=variants)
     rate = is_rate(spec)
     if rate and not 0 < baseline < 1:

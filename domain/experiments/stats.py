@@ -14,12 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
-from statsmodels.stats.gof import chisquare
-from statsmodels.stats.proportion import (
-    confint_proportions_2indep,
-    test_proportions_2indep,
-    tost_proportions_2indep,
-)
 
 from domain.experiments.metrics import MetricSpec
 from domain.experiments.moments import Effect, Moments
@@ -215,6 +209,8 @@ def _welch(d: Difference, t: Linearised, c: Linearised, alpha: float) -> _Test:
 
 def _proportions(t: Moments, c: Moments, num: str, alpha: float) -> _Test:
     """Return the score test (Miettinen-Nurminen) and Newcombe's hybrid score interval (Newcombe 1998, method 10)."""
+    # statsmodels takes 1-2 s to import: loaded when first used, so serving processes and the CLI start without it
+    from statsmodels.stats.proportion import confint_proportions_2indep, test_proportions_2indep
     args = (t.sum(num), t.n, c.sum(num), c.n)
     with np.errstate(divide="ignore", invalid="ignore"):  # statsmodels also reports the ratio, inf at p_c = 0
         p = test_proportions_2indep(*args, compare="diff", method="score").pvalue
@@ -276,6 +272,7 @@ def sample_ratio(exposures: Sequence[int], weights: Sequence[float], *, threshol
 
     statsmodels `gof.chisquare` (Pearson's statistic, k - 1 df).
     """
+    from statsmodels.stats.gof import chisquare  # 1-2 s to import: loaded when first used
     w = np.asarray(weights, dtype=float)
     if len(w) == 0 or w.sum() <= 0 or np.any(w < 0):
         return SampleRatio(p_value=None, mismatch=False, expected=())
@@ -350,6 +347,7 @@ def non_inferiority(spec: MetricSpec, control: Moments, treatment: Moments, *, m
 def _non_inferior_proportions(control: Moments, treatment: Moments, num: str, margin: float, alpha: float,
                               higher: bool) -> tuple[float | None, bool | None, str]:
     """Return the one-sided score test on the ratio p_t / p_c against 1 - margin (or 1 + margin)."""
+    from statsmodels.stats.proportion import tost_proportions_2indep  # 1-2 s to import: loaded when first used
     method = "tost-proportions-ratio-score"
     if treatment.n < 2 or control.n < 2 or control.sum(num) <= 0:
         return None, None, method

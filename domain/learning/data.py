@@ -17,6 +17,20 @@ RATING_FLOOR = 0.5
 
 
 @dataclass(frozen=True)
+class ServedLists:
+    """Lists served to users (impressions, newest first) and the events attributed to each: what a learned ranker
+    learns clicks from (domain.learning.ranking)."""
+
+    user_ids: list[str]
+    served_at: np.ndarray  # float64 epoch seconds
+    items: list[list[str]]  # item ids in served order
+    events: list[list[tuple[str, str]]]  # (item id, interaction type) of the events citing the list's request id
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+@dataclass(frozen=True)
 class TrainingData:
     """Item documents as stored in MongoDB and interactions as aligned columns (one entry per interaction)."""
 
@@ -26,6 +40,7 @@ class TrainingData:
     types: list[str]
     values: list[float | None]
     timestamps: np.ndarray  # float64 epoch seconds
+    served: ServedLists | None = None  # loaded only for a scenario whose ranker learns from them
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ import scipy.sparse as sp
 
 from domain.learning.content import ContentModel
 from domain.learning.factors import Factors
+from domain.learning.rankers import RankerModel
 from domain.learning.sequences import SequenceModel
-from domain.learning.tables import NeighbourTable
+from domain.learning.tables import DenseTable, NeighbourTable
 from domain.learning.towers import TowerModel
 from domain.recommend.base import CatalogueView
 
@@ -35,12 +36,13 @@ class ScenarioModel:
     popularity: np.ndarray  # float32: decayed share of events, shrunk toward the all-time share
     trending: np.ndarray | None = None  # float32: rise over the recent baseline, 0 when not rising
     item_cf: NeighbourTable | None = None
-    ease: NeighbourTable | None = None
+    ease: NeighbourTable | DenseTable | None = None
     item_users: sp.csr_matrix | None = None  # items x users, for user-CF at request time
     als: Factors | None = None
     content: ContentModel | None = None
     sasrec: SequenceModel | None = None  # next-item transformer weights, for numpy inference (no torch)
     two_tower: TowerModel | None = None  # every item's two-tower vector and the user tower's weights (numpy)
+    ranker: RankerModel | None = None  # the learned ranker's weights (numpy), when its training's gate chose it
     info: dict[str, Any] = field(default_factory=dict)  # settings trained with, sizes and timings (JSON)
     user_index: dict[str, int] = field(init=False, repr=False)
 

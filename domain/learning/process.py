@@ -27,7 +27,7 @@ from domain.learning.train import TrainingData, refit_similarity, train_scenario
 Report = Callable[[float, str], Awaitable[None]]
 RELAY_S = 0.25  # how often the parent forwards the child's progress
 # The learned models' training record, as the version's metrics (numbers) name it: `<model>_val_ndcg10` etc.
-LEARNED_MODELS = ("sasrec", "two_tower")
+LEARNED_MODELS = ("sasrec", "two_tower", "ranker")
 LEARNED_METRICS = {"valNdcg10": "val_ndcg10", "epochs": "epochs", "bestEpoch": "best_epoch", "seconds": "s"}
 
 
@@ -52,16 +52,19 @@ class TrainingProcess:
 
     async def fit(
         self, data: TrainingData, config: dict, *, scenario_id: str, version: int, path: Path, time_limit_s: float,
-        report: Report, base: Path | None = None,
+        report: Report, base: Path | None = None, champion: Path | None = None,
     ) -> dict[str, Any]:
-        """Train and save the model at path in the child; return timings, size and item embeddings.
+        """Train and save the model at path in the child (scoring the serving `champion`'s saved model on the new
+        validation slice); return timings, size, item embeddings and two-tower item
+        vectors.
 
         With `base` (a saved model), only the similarity models are refitted and the rest is copied from it.
         """
         self._fits += 1
         try:
             async with self._lock:  # a second training waits instead of competing for the cores
-                return await self._fit(data, config, scenario_id, version, path, time_limit_s, report, base)
+                return await self._fit(data, config, scenario_id, version, path, time_limit_s, report, base,
+                                       champion)
         finally:
             self._fits -= 1
             self.release()
@@ -78,12 +81,13 @@ class TrainingProcess:
 
     async def _fit(
         self, data: TrainingData, config: dict, scenario_id: str, version: int, path: Path, time_limit_s: float,
-        report: Report, base: Path | None,
+        report: Report, base: Path | None, champion: Path | None = None,
     ) -> dict[str, Any]:
         pool = self._pool_or_new()
         _drain(self._progress)  # left by a fit that was killed
         future = await _submit(
-            pool, _fit_in_child, data, config, scenario_id, version, str(path), str(base) if base else None
+            pool, _fit_in_child, data, config, scenario_id, version, str(path), str(base) if base else None,
+            str(champion) if champion else None,
         )
         relay = asyncio.create_task(self._relay(report))
         try:
@@ -179,26 +183,42 @@ def _child_report(fraction: float, stage: str) -> None:
 
 
 def _fit_in_child(
-    data: TrainingData, config: dict, scenario_id: str, version: int, path: str, base: str | None = None
+    data: TrainingData, config: dict, scenario_id: str, version: int, path: str, base: str | None = None,
+    champion: str | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     if base is not None:
         model = refit_similarity(ScenarioModel.load(Path(base)), data, config, version=version,
                                  progress=_child_report)
     else:
-        model = train_scenario_model(data, config, scenario_id=scenario_id, version=version, progress=_child_report)
+        model = train_scenario_model(data, config, scenario_id=scenario_id, version=version, progress=_child_report,
+                                     champion=_champion(champion))
     trained = time.perf_counter()
     model.save(Path(path))
     saved = time.perf_counter()
     embeddings = _embeddings(model)
+    # A refit keeps its base's towers, and the vectors the base wrote with them.
+    towers = (list(model.catalogue.item_ids), np.asarray(model.two_tower.item_vectors, dtype=np.float32)) \
+        if model.two_tower is not None and base is None else None
     return {
         "train_s": trained - started, "save_s": saved - trained, "child_s": time.perf_counter() - started,
-        "model_bytes": int(model.nbytes()), "embeddings": embeddings,
+        "model_bytes": int(model.nbytes()), "embeddings": embeddings, "tower_vectors": towers,
         "embeddings_count": 0 if embeddings is None else len(embeddings[0]),
         "steps": dict(model.info.get("seconds") or {}), "refitted": list(model.info.get("refitted") or []),
         "model_metrics": _model_metrics(model), "device": (model.info.get("sasrec") or {}).get("device", "cpu"),
         "config": _fitted(model),
     }
+
+
+def _champion(path: str | None) -> ScenarioModel | None:
+    """Return the serving champion's saved model (memory-mapped), or None when there is none or it does not load:
+    the comparison is skipped, never the training."""
+    if path is None:
+        return None
+    try:
+        return ScenarioModel.load(Path(path))
+    except Exception:  # noqa: BLE001 - a pruned or unreadable artifact only loses the comparison
+        return None
 
 
 def _model_metrics(model: ScenarioModel) -> dict[str, float]:
@@ -208,7 +228,11 @@ def _model_metrics(model: ScenarioModel) -> dict[str, float]:
                for info in [model.info.get(kind) or {}] for key, name in LEARNED_METRICS.items()
                if info.get(key) is not None}
     tuning = model.info.get("tuning") or {}
-    return {**{k: float(v) for k, v in (tuning.get("validation") or {}).items()}, **learned,
+    champion = tuning.get("champion") or {}
+    # The champion on this slice, beside the new pipeline on the same users: what promotion compares.
+    compared = {"champion_ndcg@10": float(champion["champion_ndcg@10"]),
+                "compared_ndcg@10": float(champion["ndcg@10"])} if "champion_ndcg@10" in champion else {}
+    return {**{k: float(v) for k, v in (tuning.get("validation") or {}).items()}, **learned, **compared,
             **({"tuning_s": float(tuning["seconds"])} if "seconds" in tuning else {})}
 
 
@@ -217,8 +241,11 @@ def _fitted(model: ScenarioModel) -> dict[str, Any]:
     tuning = model.info.get("tuning")
     if not tuning:
         return {}
-    return {"fitted": {key: tuning[key] for key in ("weights", "params", "chosen", "pipelines", "sources",
-                                                     "validationUsers", "stopped") if key in tuning}}
+    fitted = {key: tuning[key] for key in ("weights", "params", "chosen", "pipelines", "sources", "validationUsers",
+                                           "stopped", "champion") if key in tuning}
+    if ranker := model.info.get("ranker"):  # which ranking the gate chose, and why
+        fitted["ranker"] = {key: ranker[key] for key in ("chosen", "gate", "skipped") if key in ranker}
+    return {"fitted": fitted}
 
 
 def _embeddings(model: Any) -> tuple[list[str], np.ndarray] | None:

@@ -38,6 +38,8 @@ from domain.jobs import JOB_FUNCTIONS, TRANSIENT, JobKind, JobService, Retryable
 from domain.learning import versions
 from domain.learning.forget import forget_users
 from domain.learning.process import TrainingProcess, TrainingTimeout
+from domain.learning.served import load_served
+from domain.learning.tower_spaces import TowerSpaces
 from domain.learning.train import TrainingData
 from domain.learning.versions import CHAMPION, KEEP_RETIRED, MODEL_KIND, content_space
 from domain.scenarios.service import ScenarioService
@@ -68,6 +70,11 @@ TRAINED_SECTIONS = ("recall", "ranker", "interactionWeights")  # what a version 
 Report = Callable[[float, str], Awaitable[None]]
 
 
+def _learns_from_served(scenario: Scenario, partial: bool) -> bool:
+    """Return whether a training of the scenario reads its served lists: a full one, of a learned ranker."""
+    return not partial and ((scenario.config or {}).get("ranker") or {}).get("name") == "dcn"
+
+
 class Superseded(Exception):
     """Another version became champion while the similarity models were refitted over the older one."""
 
@@ -93,9 +100,10 @@ class LearningConfig:
 
 
 async def load_training_data(
-    *, tenant_id: str, scenario_id: str, expected: int = 0, report: Report | None = None
+    *, tenant_id: str, scenario_id: str, expected: int = 0, report: Report | None = None, served: bool = False
 ) -> TrainingData:
-    """Read the scenario's items and interactions: only the fields training uses, in large batches.
+    """Read the scenario's items and interactions: only the fields training uses, in large batches; with `served`,
+    also the lists served to its users and the events attributed to them (what a learned ranker learns from).
 
     Columns are built batch by batch, so the event loop (which also serves requests) is never held for long.
     """
@@ -116,6 +124,7 @@ async def load_training_data(
     return TrainingData(
         items=items, user_ids=columns["user_id"], item_ids=columns["item_id"], types=columns["type"],
         values=columns["value"], timestamps=np.concatenate(times) if times else np.empty(0, dtype=np.float64),
+        served=await load_served(tenant_id, scenario_id) if served else None,
     )
 
 
@@ -124,12 +133,13 @@ class TrainingService:
 
     def __init__(
         self, jobs: JobService, scenarios: ScenarioService, *, vectors: VectorStore | None,
-        config: LearningConfig | None,
+        config: LearningConfig | None, towers: TowerSpaces | None = None,
     ) -> None:
         self._jobs = jobs
         self._scenarios = scenarios
         self._vectors = vectors
         self._config = config
+        self._towers = towers or TowerSpaces(vectors, scenarios, models_dir=config.models_dir if config else None)
         self._process = TrainingProcess()
 
     def time_limit_s(self, kind: str) -> float | None:
@@ -201,7 +211,7 @@ class TrainingService:
         base = await versions.champion(tenant_id, scenario_id) if partial else None
         if partial and (base is None or not base.artifact):
             return {"skipped": NO_MODEL}
-        data = await self._load(tenant_id, scenario_id, report)
+        data = await self._load(tenant_id, scenario_id, report, served=_learns_from_served(scenario, partial))
         seconds = {"load": time.perf_counter() - started}
         version = await versions.new_version(
             job_id, tenant_id=tenant_id, scenario_id=scenario_id, models_dir=config.models_dir
@@ -225,13 +235,14 @@ class TrainingService:
             await announce(version, config)
         return versions.applied_result(version)
 
-    async def _load(self, tenant_id: str, scenario_id: str, report: Report) -> TrainingData:
+    async def _load(self, tenant_id: str, scenario_id: str, report: Report, *, served: bool = False) -> TrainingData:
         self._process.warm()  # its imports take seconds: let them run while MongoDB is read
         try:
             await report(0.01, "loading data")
             return await load_training_data(
                 tenant_id=tenant_id, scenario_id=scenario_id,
                 expected=await versions.expected_events(tenant_id, scenario_id), report=_scaled(report, 0.01, LOADED),
+                served=served,
             )
         except BaseException:
             self._process.release()  # the warmed child will not be needed
@@ -246,11 +257,13 @@ class TrainingService:
         await report(LOADED, "refitting similarity" if base is not None else "training")
         path = config.models_dir / (version.artifact or "")
         path.parent.mkdir(parents=True, exist_ok=True)
+        current = await versions.champion(version.tenant_id, version.scenario_id) if base is None else None
         outcome = await self._process.fit(
             data, dict(scenario.config), scenario_id=scenario.id, version=version.version, path=path,
             time_limit_s=self.time_limit_s(SIMILARITY_KIND if base is not None else TRAIN_KIND) or 0,
             report=_scaled(report, LOADED, 0.85),
             base=config.models_dir / base.artifact if base is not None and base.artifact else None,
+            champion=config.models_dir / current.artifact if current is not None and current.artifact else None,
         )
         seconds.update(train=outcome["train_s"], save=outcome["save_s"], child=outcome["child_s"])
         if since is not None:
@@ -259,6 +272,7 @@ class TrainingService:
         mark = time.perf_counter()
         await report(0.86, "storing vectors")
         spaces = await self._store_vectors(version, data, outcome.pop("embeddings"))
+        spaces |= await self._store_towers(version, data, outcome.pop("tower_vectors", None), base, since)
         seconds["vectors"] = time.perf_counter() - mark
         mark = time.perf_counter()
         await report(0.95, "activating")
@@ -272,6 +286,7 @@ class TrainingService:
             if outcome["promoted"]:
                 await announce(version, config)
             await versions.prune(version.tenant_id, version.scenario_id, config.models_dir)
+            await self._towers.prune(version.tenant_id, version.scenario_id)
         except Exception:  # noqa: BLE001 - the version is applied; serving re-checks champions periodically
             log.exception("training.after_activation_failed", scenario_id=version.scenario_id, version=version.version)
         seconds["swap"] = time.perf_counter() - mark
@@ -307,6 +322,19 @@ class TrainingService:
         if optimize is not None and len(ids) <= OPTIMIZE_MAX_POINTS:
             await optimize(space)
         return {"content": space}
+
+    async def _store_towers(self, version: ModelVersion, data: TrainingData, vectors: Any,
+                            base: ModelVersion | None, since: datetime | None) -> dict[str, str]:
+        """Write the two-tower item vectors into the version's own space, with the items written since the data was
+        read (from now on the item-vector job includes the version: it is READY); a refit keeps its base's space (it
+        keeps its towers). Return {"two_tower": space}, or {} without them."""
+        if base is not None:
+            space = base.spaces.get("two_tower")
+            return {"two_tower": space} if space else {}
+        spaces = await self._towers.write(version, vectors, data.items)
+        if spaces and since is not None:
+            await self._towers.catch_up(version.model_copy(update={"spaces": spaces}), since)
+        return spaces
 
     async def _free_space(self, version: ModelVersion, *, dim: int) -> str:
         """Return the content space for a new version: of two per scenario, the one the champion does not use.

@@ -15,8 +15,9 @@ import scipy.sparse as sp
 
 from domain.learning.content import ContentModel
 from domain.learning.factors import Factors
+from domain.learning.rankers import RankerModel
 from domain.learning.sequences import SequenceModel
-from domain.learning.tables import NeighbourTable
+from domain.learning.tables import DenseTable, NeighbourTable
 from domain.learning.towers import TowerModel
 from domain.recommend.base import CatalogueView
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 FORMAT = 1
 META, CATALOGUE, USERS, VOCABULARY = "meta.json", "catalogue.json", "users.json", "vocabulary.json"
+TOWER_VOCABULARY = "two_tower.vocabulary.json"  # the item tower's own content model (when not the scenario's)
 # Small arrays are read into memory; the rest are memory-mapped (pages load as requests touch them).
 EAGER = frozenset({"catalogue.published_at", "catalogue.active", "history.indptr", "als.gram", "content.idf"})
 
@@ -37,7 +39,9 @@ def model_arrays(model: ScenarioModel) -> dict[str, np.ndarray]:
     if model.trending is not None:
         out["trending"] = model.trending
     for name in ("item_cf", "ease"):
-        if (table := getattr(model, name)) is not None:
+        if isinstance(table := getattr(model, name), DenseTable):
+            out[f"{name}.vocabulary"], out[f"{name}.weights"] = table.vocabulary, table.weights
+        elif table is not None:
             out[f"{name}.neighbors"], out[f"{name}.scores"] = table.neighbors, table.scores
     if model.item_users is not None:
         out["item_users.indptr"], out["item_users.indices"] = model.item_users.indptr, model.item_users.indices
@@ -50,7 +54,25 @@ def model_arrays(model: ScenarioModel) -> dict[str, np.ndarray]:
         out.update(model.sasrec.arrays("sasrec"))
     if model.two_tower is not None:
         out.update(model.two_tower.arrays("two_tower"))
+    if (own := _tower_content(model)) is not None:
+        out["two_tower.content.idf"], out["two_tower.content.components"] = own.idf, own.components
+    if model.ranker is not None:
+        out.update(model.ranker.arrays("ranker"))
     return out
+
+
+def _tower_content(model: ScenarioModel) -> ContentModel | None:
+    """Return the item tower's content model when it must be stored apart: it is not the scenario's (a similarity
+    refit replaced that one; the tower keeps the space it was trained on)."""
+    tower = model.two_tower.items if model.two_tower is not None else None
+    if tower is None or tower.content is None or _same_content(tower.content, model.content):
+        return None
+    return tower.content
+
+
+def _same_content(a: ContentModel, b: ContentModel | None) -> bool:
+    return b is not None and (a is b or (a.vocabulary == b.vocabulary and np.array_equal(a.idf, b.idf)
+                                         and np.array_equal(a.components, b.components)))
 
 
 def save_model(model: ScenarioModel, path: Path) -> None:
@@ -76,6 +98,8 @@ def _write(model: ScenarioModel, root: Path) -> None:
     _dump(root / USERS, model.user_ids)
     if model.content is not None:
         _dump(root / VOCABULARY, model.content.vocabulary)
+    if (own := _tower_content(model)) is not None:
+        _dump(root / TOWER_VOCABULARY, own.vocabulary)
 
 
 def _meta(model: ScenarioModel) -> dict[str, Any]:
@@ -92,6 +116,11 @@ def _meta(model: ScenarioModel) -> dict[str, Any]:
         meta["sasrec"] = {"heads": model.sasrec.heads}
     if model.two_tower is not None:
         meta["two_tower"] = {"temperature": model.two_tower.temperature}
+        if (items := model.two_tower.items) is not None:
+            source = None if items.content is None else "own" if _tower_content(model) is not None else "scenario"
+            meta["two_tower"]["items"] = {**items.labels(), "content": source}
+    if model.ranker is not None:
+        meta["ranker"] = model.ranker.meta()
     return meta
 
 
@@ -118,6 +147,7 @@ def load_model(cls: type[ScenarioModel], path: Path) -> ScenarioModel:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: unsupported model format {meta.get('format')!r}")
     arrays = {p.name[: -len(".npy")]: _array(p) for p in path.glob("*.npy")}
+    content = _content(arrays, path)
     return cls(
         scenario_id=meta["scenario_id"], version=int(meta["version"]),
         trained_at=datetime.fromisoformat(meta["trained_at"]), newest_event=datetime.fromisoformat(meta["newest_event"]),
@@ -125,11 +155,47 @@ def load_model(cls: type[ScenarioModel], path: Path) -> ScenarioModel:
         history_indptr=arrays["history.indptr"], history_items=arrays["history.items"], counts=arrays["counts"],
         popularity=arrays["popularity"], trending=arrays.get("trending"), item_cf=_table(arrays, "item_cf"),
         ease=_table(arrays, "ease"), item_users=_item_users(arrays, meta), als=_factors(arrays, meta),
-        content=_content(arrays, path), info=meta.get("info", {}),
+        content=content, info=meta.get("info", {}),
         sasrec=SequenceModel.from_arrays(arrays, "sasrec", heads=int(meta.get("sasrec", {}).get("heads", 1))),
-        two_tower=TowerModel.from_arrays(arrays, "two_tower",
-                                         temperature=float(meta.get("two_tower", {}).get("temperature", 1.0))),
+        two_tower=_towers(arrays, meta, path, content),
+        ranker=RankerModel.from_arrays(arrays, "ranker", meta.get("ranker")),
     )
+
+
+def _towers(arrays: dict[str, np.ndarray], meta: dict[str, Any], path: Path,
+            content: ContentModel | None) -> TowerModel | None:
+    """Return the two-tower model; its item tower reads the scenario's content model or its own (see `_meta`)."""
+    tower = meta.get("two_tower") or {}
+    items = tower.get("items")
+    source = (items or {}).get("content")
+    if source == "own":
+        content = _content_model(arrays, "two_tower.content", path / TOWER_VOCABULARY)
+    elif source != "scenario":
+        content = None
+    return TowerModel.from_arrays(arrays, "two_tower", temperature=float(tower.get("temperature", 1.0)),
+                                  labels=items, content=content)
+
+
+def _content_model(arrays: dict[str, np.ndarray], prefix: str, vocabulary: Path) -> ContentModel:
+    """Return a content model that embeds new items only (no stored item embeddings)."""
+    components = arrays[f"{prefix}.components"]
+    return ContentModel(embeddings=np.zeros((0, components.shape[1]), np.float32), vocabulary=_read(vocabulary),
+                        idf=arrays[f"{prefix}.idf"], components=components)
+
+
+def load_item_tower(path: Path) -> tuple[TowerModel, list[str]] | None:
+    """Read only a saved model's two-tower part and the ids of the items it was trained with, in the order of its
+    item vectors (the item-vector job needs no more); None when the model has no two-tower model."""
+    meta = _read(path / META)
+    if "two_tower" not in meta:
+        return None
+    names = [p for p in path.glob("*.npy") if p.name.startswith(("two_tower.", "content.idf", "content.components"))]
+    arrays = {p.name[: -len(".npy")]: _array(p) for p in names}
+    shared = (meta["two_tower"].get("items") or {}).get("content") == "scenario"
+    towers = _towers(arrays, meta, path, _content_model(arrays, "content", path / VOCABULARY) if shared else None)
+    if towers is None:
+        return None
+    return towers, list(_read(path / CATALOGUE)["item_ids"])
 
 
 def read_users(path: Path) -> list[str]:
@@ -157,7 +223,9 @@ def _catalogue(raw: dict[str, Any], arrays: dict[str, np.ndarray]) -> CatalogueV
     )
 
 
-def _table(arrays: dict[str, np.ndarray], name: str) -> NeighbourTable | None:
+def _table(arrays: dict[str, np.ndarray], name: str) -> NeighbourTable | DenseTable | None:
+    if f"{name}.weights" in arrays:
+        return DenseTable(np.asarray(arrays[f"{name}.vocabulary"]), arrays[f"{name}.weights"])
     if f"{name}.neighbors" not in arrays:
         return None
     return NeighbourTable(arrays[f"{name}.neighbors"], arrays[f"{name}.scores"])

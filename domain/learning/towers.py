@@ -1,18 +1,24 @@
 """A trained two-tower model as numpy arrays, and its user tower for one history: what serving runs instead of torch.
 
 The arrays are exported by domain.learning.two_tower from models.two_tower.TwoTower: every catalogue item's vector
-(items without interactions included, from their features) and the user tower's weights. `user_vector` reproduces
-the module's user tower (in eval mode), so one request costs two small matrix products and one matrix-vector
-product over the item vectors.
+(items without interactions included, from their features), the user tower's weights, and the item tower
+(domain.learning.item_tower), which gives an item added after training its vector from its features. `user_vector`
+reproduces the module's user tower (in eval mode), so one request costs two small matrix products and one
+matrix-vector product over the item vectors (or one vector-store search).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from domain.learning.content import ContentModel
+from domain.learning.item_tower import ItemTower
+
 USER_ARRAYS = ("positions", "user_in_w", "user_in_b", "user_out_w", "user_out_b")
+TINY = float(np.finfo(np.float32).tiny)  # the smallest recall score (the fusion drops scores of 0)
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,7 @@ class TowerModel:
     user_out_w: np.ndarray  # float32 d x d
     user_out_b: np.ndarray
     temperature: float
+    items: ItemTower | None = None  # None: exported before the item tower was (new items then have no vector)
 
     @property
     def max_len(self) -> int:
@@ -52,27 +59,41 @@ class TowerModel:
         h = mean + hidden @ self.user_out_w + self.user_out_b
         return (h / max(float(np.linalg.norm(h)), 1e-12)).astype(np.float32)
 
+    def affinity(self, dots: np.ndarray) -> np.ndarray:
+        """Return the recall score of user-item dot products: exp((dot - 1) / temperature), positive (as the fusion
+        expects) and, the vectors being unit, at most 1. It depends on the dot product alone, so an in-memory scan
+        and a vector-store search score an item alike; it ranks as the training's softmax does."""
+        scores = np.exp((np.asarray(dots, dtype=np.float64) - 1.0) / self.temperature)
+        return np.maximum(scores, TINY).astype(np.float32)  # a low temperature must not round far items to 0
+
     def scores(self, model_items: np.ndarray) -> np.ndarray | None:
-        """Return a softmax over the model catalogue of the user's dot products over the temperature (positive, as
-        the fusion expects), or None when the history holds no item of the model."""
+        """Return the affinity of every model catalogue item after a history of model indexes, or None when the
+        history holds no item of the model."""
         user = self.user_vector(model_items)
-        if user is None:
-            return None
-        logits = (np.asarray(self.item_vectors) @ user).astype(np.float64) / self.temperature
-        probabilities = np.exp(logits - logits.max())
-        return (probabilities / probabilities.sum()).astype(np.float32)
+        return None if user is None else self.affinity(np.asarray(self.item_vectors) @ user)
+
+    def new_item_vectors(self, items: Sequence[Mapping]) -> np.ndarray | None:
+        """Return the vectors of item documents training did not see, from their features (None: no item tower)."""
+        return None if self.items is None else self.items.vectors(items)
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """Return every array by file name stem (`prefix.name`), for the model's storage."""
         out = {"item_vectors": self.item_vectors, "item_preferences": self.item_preferences,
                **{name: getattr(self, name) for name in USER_ARRAYS}}
-        return {f"{prefix}.{name}": array for name, array in out.items()}
+        arrays = {f"{prefix}.{name}": array for name, array in out.items()}
+        if self.items is not None:
+            arrays.update(self.items.arrays(f"{prefix}.item"))
+        return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str, *, temperature: float) -> TowerModel | None:
-        """Return the model stored under prefix in arrays (see `arrays`), or None when there is none."""
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str, *, temperature: float,
+                    labels: Mapping[str, Sequence[str]] | None = None,
+                    content: ContentModel | None = None) -> TowerModel | None:
+        """Return the model stored under prefix in arrays (see `arrays`; `labels` and `content`: the item tower's
+        vocabularies and content model), or None when there is none."""
         if f"{prefix}.item_vectors" not in arrays:
             return None
         get = lambda name: np.asarray(arrays[f"{prefix}.{name}"])  # noqa: E731
+        items = ItemTower.from_arrays(arrays, f"{prefix}.item", labels, content) if labels is not None else None
         return cls(item_vectors=get("item_vectors"), item_preferences=get("item_preferences"),
-                   temperature=temperature, **{name: get(name) for name in USER_ARRAYS})
+                   temperature=temperature, items=items, **{name: get(name) for name in USER_ARRAYS})

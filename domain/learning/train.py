@@ -15,6 +15,7 @@ from domain.learning.data import Interactions, TrainingData, build_interactions
 from domain.learning.factors import train_als
 from domain.learning.model import ScenarioModel
 from domain.learning.popularity import decayed_popularity, trending_scores
+from domain.learning.ranking import fit_ranker, split_gate, untrained
 from domain.learning.sequences import SequenceModel
 from domain.learning.similarity import ease, item_cf, item_users
 from domain.learning.towers import TowerModel
@@ -26,6 +27,7 @@ from domain.learning.tuning import (
     Tuning,
     ValidationSlice,
     alone,
+    compare_champion,
     fit_weights,
     tune_value,
     with_params,
@@ -76,20 +78,23 @@ class _Steps:
 
 
 def train_scenario_model(data: TrainingData, config: Mapping, *, scenario_id: str, version: int,
-                         progress: Progress | None = None) -> ScenarioModel:
+                         progress: Progress | None = None, champion: ScenarioModel | None = None) -> ScenarioModel:
     """Train what the config's recall sources need from the interactions and item documents; with `models.tune`
-    on, first fit the sources' settings and the fusion weights on the data's validation slice
-    (domain.learning.tuning)."""
+    on, first fit the sources' settings and the fusion weights on the data's validation slice, and score the serving
+    `champion` there beside the new pipeline (domain.learning.tuning.compare_champion)
+    (domain.learning.tuning); with `ranker: dcn`, also the learned ranker there (domain.learning.ranking)."""
     config = validate_config(config)  # defaults filled, so a partial config trains the same as its stored form
     sources = _sources(config)
-    tune = bool(config["models"]["tune"]) and config["ranker"]["name"] == "fusion"
+    ranker = config["ranker"]["name"]
+    tune = ranker == "dcn" or (bool(config["models"]["tune"]) and ranker == "fusion")  # dcn trains on the slice
     steps = _Steps(progress, 3 + tune + sum(name in sources for name in TRAINED_SOURCES))
     catalogue = steps.run("catalogue", lambda: CatalogueView.from_items(data.items))
     inter = steps.run("interactions", lambda: build_interactions(data, catalogue, config["interactionWeights"]))
     now = inter.newest if np.isfinite(inter.newest) else time.time()
     fit: _Fit | None = None
     if tune:
-        fit = steps.run("tuning", lambda: _tune(data, inter, catalogue, config, sources, scenario_id, steps.within()))
+        fit = steps.run("tuning", lambda: _tune(data, inter, catalogue, config, sources, scenario_id, steps.within(),
+                                                champion))
         if fit is not None:
             sources = {name: {**params, **fit.tuning.params.get(name, {})} for name, params in sources.items()}
     model = steps.run("popularity", lambda: _base_model(inter, catalogue, config, sources, now, scenario_id, version))
@@ -98,6 +103,8 @@ def train_scenario_model(data: TrainingData, config: Mapping, *, scenario_id: st
                   "pairs": int(inter.strength.nnz), "sources": sorted(sources), **model.info}
     if fit is not None:
         model.info["tuning"] = fit.tuning.as_dict()
+    if ranker == "dcn":
+        model.ranker, model.info["ranker"] = (fit.learned if fit is not None else {}).get("ranker") or untrained()
     steps.finish()
     return model
 
@@ -119,7 +126,8 @@ SOURCE_PARTS = {"ease": ("ease", "info.easeItems"), "als": ("als",), "item_cf": 
 
 
 def _tune(data: TrainingData, inter: Interactions, catalogue: CatalogueView, config: Mapping,
-          sources: Mapping[str, Mapping[str, Any]], scenario_id: str, progress: Progress | None) -> _Fit | None:
+          sources: Mapping[str, Mapping[str, Any]], scenario_id: str, progress: Progress | None,
+          champion: ScenarioModel | None = None) -> _Fit | None:
     """Fit the sources' settings and the fusion weights on the validation slice; None when the data is too small."""
     started = time.monotonic()
     budget = float(config["models"]["tuningBudgetSeconds"])
@@ -129,6 +137,9 @@ def _tune(data: TrainingData, inter: Interactions, catalogue: CatalogueView, con
     held = ValidationSlice.of(inter, str(config["models"]["validation"]))
     if len(held.users) < MIN_USERS:
         return None
+    gate = None
+    if config["ranker"]["name"] == "dcn":  # the ranker's gate users stay out of every fit (domain.learning.ranking)
+        held, gate = split_gate(held)
     tuning = Tuning(validation_users=len(held.users))
     fit_data = without_slice(data, inter, catalogue.index, held)
     fit_inter = build_interactions(fit_data, catalogue, config["interactionWeights"])
@@ -137,7 +148,9 @@ def _tune(data: TrainingData, inter: Interactions, catalogue: CatalogueView, con
     scorer = Scorer(held, inter.user_ids, base, len(catalogue), _engine)
     chosen = {name: dict(params) for name, params in sources.items()}
     parts: dict[str, ScenarioModel] = {}
-    order = sorted((e for e in config["recall"] if e["source"] in TUNABLE), key=lambda e: -float(e.get("weight", 1)))
+    searched = bool(config["models"]["tune"])  # off: only a dcn ranker is trained, on the config's own settings
+    order = sorted((e for e in config["recall"] if e["source"] in TUNABLE and searched),
+                   key=lambda e: -float(e.get("weight", 1)))
     for done, entry in enumerate(order):
         name = entry["source"]
         report(0.05 + 0.45 * done / max(len(order), 1), f"tuning {name}")
@@ -152,14 +165,33 @@ def _tune(data: TrainingData, inter: Interactions, catalogue: CatalogueView, con
         setattr(fit_model, name, export)
     report(0.8, "fusion weights")
     tuned = with_config_params(config, chosen)
-    _fit_fusion(tuned, fit_model, scorer, tuning, deadline)
+    if searched:
+        _fit_fusion(tuned, fit_model, scorer, tuning, deadline)
+    if gate is not None:
+        report(0.9, "ranker")
+        learned["ranker"] = fit_ranker(with_weights(tuned, tuning.weights), fit_model, scorer, gate, fit_inter,
+                                       data.served, tuning)
     tuning.params = {name: {key: chosen[name][key] for key, *_ in TUNABLE[name] if key in chosen[name]}
                      for name in parts}
+    if champion is not None:
+        report(0.95, "scoring the champion")
+        tuning.champion = _against(champion, scorer, inter, config, tuning)
     tuning.seconds = time.monotonic() - started - sum(float(info.get("seconds") or 0.0) for _, info in learned.values())
     if time.monotonic() > deadline or tuning.stopped == "time budget":
         tuning.stopped = "time budget"
     report(1.0, "tuned")
     return _Fit(tuning, learned)
+
+
+def _against(champion: ScenarioModel, scorer: Scorer, inter: Interactions, config: Mapping,
+             tuning: Tuning) -> dict[str, Any]:
+    """Return the champion's figures beside the new pipeline's on this slice, or why there are none."""
+    if tuning.served is None:  # a learned ranker's figures are on its own gate users (domain.learning.ranking)
+        return {"version": int(champion.version), "skipped": "the learned ranker is checked on its own users"}
+    try:
+        return compare_champion(scorer, inter, config, tuning.served, champion)
+    except Exception as exc:  # noqa: BLE001 - an old artifact that no longer runs must not fail the new version
+        return {"version": int(champion.version), "skipped": f"the champion did not run ({type(exc).__name__}: {exc})"}
 
 
 def _engine(config: Mapping, model: ScenarioModel) -> Engine:
@@ -186,13 +218,13 @@ def _tune_source(name: str, chosen: dict[str, dict[str, Any]], config: Mapping, 
     for param, low, high, integer, _ in TUNABLE[name]:
         start = float(chosen[name].get(param) or _default(name, param))
 
-        def score_of(value: float, param: str = param) -> float:
+        def score_of(value: float, param: str = param) -> np.ndarray:
             params = {**chosen[name], param: int(value) if integer else value}
-            ndcg = scorer.pipeline(alone(with_config_params(config, {name: params}), name), part(params)).ndcg
-            trials.append({"params": {param: params[param]}, "ndcg@10": round(ndcg, 5)})
-            return ndcg
+            scores = scorer.pipeline(alone(with_config_params(config, {name: params}), name), part(params))
+            trials.append({"params": {param: params[param]}, "ndcg@10": round(scores.ndcg, 5)})
+            return scores.per_user
 
-        value, _, _ = tune_value(start, low, high, integer, score_of, deadline)
+        value, _, _ = tune_value(start, low, high, integer, score_of, deadline, grid=param in request_time)
         if time.monotonic() > deadline:
             tuning.stopped = "time budget"
         chosen[name][param] = int(value) if integer else value
@@ -237,9 +269,8 @@ def _learned(fit_model: ScenarioModel, inter: Interactions, fit_inter: Interacti
     if "two_tower" in chosen:
         from domain.learning.two_tower import train_two_tower  # torch loads only where a scenario uses it
 
-        content = None if fit_model.content is None else np.asarray(fit_model.content.embeddings)
         out["two_tower"] = train_two_tower(fit_model.catalogue, on.history_indptr, on.history_items,
-                                           chosen["two_tower"], content, None, tails)
+                                           chosen["two_tower"], fit_model.content, None, tails)
     return out
 
 
@@ -269,6 +300,7 @@ def _fit_fusion(config: Mapping, model: ScenarioModel, scorer: Scorer, tuning: T
     tuning.weights = {n: round(float(w), 4) for n, w in zip(names, candidates[best].tolist(), strict=True)}
     tuning.given = {n: float(w) for n, w in zip(names, given.tolist(), strict=True)}
     tuning.validation = scores[best].as_dict()
+    tuning.served = scores[best]
 
 
 def with_config_params(config: Mapping, chosen: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -367,8 +399,7 @@ def _two_tower(model: ScenarioModel, inter: Interactions, params: Mapping[str, A
     # Imported here: torch loads only in a process that trains a scenario using it (the training child).
     from domain.learning.two_tower import train_two_tower
 
-    content = None if model.content is None else np.asarray(model.content.embeddings)
-    towers, info = train_two_tower(model.catalogue, inter.history_indptr, inter.history_items, params, content,
+    towers, info = train_two_tower(model.catalogue, inter.history_indptr, inter.history_items, params, model.content,
                                    progress)
     model.info["two_tower"] = info
     return towers

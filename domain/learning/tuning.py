@@ -54,6 +54,7 @@ RECALL_AT = 20  # recall@20 is reported beside it
 VALIDATION_USERS = 1000  # users scored; more sharpens little and costs every candidate setting
 SEED = 7
 MIN_GAIN = 1e-4  # a move must gain this much NDCG@10 to be kept (ties keep the config's value)
+SE_RULE = 1.0  # ... and more than this many standard errors of the users' paired differences (see `improves`)
 WEIGHT_STEPS = (0.0, 0.25, 0.5, 2.0, 4.0)  # multiplicative moves of one fusion weight
 WEIGHT_ROUNDS = 3
 
@@ -152,6 +153,7 @@ class Scores:
     ndcg: float
     recall: float
     coverage: float
+    per_user: np.ndarray = field(default_factory=lambda: np.zeros(0))  # NDCG@10 of each scored user, in order
 
     def as_dict(self) -> dict[str, float]:
         return {"ndcg@10": round(self.ndcg, 5), "recall@20": round(self.recall, 5),
@@ -175,29 +177,62 @@ class Scorer:
     catalogue_size: int
     engine_factory: Callable[[Mapping, Any], Any]
 
-    def requests(self, limit: int) -> Iterable[tuple[int, RecRequest]]:
+    def requests(self, limit: int, users: np.ndarray | None = None) -> Iterable[tuple[int, RecRequest]]:
         model = self.model_for_history
-        for row in self.slice.users.tolist():
+        for row in (self.slice.users if users is None else users).tolist():
             user = self.user_ids[row]
             history = model.user_history(user)
             yield row, RecRequest(user_id=user, limit=limit, history=history, exclude=frozenset(history),
                                   now=model.newest_event)
 
-    def pipeline(self, config: Mapping, model: Any) -> Scores:
-        """Return NDCG@10, recall@20 and coverage of the config's engine over the model."""
+    def pipeline(self, config: Mapping, model: Any, users: np.ndarray | None = None) -> Scores:
+        """Return NDCG@10, recall@20 and coverage of the config's engine over the model (on `users`, a subset of
+        the slice's, when given). The model may be another version's: its lists are read by item id."""
         engine = self.engine_factory(config, model)
-        index = engine.catalogue.index
-        ndcg = recall = 0.0
+        index = self.model_for_history.catalogue.index  # the slice's index space, whatever the model's
+        per_user: list[float] = []
+        recall = 0.0
         shown: set[int] = set()
-        for row, request in self.requests(RECALL_AT):
+        for row, request in self.requests(RECALL_AT, users):
             result = run_inline(engine.recommend(request))
-            ranked = [index[r.item_id] for r in result.items]
+            ranked = [index.get(r.item_id, -1) for r in result.items]
             relevant = self.slice.targets[row]
-            ndcg += ndcg_at(ranked, relevant)
+            per_user.append(ndcg_at(ranked, relevant))
             recall += len(relevant.intersection(ranked[:RECALL_AT])) / len(relevant)
             shown.update(ranked[:K])
-        n = max(len(self.slice.users), 1)
-        return Scores(ndcg / n, recall / n, len(shown) / max(self.catalogue_size, 1))
+        n = max(len(per_user), 1)
+        shown.discard(-1)
+        return Scores(sum(per_user) / n, recall / n, len(shown) / max(self.catalogue_size, 1),
+                      np.array(per_user, dtype=np.float64))
+
+    def unseen_by(self, inter: Interactions, newest: float) -> np.ndarray:
+        """Return the scored users all of whose held-out items came after `newest` (epoch seconds): a model trained
+        on data up to then never saw them."""
+        rows = np.searchsorted(inter.history_indptr, self.slice.positions, side="right") - 1
+        earliest = np.full(len(inter.user_ids), np.inf)
+        np.minimum.at(earliest, rows, inter.history_times[self.slice.positions])
+        return self.slice.users[earliest[self.slice.users] > newest]
+
+
+def compare_champion(scorer: Scorer, inter: Interactions, config: Mapping, served: Scores,
+                     champion: Any) -> dict[str, Any]:
+    """Score the serving champion on this training's validation slice beside the new pipeline, for promotion.
+
+    Only the users whose held-out items all came after the champion's newest training event count: the champion
+    trained on the others' held-out items, which would flatter it (a retraining on little new data would then never
+    win). Both pipelines are scored on those users, the champion as it serves (its fitted settings, this config);
+    with fewer than MIN_USERS of them nothing is compared and promotion falls back to the figures each version
+    recorded on its own slice."""
+    newest = champion.newest_event.timestamp()
+    users = scorer.unseen_by(inter, newest)
+    out: dict[str, Any] = {"version": int(champion.version), "users": len(users)}
+    if len(users) < MIN_USERS:
+        return {**out, "skipped": f"{len(users)} validation users acted only after the champion's data "
+                                  f"(at least {MIN_USERS} are needed)"}
+    position = {int(u): k for k, u in enumerate(scorer.slice.users.tolist())}
+    new = served.per_user[[position[int(u)] for u in users.tolist()]]
+    old = scorer.pipeline(config, champion, users)
+    return {**out, "ndcg@10": round(float(new.mean()), 5), "champion_ndcg@10": round(old.ndcg, 5)}
 
 
 @dataclass
@@ -243,8 +278,13 @@ class FusionInputs:
 
     def ndcg(self, weights: np.ndarray) -> float:
         """Return the mean NDCG@K of the lists the fusion ranker would build with these weights."""
+        return float(self.per_user(weights).sum() / max(self.users, 1))
+
+    def per_user(self, weights: np.ndarray) -> np.ndarray:
+        """Return each scored user's NDCG@K with these weights (0 for those with no relevant candidate)."""
+        out = np.zeros(max(self.users, len(self.ideal)), dtype=np.float64)
         if len(self.ideal) == 0:
-            return 0.0
+            return out
         scores = np.where(self.valid, self.normalised @ weights.astype(np.float32), -np.inf)
         k = min(K, scores.shape[1])
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
@@ -252,7 +292,8 @@ class FusionInputs:
         top = np.take_along_axis(top, order, axis=1)
         hits = np.take_along_axis(self.relevant & self.valid, top, axis=1)
         gains = (hits / np.log2(np.arange(2, k + 2))).sum(axis=1)
-        return float((gains / self.ideal).sum() / max(self.users, 1))
+        out[: len(self.ideal)] = gains / self.ideal
+        return out
 
 
 def fit_weights(inputs: FusionInputs, starts: Iterable[np.ndarray], deadline: float) -> tuple[np.ndarray, float]:
@@ -260,19 +301,19 @@ def fit_weights(inputs: FusionInputs, starts: Iterable[np.ndarray], deadline: fl
     best_w, best = None, -1.0
     for start in starts:
         w, score = _ascend(inputs, np.asarray(start, dtype=np.float64), deadline)
-        if score > best + MIN_GAIN or best_w is None:
+        if best_w is None or score > best + MIN_GAIN:
             best_w, best = w, score
     assert best_w is not None
     return best_w, best
 
 
 def _ascend(inputs: FusionInputs, w: np.ndarray, deadline: float) -> tuple[np.ndarray, float]:
-    score = inputs.ndcg(w)
+    scores = inputs.per_user(w)
     for _ in range(WEIGHT_ROUNDS):
         moved = False
         for s in range(len(w)):
             if time.monotonic() > deadline:
-                return w, score
+                return w, inputs.ndcg(w)
             positive = w[w > 0]
             scale = float(positive.mean()) if len(positive) else 1.0
             options = [w[s] * m for m in WEIGHT_STEPS] if w[s] > 0 else [scale * m for m in (0.1, 0.25, 1.0)]
@@ -281,13 +322,13 @@ def _ascend(inputs: FusionInputs, w: np.ndarray, deadline: float) -> tuple[np.nd
                 trial[s] = value
                 if not (trial > 0).any():
                     continue
-                got = inputs.ndcg(trial)
-                if got > score + MIN_GAIN:
-                    w, score, moved = trial, got, True
+                got = inputs.per_user(trial)
+                if improves(got, scores):
+                    w, scores, moved = trial, got, True
         if not moved:
             break
     top = float(w.max())
-    return (w / top * 3.0 if top > 0 else w), score  # the scale is free: keep weights readable (the largest 3)
+    return (w / top * 3.0 if top > 0 else w), inputs.ndcg(w)  # the scale is free: keep weights readable (the largest 3)
 
 
 @dataclass
@@ -305,6 +346,8 @@ class Tuning:
     validation_users: int = 0
     seconds: float = 0.0
     stopped: str = "done"
+    served: Scores | None = field(default=None, repr=False)  # the served pipeline's per-user figures (not recorded)
+    champion: dict[str, Any] = field(default_factory=dict)  # the serving champion on this slice (compare_champion)
 
     def serving(self) -> dict[str, dict[str, Any]]:
         """Return the fitted settings read at request time (serving applies them; the others are in the model)."""
@@ -317,19 +360,59 @@ class Tuning:
                 "given": self.given, "serving": self.serving(),
                 "chosen": self.chosen, "pipelines": self.pipelines, "validation": self.validation,
                 "validationUsers": self.validation_users, "seconds": round(self.seconds, 3),
-                "stopped": self.stopped}
+                "stopped": self.stopped, **({"champion": self.champion} if self.champion else {})}
 
 
-def tune_value(value: float, low: float, high: float, integer: bool, score_of: Callable[[float], float],
-               deadline: float) -> tuple[float, float, list[tuple[float, float]]]:
-    """Return the best value found from `value`: steps of SCALE in the direction that gains for as long as it gains,
-    then steps of sqrt(SCALE) around the best; its score, and every (value, score) tried."""
+def improves(new: float | np.ndarray, old: float | np.ndarray) -> bool:
+    """Return whether a setting scored `new` beats one scored `old` by more than noise.
+
+    With per-user NDCG@10 (arrays over the same validation users) the mean gain must exceed SE_RULE standard errors
+    of the users' paired differences: the one-standard-error rule (Hastie, Tibshirani & Friedman, The Elements of
+    Statistical Learning, 2nd ed., section 7.10), which keeps the value a search started from unless a move's gain is
+    beyond what the slice's sampling noise gives. Without it a walk over a few hundred users drifts on noise (a
+    random slice of ml-latest-small moved `historyHalfLife` to 1 item on gains smaller than their standard error).
+    Plain scores only need to gain MIN_GAIN."""
+    new_a, old_a = np.atleast_1d(np.asarray(new, dtype=np.float64)), np.atleast_1d(np.asarray(old, dtype=np.float64))
+    gain = float(new_a.mean() - old_a.mean())
+    if new_a.shape != old_a.shape or len(new_a) < 2:
+        return gain > MIN_GAIN
+    differences = new_a - old_a
+    error = float(differences.std(ddof=1)) / math.sqrt(len(differences))
+    return gain > max(MIN_GAIN, SE_RULE * error)
+
+
+def log_grid(low: float, high: float, integer: bool, step: float = SCALE) -> list[float]:
+    """Return values from low to high (both included) a factor `step` apart."""
+    values, v = [], low
+    while v < high:
+        values.append(float(round(v)) if integer else float(v))
+        v *= step
+    return sorted({*values, float(round(high)) if integer else float(high)})
+
+
+def tune_value(value: float, low: float, high: float, integer: bool,
+               score_of: Callable[[float], float | np.ndarray], deadline: float,
+               grid: bool = False) -> tuple[float, float, list[tuple[float, float]]]:
+    """Return the best value found from `value`, its mean score, and every (value, mean score) tried.
+
+    The walk takes steps of SCALE in the direction that gains for as long as it gains, then steps of sqrt(SCALE)
+    around the best. With `grid` (a setting read at request time, cheap to try) it first scores the whole range a
+    factor SCALE apart, so that a better value beyond a flat stretch is found. A move is kept only when it
+    `improves` on the current best (per-user scores: beyond one standard error)."""
     def clip(v: float) -> float:
         v = min(max(v, low), high)
         return float(round(v)) if integer else float(v)
 
     tried = {clip(value): score_of(clip(value))}
     best = clip(value)
+    mean = lambda v: float(np.mean(tried[v]))  # noqa: E731
+    if grid:
+        for candidate in log_grid(low, high, integer, SCALE * SCALE):
+            if candidate not in tried and time.monotonic() <= deadline:
+                tried[candidate] = score_of(candidate)
+        leader = max(tried, key=mean)
+        if improves(tried[leader], tried[best]):
+            best = leader
     for factor in (SCALE, math.sqrt(SCALE)):
         moved = True
         while moved and time.monotonic() <= deadline:
@@ -337,10 +420,10 @@ def tune_value(value: float, low: float, high: float, integer: bool, score_of: C
             for candidate in (clip(best / factor), clip(best * factor)):
                 if candidate not in tried and time.monotonic() <= deadline:
                     tried[candidate] = score_of(candidate)
-            leader = max(tried, key=lambda v: tried[v])
-            if tried[leader] > tried[best] + MIN_GAIN:
+            leader = max(tried, key=mean)
+            if leader != best and improves(tried[leader], tried[best]):
                 best, moved = leader, True
-    return best, tried[best], sorted(tried.items())
+    return best, mean(best), sorted((v, mean(v)) for v in tried)
 
 
 def with_weights(config: Mapping, weights: Mapping[str, float]) -> dict[str, Any]:

@@ -21,18 +21,19 @@ past its wall-clock budget, and the best epoch's weights are kept.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from domain.learning.content import ContentModel
 from domain.learning.epochs import fit_epochs, over, usable_cores
+from domain.learning.item_tower import CLIP, ItemTower, coded, is_number
 from domain.learning.params import from_params
 from domain.learning.towers import TowerModel
 from domain.learning.tuning import ndcg_at, validation_tails
@@ -42,10 +43,8 @@ from models.two_tower import TwoTower
 Progress = Callable[[float, str], None]
 K = 10  # NDCG@K on the validation slice
 VALIDATION_USERS = 5000
-MAX_LABELS = 16  # categories and tags read per item
 MAX_NUMERIC = 16  # numeric attributes read (the most common ones)
 MIN_TAG_ITEMS = 2  # a tag on one item relates it to nothing
-CLIP = 5.0  # standardised numeric values are clipped to +-CLIP
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,8 @@ class Settings:
 
 @dataclass(frozen=True)
 class ItemFeatures:
-    """Every catalogue item's features by code (catalogue index + 1; row 0 is padding), as models.two_tower reads."""
+    """Every catalogue item's features by code (catalogue index + 1; row 0 is padding), as models.two_tower reads,
+    and how they were coded (what the exported item tower needs to code a new item the same way)."""
 
     ids: np.ndarray  # int64: id embedding row (0: no id embedding)
     categories: np.ndarray  # int64 (items + 1) x width, label codes from 1, 0 padding
@@ -84,6 +84,10 @@ class ItemFeatures:
     numeric: np.ndarray  # float32 (items + 1) x attributes, standardised, 0 where missing
     content: np.ndarray  # float32 (items + 1) x content dim (0 columns without a content model)
     numeric_keys: tuple[str, ...]
+    category_labels: tuple[str, ...] = ()  # the label of code i + 1
+    tag_labels: tuple[str, ...] = ()
+    numeric_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float64 per numeric key
+    numeric_scale: np.ndarray = field(default_factory=lambda: np.ones(0))
 
     @property
     def vocabulary(self) -> int:
@@ -96,50 +100,70 @@ class ItemFeatures:
         has_id = np.asarray(users) >= min_users
         ids = np.zeros(len(catalogue) + 1, dtype=np.int64)
         ids[1:][has_id] = np.arange(1, int(has_id.sum()) + 1)
-        keys, numeric = numeric_matrix(catalogue.attributes)
+        numeric = NumericCoding.fit(catalogue.attributes)
         width = 0 if content is None else content.shape[1]
         dense = np.zeros((len(catalogue) + 1, width), dtype=np.float32)
         if content is not None:
             dense[1:] = content
-        return cls(ids, label_matrix(catalogue.categories, 1), label_matrix(catalogue.tags, MIN_TAG_ITEMS),
-                   numeric, dense, keys)
+        categories, tags = label_codes(catalogue.categories, 1), label_codes(catalogue.tags, MIN_TAG_ITEMS)
+        return cls(ids, label_matrix(catalogue.categories, categories), label_matrix(catalogue.tags, tags),
+                   numeric.values, dense, numeric.keys, categories, tags, numeric.mean, numeric.scale)
 
     def tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
         return {name: torch.as_tensor(getattr(self, name), device=device)
                 for name in ("ids", "categories", "tags", "numeric", "content")}
 
 
-def label_matrix(labels: Sequence[Sequence[str]], min_items: int) -> np.ndarray:
-    """Return each item's first MAX_LABELS distinct labels of at least min_items items, coded from 1, as rows of a
-    zero-padded matrix with a padding row 0 on top."""
+def label_codes(labels: Sequence[Sequence[str]], min_items: int) -> tuple[str, ...]:
+    """Return the labels of at least min_items items, sorted: label i is coded i + 1."""
     counts = Counter(label for own in labels for label in set(own))
-    code = {label: i + 1 for i, label in enumerate(sorted(k for k, c in counts.items() if c >= min_items))}
-    rows = [[code[label] for label in dict.fromkeys(own) if label in code][:MAX_LABELS] for own in labels]
+    return tuple(sorted(k for k, c in counts.items() if c >= min_items))
+
+
+def label_matrix(labels: Sequence[Sequence[str]], vocabulary: Sequence[str]) -> np.ndarray:
+    """Return each item's first MAX_LABELS distinct labels of the vocabulary, coded from 1, as rows of a
+    zero-padded matrix with a padding row 0 on top."""
+    code = {label: i + 1 for i, label in enumerate(vocabulary)}
+    rows = [coded(own, code) for own in labels]
     out = np.zeros((len(labels) + 1, max([1, *map(len, rows)])), dtype=np.int64)
     for r, row in enumerate(rows, start=1):
         out[r, : len(row)] = row
     return out
 
 
+@dataclass(frozen=True)
+class NumericCoding:
+    """The MAX_NUMERIC most common numeric attributes (on two items at least), each item's standardised values
+    (clipped to +-CLIP, 0 where missing) with a padding row 0 on top, and the mean and scale they were standardised
+    with."""
+
+    keys: tuple[str, ...]
+    values: np.ndarray  # float32 (items + 1) x keys
+    mean: np.ndarray  # float64 per key
+    scale: np.ndarray  # float64 per key
+
+    @classmethod
+    def fit(cls, attributes: Sequence[Mapping[str, Any]]) -> NumericCoding:
+        coverage = Counter(key for own in attributes for key, value in own.items() if is_number(value))
+        keys = tuple(k for k, c in sorted(coverage.items(), key=lambda kc: (-kc[1], kc[0])) if c >= 2)[:MAX_NUMERIC]
+        values = np.full((len(attributes) + 1, len(keys)), np.nan, dtype=np.float64)
+        for r, own in enumerate(attributes, start=1):
+            for c, key in enumerate(keys):
+                if is_number(value := own.get(key)):
+                    values[r, c] = float(value)
+        mean, scale = np.zeros(len(keys)), np.ones(len(keys))
+        if keys:
+            present = values[1:]
+            mean, std = np.nanmean(present, axis=0), np.nanstd(present, axis=0)
+            scale = np.where(std > 0, std, 1.0)
+            values = np.clip((values - mean) / scale, -CLIP, CLIP)
+        return cls(keys, np.nan_to_num(values, nan=0.0).astype(np.float32), mean, scale)
+
+
 def numeric_matrix(attributes: Sequence[Mapping[str, Any]]) -> tuple[tuple[str, ...], np.ndarray]:
-    """Return the MAX_NUMERIC most common numeric attributes (on two items at least) and their standardised values
-    (clipped to +-CLIP, 0 where missing), with a padding row 0 on top."""
-    coverage = Counter(key for own in attributes for key, value in own.items() if _number(value))
-    keys = tuple(k for k, c in sorted(coverage.items(), key=lambda kc: (-kc[1], kc[0])) if c >= 2)[:MAX_NUMERIC]
-    values = np.full((len(attributes) + 1, len(keys)), np.nan, dtype=np.float64)
-    for r, own in enumerate(attributes, start=1):
-        for c, key in enumerate(keys):
-            if _number(value := own.get(key)):
-                values[r, c] = float(value)
-    if keys:
-        present = values[1:]
-        mean, std = np.nanmean(present, axis=0), np.nanstd(present, axis=0)
-        values = np.clip((values - mean) / np.where(std > 0, std, 1.0), -CLIP, CLIP)
-    return keys, np.nan_to_num(values, nan=0.0).astype(np.float32)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """Return the numeric attributes read and their standardised values (see NumericCoding)."""
+    coding = NumericCoding.fit(attributes)
+    return coding.keys, coding.values
 
 
 # --- examples --------------------------------------------------------------------------------------------------
@@ -228,11 +252,11 @@ class Validation:
 
 
 def train_two_tower(catalogue: CatalogueView, indptr: np.ndarray, items: np.ndarray, params: Mapping[str, Any],
-                    content: np.ndarray | None = None, progress: Progress | None = None,
+                    content: ContentModel | None = None, progress: Progress | None = None,
                     held: np.ndarray | None = None) -> tuple[TowerModel | None, dict[str, Any]]:
     """Train on users' histories (catalogue indexes, oldest first) and the catalogue's features (`content`: the
-    content embeddings, aligned with the catalogue, when the model has them); return the best epoch's export and
-    info. `held`: each user's newest items kept out of training and used for early stopping.
+    content model, its embeddings aligned with the catalogue, when the scenario has one); return the best epoch's
+    export and info. `held`: each user's newest items kept out of training and used for early stopping.
 
     Returns (None, info) when no user has two items to learn from.
     """
@@ -245,7 +269,8 @@ def train_two_tower(catalogue: CatalogueView, indptr: np.ndarray, items: np.ndar
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     histories = Histories.build(indptr, items, held)
     n = len(catalogue)
-    features = ItemFeatures.build(catalogue, histories.users_per_item(n), settings.min_item_users, content)
+    dense = None if content is None else np.asarray(content.embeddings)
+    features = ItemFeatures.build(catalogue, histories.users_per_item(n), settings.min_item_users, dense)
     examples = int(histories.draws(settings.targets_per_user).sum())
     info: dict[str, Any] = {"device": device.type, "threads": threads, "items": n, "idItems": features.vocabulary,
                             "examplesPerEpoch": examples, "numericAttributes": list(features.numeric_keys),
@@ -259,7 +284,7 @@ def train_two_tower(catalogue: CatalogueView, indptr: np.ndarray, items: np.ndar
     fit = _fit(model, histories, log_q, histories.validation(settings.max_length, rng), settings, rng, device,
                started, progress)
     info.update(fit, seconds=round(time.perf_counter() - started, 3))
-    return export(model, settings.temperature), info
+    return export(model, settings.temperature, features, content), info
 
 
 def _fit(model: TwoTower, histories: Histories, log_q: torch.Tensor, validation: Validation, settings: Settings,
@@ -328,17 +353,44 @@ def _all_items(model: TwoTower) -> torch.Tensor:
 
 
 @torch.no_grad()
-def export(model: TwoTower, temperature: float) -> TowerModel:
-    """Return every catalogue item's vector and the user tower's weights as the numpy arrays serving reads."""
+def export(model: TwoTower, temperature: float, features: ItemFeatures | None = None,
+           content: ContentModel | None = None) -> TowerModel:
+    """Return every catalogue item's vector and the user tower's weights as the numpy arrays serving reads; with the
+    features' coding, the item tower too (`content`: the content model whose embeddings it read)."""
     model.eval()
     codes = torch.arange(1, len(model.ids), device=model.ids.device)
-
-    def array(t: torch.Tensor) -> np.ndarray:
-        return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
-
     return TowerModel(
-        item_vectors=array(model.item_vectors(codes)), item_preferences=array(model.item_preferences(codes)),
-        positions=array(model.positions), user_in_w=array(model.user_in.weight.T), user_in_b=array(model.user_in.bias),
-        user_out_w=array(model.user_out.weight.T), user_out_b=array(model.user_out.bias),
-        temperature=float(temperature),
+        item_vectors=_array(model.item_vectors(codes)), item_preferences=_array(model.item_preferences(codes)),
+        positions=_array(model.positions), user_in_w=_array(model.user_in.weight.T),
+        user_in_b=_array(model.user_in.bias), user_out_w=_array(model.user_out.weight.T),
+        user_out_b=_array(model.user_out.bias), temperature=float(temperature),
+        items=None if features is None else _item_tower(model, features, content),
     )
+
+
+def _item_tower(model: TwoTower, features: ItemFeatures, content: ContentModel | None) -> ItemTower:
+    """Return the item tower's weights with the features' coding: a new item's vector without the id embedding."""
+    dim = model.item_in.in_features
+
+    def linear(layer: torch.nn.Linear | None, width: int) -> tuple[np.ndarray, np.ndarray]:
+        if layer is None:
+            return np.zeros((width, dim), np.float32), np.zeros(dim, np.float32)
+        bias = layer.bias if layer.bias is not None else torch.zeros(dim)
+        return _array(layer.weight.T), _array(bias)
+
+    numeric_w, numeric_b = linear(model.numeric_map, 0)
+    content_w, _ = linear(model.content_map, 0)
+    item_in_w, item_in_b = linear(model.item_in, dim)
+    item_out_w, item_out_b = linear(model.item_out, dim)
+    return ItemTower(
+        categories=features.category_labels, tags=features.tag_labels, numeric_keys=features.numeric_keys,
+        numeric_mean=np.asarray(features.numeric_mean, np.float64),
+        numeric_scale=np.asarray(features.numeric_scale, np.float64),
+        category_embedding=_array(model.category_embedding.weight), tag_embedding=_array(model.tag_embedding.weight),
+        numeric_w=numeric_w, numeric_b=numeric_b, content_w=content_w, item_in_w=item_in_w, item_in_b=item_in_b,
+        item_out_w=item_out_w, item_out_b=item_out_b, content=content if content_w.shape[0] else None,
+    )
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())

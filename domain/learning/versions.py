@@ -36,6 +36,7 @@ ALIASES = (CHAMPION, CHALLENGER)
 USABLE = (READY, RETIRED)  # with an artifact, such a version can be promoted, rolled back to or pinned
 PROMOTION_METRIC = "ndcg@10"  # on the training's time-ordered validation slice
 BASELINE_METRIC = "champion_ndcg@10"  # the champion scored on the new version's own validation slice
+COMPARED_METRIC = "compared_ndcg@10"  # ... and the new version on the same users
 # The statuses stored before the registry, and what each became.
 LEGACY = {"active": READY, "ready": READY, "training": TRAINING, "retired": RETIRED, "failed": FAILED}
 _UNFINISHED = {"$or": [{"status": TRAINING}, {"status": READY, "applied_at": None}]}
@@ -44,11 +45,13 @@ _UNFINISHED = {"$or": [{"status": TRAINING}, {"status": READY, "applied_at": Non
 def beats(new: Mapping[str, float], champion: Mapping[str, float], margin: float) -> bool:
     """Return whether a newly trained version replaces the champion: new NDCG@10 - champion's >= margin.
 
-    The champion's figure is its score on the new version's validation slice when the training recorded one
-    (`champion_ndcg@10`), else the score it recorded when it was trained. Without both figures (finite) nothing is
-    comparable and the newer version wins: it was trained on fresher data.
+    When the training scored the champion on its own validation slice (`champion_ndcg@10`, on the users the
+    champion never trained on, beside the new pipeline's `compared_ndcg@10` on the same users) those two decide;
+    else each version's figure on its own slice. Without both figures (finite) nothing is comparable and the newer
+    version wins: it was trained on fresher data.
     """
-    score = new.get(PROMOTION_METRIC)
+    same_users = BASELINE_METRIC in new
+    score = new.get(COMPARED_METRIC if same_users and COMPARED_METRIC in new else PROMOTION_METRIC)
     baseline = new.get(BASELINE_METRIC, champion.get(PROMOTION_METRIC))
     if score is None or baseline is None or not (math.isfinite(score) and math.isfinite(baseline)):
         return True
@@ -226,6 +229,23 @@ async def _protected(tenant_id: str, scenario_id: str) -> set[Any]:
             if (pin := variant.get("model") or {}).get("version") is not None:
                 protected.add((MODEL_KIND, int(pin["version"])))
     return protected
+
+
+async def can_serve(tenant_id: str, scenario_id: str) -> list[ModelVersion]:
+    """Return the versions that serve or may serve soon: those holding an alias, the champions' rollback targets,
+    the versions experiments not yet stopped pin, and those still being built (TRAINING, or READY and not applied)."""
+    protected = await _protected(tenant_id, scenario_id)
+    ids = [p for p in protected if isinstance(p, str)]
+    pinned = [{"kind": kind, "version": number} for kind, number in (p for p in protected if isinstance(p, tuple))]
+    return await ModelVersion.find({"tenant_id": tenant_id, "scenario_id": scenario_id, "$or": [
+        {"aliases": {"$in": list(ALIASES)}}, {"_id": {"$in": ids}}, *pinned, *_UNFINISHED["$or"],
+    ]}).to_list()
+
+
+async def record_space(version: ModelVersion, key: str, space: str) -> None:
+    """Record the version's `key` space before it is written: a space a failed attempt left is then found (and
+    dropped) as any other version's is."""
+    await _col().update_one({"_id": version.id, "tenant_id": version.tenant_id}, {"$set": {f"spaces.{key}": space}})
 
 
 async def discard(version: ModelVersion, models_dir: Path, error: str) -> None:

@@ -11,13 +11,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 from redis.exceptions import RedisError
 
 from models.cache import CacheUnavailable
 from models.vectors.protocol import VectorStoreError
+
+if TYPE_CHECKING:
+    from domain.recommend.recall.context import RecallContext
 
 # A recall source failing for one of these lost its store; anything else is a fault of its own.
 STORE_FAILURES = (ConnectionError, OSError, RedisError, CacheUnavailable, VectorStoreError)
@@ -191,6 +194,7 @@ class StageContext:
     config: Mapping[str, Any]  # the whole scenario config
     embeddings: np.ndarray | None = None  # item embeddings aligned with the catalogue, when a model has them
     exclude_mask: np.ndarray | None = None  # request.exclude as a bool mask over the catalogue, when computed
+    recall: RecallContext | None = None  # the request as the recall sources read it: what a learned ranker reads
 
     @property
     def now_ts(self) -> float:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import structlog
 
+import domain.recommend.dcn  # noqa: F401  (registers the learned ranker)
 import domain.recommend.filters  # noqa: F401  (registers the filters)
 import domain.recommend.rank  # noqa: F401  (registers the fusion ranker)
 import domain.recommend.recall  # noqa: F401  (registers the recall sources)
@@ -94,12 +95,12 @@ class Engine:
 
     def __init__(self, config: Mapping, model: ScenarioModel | None, *, catalogue: CatalogueView | None = None,
                  vectors: VectorSearch | None = None, content_space: str | None = None,
-                 live: LiveFeed | None = None) -> None:
+                 live: LiveFeed | None = None, two_tower_space: str | None = None) -> None:
         self.config = fitted_config(validate_config(config), model)
         self.model = model
         self.index = CatalogueIndex.build(model, catalogue)
         self.catalogue = self.index.catalogue
-        self._vectors, self._space = vectors, content_space
+        self._vectors, self._space, self._tower_space = vectors, content_space, two_tower_space
         limits = self.config["limits"]
         self._timeout = limits["recallTimeoutMs"] / 1000.0
         self._max_candidates = int(limits["maxCandidates"])
@@ -108,6 +109,8 @@ class Engine:
         self._filters = [_stage("filter", f) for f in self.config["filters"]]
         self._hard = [f for f in self._filters if f.name in HARD_FILTERS]
         self._ranker = _stage("ranker", self.config["ranker"])
+        # Look-alikes are ranked by fusion: a learned ranker learns what a user takes next, not what resembles an item.
+        self._similar_ranker = self._ranker if self._ranker.name == "fusion" else _stage("ranker", {"name": "fusion"})
         self._rerankers = [_stage("reranker", r) for r in self.config["rerank"]]
         self._live = live
         names = {p.name for p in self._recall} | set(self.config["fallback"]["sources"])
@@ -150,7 +153,7 @@ class Engine:
                  for name in SIMILAR_SOURCES]
         per_source = await self._recall_all(ctx, plans, trace)
         stage = self._stage_context(ctx)
-        ranked = self._rank(self._filter(per_source, stage, self._hard, ctx.excluded), stage)
+        ranked = self._rank(self._filter(per_source, stage, self._hard, ctx.excluded), stage, self._similar_ranker)
         if len(ranked.idx) < limit:
             ranked = _concat(ranked, self._same_categories(ctx, stage, item_id, limit - len(ranked.idx), ranked))
         trace.lap("similar")
@@ -160,7 +163,8 @@ class Engine:
 
     def _context(self, request: RecRequest, popularity: PopularityView | None = None) -> RecallContext:
         ctx = RecallContext(request=request, index=self.index, model=self.model, config=self.config,
-                            vectors=self._vectors, content_space=self._space, popularity=popularity)
+                            vectors=self._vectors, content_space=self._space, two_tower_space=self._tower_space,
+                            popularity=popularity)
         _ = ctx.history, ctx.history_model, ctx.excluded  # computed once, shared by every source's copy
         return ctx
 
@@ -238,7 +242,7 @@ class Engine:
 
     def _stage_context(self, ctx: RecallContext) -> StageContext:
         return StageContext(request=ctx.request, catalogue=self.catalogue, params={}, config=self.config,
-                            embeddings=self.index.embeddings, exclude_mask=ctx.exclude_mask)
+                            embeddings=self.index.embeddings, exclude_mask=ctx.exclude_mask, recall=ctx)
 
     def _allowed(self, idx: np.ndarray, stage: StageContext, filters: Sequence[_Stage],
                  excluded: np.ndarray) -> np.ndarray:
@@ -267,8 +271,9 @@ class Engine:
         mask[idx] = True
         return mask
 
-    def _rank(self, per_source: Mapping[str, Candidates], stage: StageContext) -> Ranked:
-        ranked = self._ranker.impl.rank(per_source, replace(stage, params=self._ranker.params))
+    def _rank(self, per_source: Mapping[str, Candidates], stage: StageContext, ranker: _Stage | None = None) -> Ranked:
+        ranker = ranker or self._ranker
+        ranked = ranker.impl.rank(per_source, replace(stage, params=ranker.params))
         if len(ranked.idx) > self._max_candidates:
             ranked = ranked.take(np.arange(self._max_candidates))
         return ranked

@@ -34,7 +34,7 @@ class Pinned:
     version: int
     revision: int
     model: ScenarioModel
-    space: str | None  # its content vectors' space (None: search the model's embeddings in memory)
+    spaces: Mapping[str, str]  # its vector spaces by kind (a kind without one: searched in memory)
 
 
 def pin_key(pin: Mapping[str, Any]) -> str:
@@ -95,7 +95,7 @@ class PinnedModels:
                 self._failed[failed] = time.monotonic()
                 return None
             self._failed.pop(failed, None)
-            pinned = Pinned(doc.version, doc.revision, model, doc.spaces.get("content"))
+            pinned = Pinned(doc.version, doc.revision, model, dict(doc.spaces))
             self._models[key] = pinned
             while len(self._models) > self._size:
                 self._models.popitem(last=False)

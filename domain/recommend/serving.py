@@ -126,7 +126,7 @@ class Served:
     engine: Engine
     model: ScenarioModel | None
     version: int | None
-    space: str | None
+    spaces: Mapping[str, str]  # the version's vector spaces by kind (`content`, `two_tower`); empty: in memory
     config_version: int
     catalogue: CatalogueView
     fingerprint: tuple  # (items version, count, newest update) when the item view was read
@@ -219,10 +219,10 @@ class ModelRegistry:
         served = self._served.get((tenant_id, scenario_id))
         if served is None:
             return base
-        trained, space = (pinned.model, pinned.space) if pinned is not None else (served.model, served.space)
+        trained, spaces = (pinned.model, pinned.spaces) if pinned is not None else (served.model, served.spaces)
         try:
             engine = self._engine((tenant_id, scenario_id), merge_config(base.config, overrides), trained,
-                                  served.catalogue, space)
+                                  served.catalogue, spaces)
         except BadInput as exc:  # the scenario changed since the experiment was validated: serve it as is
             log.warning("experiments.variant_invalid", scenario_id=scenario_id, arm=arm_key, error=str(exc))
             engine = base
@@ -379,7 +379,7 @@ class ModelRegistry:
             if served is None:
                 return await self._load(key, scenario)
             if served.config_version != scenario.config_version:
-                engine = self._engine(key, scenario.config, served.model, served.catalogue, served.space)
+                engine = self._engine(key, scenario.config, served.model, served.catalogue, served.spaces)
                 served = replace(served, engine=engine, config_version=scenario.config_version)
             served = replace(served, config_checked=time.monotonic())
             self._served[key] = served
@@ -389,11 +389,11 @@ class ModelRegistry:
         doc = await champion(*key)
         model = await self._read_model(doc)
         catalogue, fingerprint = await self._catalogue(key)
-        space = doc.spaces.get("content") if doc is not None and model is not None else None
+        spaces = dict(doc.spaces) if doc is not None and model is not None else {}
         now = time.monotonic()
         served = Served(
-            engine=self._engine(key, scenario.config, model, catalogue, space), model=model,
-            version=doc.version if doc is not None and model is not None else None, space=space,
+            engine=self._engine(key, scenario.config, model, catalogue, spaces), model=model,
+            version=doc.version if doc is not None and model is not None else None, spaces=spaces,
             config_version=scenario.config_version, catalogue=catalogue, fingerprint=fingerprint,
             config_checked=now, catalogue_checked=now, version_checked=now, catalogue_verified=now,
             revision=doc.revision if doc is not None and model is not None else 0,
@@ -408,11 +408,11 @@ class ModelRegistry:
         served = self._served.get(key)
         if scenario is None or model is None or served is None:
             return False
-        space = doc.spaces.get("content")
+        spaces = dict(doc.spaces)
         now = time.monotonic()
         self._keep(key, replace(
-            served, engine=self._engine(key, scenario.config, model, served.catalogue, space), model=model,
-            version=doc.version, space=space, config_version=scenario.config_version, config_checked=now,
+            served, engine=self._engine(key, scenario.config, model, served.catalogue, spaces), model=model,
+            version=doc.version, spaces=spaces, config_version=scenario.config_version, config_checked=now,
             version_checked=now, revision=doc.revision,
         ))
         log.info("models.swapped", tenant_id=key[0], scenario_id=key[1], version=doc.version)
@@ -431,14 +431,15 @@ class ModelRegistry:
 
     def _engine(
         self, key: Key, config: Mapping[str, Any], model: ScenarioModel | None, catalogue: CatalogueView,
-        space: str | None,
+        spaces: Mapping[str, str],
     ) -> Engine:
         # Below ann_min_items an exact in-memory scan of the model's embeddings (a 10k x 32 product, ~0.1 ms) beats
         # an ANN round trip that converts hundreds of hits per query; the vector store serves larger catalogues.
-        use_store = self._vectors is not None and space and len(catalogue) >= self._ann_min_items
+        use_store = self._vectors is not None and bool(spaces) and len(catalogue) >= self._ann_min_items
         vectors = TenantVectors(self._vectors, key[0]) if use_store else None
         live = self._live.scenario(*key) if self._live is not None else None
-        return Engine(config, model, catalogue=catalogue, vectors=vectors, content_space=space, live=live)
+        return Engine(config, model, catalogue=catalogue, vectors=vectors, content_space=spaces.get("content"),
+                      two_tower_space=spaces.get("two_tower"), live=live)
 
     async def _check_version(self, key: Key) -> None:
         doc = await champion(*key)
@@ -494,7 +495,7 @@ class ModelRegistry:
             self._forget(key)
             return
         catalogue, fingerprint = await self._catalogue(key)
-        engine = self._engine(key, scenario.config, served.model, catalogue, served.space)
+        engine = self._engine(key, scenario.config, served.model, catalogue, served.spaces)
         now = time.monotonic()
         self._served[key] = replace(served, engine=engine, catalogue=catalogue, fingerprint=fingerprint,
                                     config_version=scenario.config_version, catalogue_checked=now,

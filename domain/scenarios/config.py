@@ -72,16 +72,22 @@ def validate_config(config: Mapping, *, field_prefix: str = "input.config") -> d
 
 
 def merge_config(base: Mapping, overrides: Mapping) -> dict[str, Any]:
-    """Deep-merge overrides over base into a new dict: objects merge, arrays replace, null removes the key."""
+    """Deep-merge overrides over base into a new dict: objects merge, arrays replace, null removes the key. An object
+    naming another stage (`{"ranker": {"name": "dcn"}}` over fusion) replaces the old one: its params are not the
+    other stage's."""
     merged = _plain(base)
     for key, value in overrides.items():
         if value is None:
             merged.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), dict) and not _renamed(merged[key], value):
             merged[key] = merge_config(merged[key], value)
         else:
             merged[key] = _plain(value)
     return merged
+
+
+def _renamed(base: Mapping, override: Mapping) -> bool:
+    return "name" in base and "name" in override and base["name"] != override["name"]
 
 
 def build_config(
@@ -179,7 +185,8 @@ def _filters() -> dict[str, Any]:
 
 
 def _ranker() -> dict[str, Any]:
-    ranker = _stage("name", RANKERS, RANKER_PARAMS, "The ranker; `fusion` sums the sources' weighted scores.")
+    ranker = _stage("name", RANKERS, RANKER_PARAMS, "The ranker; `fusion` sums the sources' weighted scores, `dcn` "
+                    "ranks by a DCN-v2 trained on the scenario's data (fusion where it does not beat it).")
     return {**ranker, "default": {"name": "fusion"}}
 
 

@@ -23,7 +23,7 @@ RECALL_SOURCES: tuple[str, ...] = (
     "two_tower",
 )
 FILTERS: tuple[str, ...] = ("seen", "availability", "rules", "blocklist")
-RANKERS: tuple[str, ...] = ("fusion",)
+RANKERS: tuple[str, ...] = ("fusion", "dcn")
 RERANKERS: tuple[str, ...] = ("mmr", "freshness", "category_cap", "pins", "dedupe")
 
 # Sources that need no user history, so they can fill the list for a new user.
@@ -184,6 +184,29 @@ RANKER_PARAMS: dict[str, dict[str, Any]] = {
         normalize=prop("string", "Per-source score normalisation for weighted fusion.",
                        enum=["minmax", "rank", "max"], default="minmax"),
         rrfK=prop("number", "RRF constant k in 1/(k + rank).", default=60.0, exclusiveMinimum=0, maximum=1000),
+    ),
+    # DCN-v2 over the fused candidates' features, trained on the validation slice and served lists; served only
+    # where it beats fusion on held-out users (else fusion serves, with the fitted weights).
+    "dcn": params(
+        crossLayers=prop("integer", "Cross layers (each adds one degree of feature crossing).", default=2, minimum=0,
+                         maximum=6),
+        hidden=prop("integer", "Width of the deep layers.", default=32, minimum=4, maximum=1024),
+        deepLayers=prop("integer", "Deep (ReLU) layers beside the cross layers.", default=2, minimum=0, maximum=4),
+        dropout=prop("number", "Dropout of the deep layers in training.", default=0.1, minimum=0, maximum=0.9),
+        loss=prop("string", "softmax: listwise cross-entropy over each user's candidates; bce: per candidate.",
+                  enum=["softmax", "bce"], default="softmax"),
+        negatives=prop("integer", "Non-positive candidates of a list drawn per training step.", default=256,
+                       minimum=1, maximum=10000),
+        learningRate=prop("number", "Adam learning rate.", default=0.001, exclusiveMinimum=0, maximum=1),
+        weightDecay=prop("number", "Adam weight decay (L2).", default=1e-5, minimum=0, maximum=1),
+        batchLists=prop("integer", "Lists per training step.", default=32, minimum=1, maximum=4096),
+        maxEpochs=prop("integer", "Most passes over the lists.", default=200, minimum=1, maximum=1000),
+        patience=prop("integer", "Epochs without a gain on the held-out users before training stops.", default=8,
+                      minimum=1, maximum=100),
+        timeBudgetSeconds=prop("number", "Wall-clock limit of the training; the best epoch so far is kept.",
+                               default=45.0, exclusiveMinimum=0, maximum=3600),
+        seed=prop("integer", "Seed of the initial weights and of the sampling in training.", default=7, minimum=0,
+                  maximum=2**31 - 1),
     ),
 }
 

@@ -1,4 +1,7 @@
-"""Vector storage behind one Protocol: embedded Qdrant shards, a Qdrant server, and an in-memory fake."""
+"""Vector storage behind one Protocol: embedded Qdrant shards, a Qdrant server, and an in-memory fake.
+
+The server store (models.vectors.server) is imported by name where used: qdrant-client takes 1-2 s to import.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ from models.vectors.protocol import (
     VectorStore,
     VectorStoreError,
 )
-from models.vectors.server import QdrantServerVectorStore
 
 __all__ = [
     "DISTANCES",
@@ -23,7 +25,6 @@ __all__ = [
     "EdgeVectorStore",
     "GuardedVectorStore",
     "InMemoryVectorStore",
-    "QdrantServerVectorStore",
     "SpaceNotFoundError",
     "VectorHit",
     "VectorPoint",

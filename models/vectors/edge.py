@@ -188,6 +188,18 @@ class EdgeVectorStore:
         shard = await self._shard(space)
         return await asyncio.to_thread(_call, space, shard.optimize)
 
+    async def drop_space(self, space: str) -> bool:
+        """Close the space's shard and delete its directory; return whether it existed."""
+        check_space(space)
+        async with self._open_lock:
+            self._check_open()
+            await self._close_shard(space)
+            self._params.pop(space, None)
+            path = self._root / space
+            existed = path.exists()
+            await asyncio.to_thread(shutil.rmtree, path, True)
+            return existed
+
     async def ping(self) -> bool:
         """Return whether the store is open."""
         return not self._closed

@@ -5,13 +5,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from qdrant_client import AsyncQdrantClient
-
 from models.settings import BreakerSettings
 from models.vectors.edge import EdgeVectorStore
 from models.vectors.guarded import guard
 from models.vectors.protocol import VectorStore
-from models.vectors.server import QdrantServerVectorStore
 
 
 def open_vector_store(
@@ -28,6 +25,11 @@ def open_vector_store(
 
 def _open(*, url: str | None, api_key: str | None, data_dir: Path | None) -> VectorStore:
     if url:
+        # qdrant-client takes 1-2 s to import: only a process that talks to a server loads it.
+        from qdrant_client import AsyncQdrantClient
+
+        from models.vectors.server import QdrantServerVectorStore
+
         return QdrantServerVectorStore(AsyncQdrantClient(url=url, api_key=api_key))
     if data_dir is not None:
         return EdgeVectorStore(Path(data_dir) / "qdrant")

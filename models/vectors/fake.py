@@ -115,6 +115,10 @@ class InMemoryVectorStore:
         check_tenant(tenant_id)
         return sum(tenant == tenant_id for tenant, _ in target.points)
 
+    async def drop_space(self, space: str) -> bool:
+        """Delete the space with its points; return whether it existed."""
+        return self._spaces.pop(check_space(space), None) is not None
+
     async def ping(self) -> bool:
         """Return True: memory always answers."""
         return True

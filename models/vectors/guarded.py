@@ -9,11 +9,11 @@ answers from the others at normal latency, until a background ping finds the sto
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from models.breaker import DEFAULT_COOLDOWN_S, DEFAULT_FAILURES, CircuitBreaker
 from models.vectors.protocol import VectorHit, VectorPoint, VectorStore, VectorStoreError
@@ -22,7 +22,8 @@ T = TypeVar("T")
 
 STORE = "vectors"
 DEFAULT_READ_TIMEOUT_S = 2.0
-_TRANSPORT = (ResponseHandlingException, httpx.TransportError, OSError, TimeoutError)
+_TRANSPORT = (httpx.TransportError, OSError, TimeoutError)
+QDRANT_ERRORS = "qdrant_client.http.exceptions"  # only the server store loads qdrant-client (1-2 s to import)
 
 
 class VectorStoreUnavailable(VectorStoreError):
@@ -31,15 +32,18 @@ class VectorStoreUnavailable(VectorStoreError):
 
 def is_unavailable(exc: BaseException) -> bool:
     """Return whether a failure means the store did not answer (a missing space or a bad argument means it did)."""
+    # Without qdrant-client loaded (an embedded store), none of its errors can have been raised.
+    qdrant = sys.modules.get(QDRANT_ERRORS)
+    transport = _TRANSPORT if qdrant is None else (*_TRANSPORT, qdrant.ResponseHandlingException)
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, VectorStoreUnavailable):
             return False
-        if isinstance(current, _TRANSPORT):
+        if isinstance(current, transport):
             return True
-        if isinstance(current, UnexpectedResponse) and (current.status_code or 500) >= 500:
+        if qdrant is not None and isinstance(current, qdrant.UnexpectedResponse) and (current.status_code or 500) >= 500:
             return True
         current = current.__cause__ or current.__context__
     return False
@@ -90,6 +94,10 @@ class GuardedVectorStore:
     async def count(self, space: str, *, tenant_id: str) -> int:
         """Return the tenant's number of points (see VectorStore), within the read timeout."""
         return await self._read(lambda: self.store.count(space, tenant_id=tenant_id))
+
+    async def drop_space(self, space: str) -> bool:
+        """Delete the space with its points (see VectorStore)."""
+        return await self.breaker.call(lambda: self.store.drop_space(space))
 
     async def ping(self) -> bool:
         """Return whether the store answers: False at once while the breaker is open."""

@@ -110,6 +110,14 @@ class VectorStore(Protocol):
         """Return the exact number of the tenant's points in the space."""
         ...
 
+    async def drop_space(self, space: str) -> bool:
+        """Delete the space with every point in it (all tenants'); return whether it existed.
+
+        For spaces one owner names alone (a model version's item vectors): a space shared by tenants loses points
+        per tenant with `delete_tenant` instead.
+        """
+        ...
+
     async def ping(self) -> bool:
         """Return whether the backend answers; never raise."""
         ...

@@ -134,6 +134,14 @@ class QdrantServerVectorStore:
             raise await self._failure(space, exc) from exc
         return result.count
 
+    async def drop_space(self, space: str) -> bool:
+        """Delete the collection; return whether it existed."""
+        check_space(space)
+        try:
+            return bool(await self._client.delete_collection(space))
+        except Exception as exc:
+            raise VectorStoreError(f"qdrant could not delete vector space {space!r}: {exc}") from exc
+
     async def ping(self) -> bool:
         """Return whether the server answers."""
         try:

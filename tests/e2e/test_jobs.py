@@ -80,7 +80,7 @@ async def test_similarity_refits_item_cf_and_content_over_the_served_model_and_s
                                                             "version": {"$in": [before, before + 1]}}).to_list()}
     old, new = (ScenarioModel.load(served.runtime.models_dir / docs[v].artifact) for v in (before, before + 1))
     assert new.catalogue.item_ids == old.catalogue.item_ids  # the same index space
-    assert np.array_equal(new.ease.neighbors, old.ease.neighbors) and np.array_equal(new.popularity, old.popularity)
+    assert np.array_equal(new.ease.weights, old.ease.weights) and np.array_equal(new.popularity, old.popularity)
     assert new.info["basedOn"] == before and new.content is not None
     v1, v2 = (new.catalogue.index[i] for i in ("v1", "v2"))
     assert new.item_cf.neighbors[v1][0] == v2 != old.item_cf.neighbors[v1][0]  # the new co-occurrences count

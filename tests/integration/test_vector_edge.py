@@ -13,12 +13,12 @@ from qdrant_client import AsyncQdrantClient
 
 from models.vectors import (
     EdgeVectorStore,
-    QdrantServerVectorStore,
     SpaceNotFoundError,
     VectorPoint,
     VectorStoreError,
     open_vector_store,
 )
+from models.vectors.server import QdrantServerVectorStore
 
 SPACE = "items"
 TENANT = "acme"

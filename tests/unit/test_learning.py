@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from domain.learning.content import document_tokens, train_content
 from domain.learning.data import TrainingData, build_interactions
 from domain.learning.model import ScenarioModel
 from domain.learning.popularity import decayed_popularity, trending_scores
 from domain.learning.similarity import ease, item_cf
+from domain.learning.tables import DenseTable
 from domain.learning.train import train_scenario_model
 from domain.recommend.base import CatalogueView
 from domain.scenarios.config import DEFAULT_WEIGHTS, build_config
@@ -142,8 +144,7 @@ def test_ease_learns_item_weights_within_the_cap():
                                  scenario_id="s", version=1)
     cat = model.catalogue
     assert model.info["easeItems"] == 10
-    rows_with_neighbours = {cat.item_ids[i] for i in np.flatnonzero((model.ease.neighbors >= 0).any(axis=1))}
-    assert len(rows_with_neighbours) <= 10
+    assert len(model.ease.vocabulary) == 10 and model.ease.weights.shape == (10, 10)
     neighbours, _ = model.ease.row(cat.index["d0"])
     assert {cat.item_ids[i][0] for i in neighbours} == {"d"}
 
@@ -152,8 +153,38 @@ def test_item_cf_and_ease_tables_hold_k_neighbours_at_most():
     data = synthetic()
     inter = build_interactions(data, CatalogueView.from_items(data.items), DEFAULT_WEIGHTS)
     assert item_cf(inter.binary(), 2).k == 2
-    table, kept = ease(inter.binary(), 10.0, 1000, k=3)
+    table, kept = ease(inter.binary(), 10.0, 1000, k=3, dense_max=5)
     assert table.k == 3 and kept == 18  # the 18 items anyone watched
+
+
+def test_ease_keeps_its_negative_weights_whole_or_pruned_by_magnitude():
+    binary = sp.random(60, 12, density=0.3, format="csr", random_state=np.random.default_rng(3), dtype=np.float32)
+    binary.data[:] = 1.0
+    n_items = binary.shape[1]
+    dense, kept = ease(binary, 2.0, 1000)
+    assert isinstance(dense, DenseTable) and dense.weights.shape == (kept, kept)
+    assert (dense.weights < 0).any()  # items seldom found together predict each other negatively
+    pruned, _ = ease(binary, 2.0, 1000, k=4, dense_max=5)
+    assert (pruned.scores < 0).any()
+    # Each pruned row keeps the 4 weights of largest magnitude of the whole matrix's row.
+    for position, item in enumerate(dense.vocabulary.tolist()):
+        whole = dense.weights[position]
+        strongest = np.sort(np.abs(whole))[-4:]
+        kept_row = pruned.scores[item][pruned.neighbors[item] >= 0]
+        np.testing.assert_allclose(np.sort(np.abs(kept_row)), strongest, rtol=1e-5)
+    # A user's scores are the weighted sum of their items' rows, negative weights included.
+    rows = dense.vocabulary[:3].astype(np.int64)
+    weights = np.array([0.2, 0.5, 1.0], dtype=np.float32)
+    scores = dense.gather(rows, weights, n_items)
+    np.testing.assert_allclose(scores[dense.vocabulary], weights @ dense.weights[:3], rtol=1e-6)
+    assert not dense.gather(np.array([10_000]), np.ones(1, np.float32), n_items).any()
+    # A long history is summed a chunk of rows at a time: the same sums.
+    rng = np.random.default_rng(4)
+    big = DenseTable(np.arange(0, 300, 2, dtype=np.int32), rng.normal(size=(150, 150)).astype(np.float32))
+    rows, weights = rng.choice(np.arange(0, 300, 2), 140, replace=False), rng.random(140).astype(np.float32)
+    expected = np.zeros(300, np.float32)
+    expected[big.vocabulary] = weights @ big.weights[rows // 2]
+    np.testing.assert_allclose(big.gather(rows, weights, 300), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_als_fold_in_solves_the_users_normal_equations():
@@ -224,7 +255,8 @@ def test_a_saved_model_loads_equal_and_a_resave_replaces_it_atomically(tmp_path:
     assert loaded.version == 2 and loaded.newest_event == model.newest_event
     assert loaded.catalogue.item_ids == model.catalogue.item_ids
     assert loaded.user_history("u3") == model.user_history("u3")
-    np.testing.assert_array_equal(loaded.ease.neighbors, model.ease.neighbors)
+    np.testing.assert_array_equal(loaded.ease.weights, model.ease.weights)
+    np.testing.assert_array_equal(loaded.ease.vocabulary, model.ease.vocabulary)
     np.testing.assert_array_equal(loaded.item_users.toarray(), model.item_users.toarray())
     np.testing.assert_allclose(loaded.item_embedding("k2"), model.item_embedding("k2"))
     assert loaded.als.confidence == model.als.confidence

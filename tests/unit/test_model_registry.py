@@ -60,6 +60,9 @@ async def get(tenant: str, sid: str, number: int, kind: str = "scenario") -> Mod
     ({"ndcg@10": 0.104}, {"ndcg@10": 0.10}, 0.005, False),  # better, but not by the margin
     ({"ndcg@10": 0.106}, {"ndcg@10": 0.10}, 0.005, True),
     ({"ndcg@10": 0.11, "champion_ndcg@10": 0.12}, {"ndcg@10": 0.05}, 0.0, False),  # the same slice decides
+    # ... on the users the champion never trained on, the new version's figure on the same users
+    ({"ndcg@10": 0.20, "champion_ndcg@10": 0.12, "compared_ndcg@10": 0.11}, {"ndcg@10": 0.05}, 0.0, False),
+    ({"ndcg@10": 0.10, "champion_ndcg@10": 0.12, "compared_ndcg@10": 0.13}, {"ndcg@10": 0.30}, 0.0, True),
     ({"interactions": 300.0}, {"ndcg@10": 0.10}, 0.0, True),  # nothing comparable: the newer one
     ({"ndcg@10": 0.05}, {}, 0.0, True),
     ({"ndcg@10": float("nan")}, {"ndcg@10": 0.10}, 0.0, True),

@@ -76,7 +76,7 @@ def test_schema_enums_are_the_canonical_stage_names() -> None:
     props = config_json_schema()["properties"]
     assert props["recall"]["items"]["properties"]["source"]["enum"] == list(stages.RECALL_SOURCES)
     assert props["filters"]["items"]["properties"]["name"]["enum"] == list(stages.FILTERS)
-    assert props["ranker"]["properties"]["name"]["enum"] == ["fusion"]
+    assert props["ranker"]["properties"]["name"]["enum"] == ["fusion", "dcn"]
     assert props["rerank"]["items"]["properties"]["name"]["enum"] == list(stages.RERANKERS)
     assert "two_tower" in stages.RECALL_SOURCES and "sequence" not in stages.RECALL_SOURCES
 

@@ -17,6 +17,7 @@ from domain.learning.tuning import (
     Scorer,
     ValidationSlice,
     fit_weights,
+    improves,
     run_inline,
     tune_value,
     with_weights,
@@ -152,6 +153,51 @@ def test_the_settings_search_walks_to_the_best_value_on_a_log_scale() -> None:
     assert len(trials) == len(set(tried)) <= 7
     far, _, _ = tune_value(2.0, 0.5, 1e5, False, lambda v: -abs(math.log(v / 5000.0)), deadline=float("inf"))
     assert far == pytest.approx(4096.0)  # walks on while it gains: 2 -> 8 -> ... -> 8192, back to 4096
+
+
+def test_the_champion_is_scored_only_on_the_users_it_never_trained_on(data: TrainingData, tuned) -> None:
+    # Users act one after the other, 14 views a minute apart: users 80-159, and user 79's last views, come after.
+    cut = T0 + 80 * 600
+    keep = np.asarray(data.timestamps) < cut
+    older = TrainingData(items=data.items, user_ids=[u for u, k in zip(data.user_ids, keep, strict=True) if k],
+                         item_ids=[i for i, k in zip(data.item_ids, keep, strict=True) if k],
+                         types=[t for t, k in zip(data.types, keep, strict=True) if k],
+                         values=[v for v, k in zip(data.values, keep, strict=True) if k],
+                         timestamps=np.asarray(data.timestamps)[keep])
+    champion = train_scenario_model(older, config(tune=False), scenario_id="s", version=1)
+    new = train_scenario_model(data, config(tuningBudgetSeconds=20.0), scenario_id="s", version=2, champion=champion)
+    compared = new.info["tuning"]["champion"]
+    assert compared["version"] == 1 and compared["users"] == 81  # user 79's held-out (newest) view is after the cut
+    assert 0.0 < compared["champion_ndcg@10"] <= 1.0 and 0.0 < compared["ndcg@10"] <= 1.0
+    # A champion trained on everything saw every held-out item: nothing fair is left to compare.
+    stale = train_scenario_model(data, config(tuningBudgetSeconds=20.0), scenario_id="s", version=3, champion=tuned)
+    assert stale.info["tuning"]["champion"]["users"] == 0 and "skipped" in stale.info["tuning"]["champion"]
+
+
+def test_a_move_is_kept_only_beyond_one_standard_error_of_the_paired_differences() -> None:
+    rng = np.random.default_rng(5)
+    # Two settings equally good: per-user NDCG shares each user's difficulty, plus independent noise.
+    accepted = 0
+    for _ in range(4000):
+        base = rng.uniform(0.0, 0.6, 300)
+        old, new = base + rng.normal(0, 0.1, 300), base + rng.normal(0, 0.1, 300)
+        accepted += improves(new, old)
+    # Under no true gain a one-SE rule lets through P(Z > 1) = 15.9% of moves (one-sided), not half as the plain
+    # comparison does; the t distribution with 299 degrees of freedom is that close to the normal.
+    assert 0.14 < accepted / 4000 < 0.18
+    base = rng.uniform(0.0, 0.6, 300)
+    assert improves(base + 0.02 + rng.normal(0, 0.05, 300), base)  # a real gain of 4 SE is kept
+    assert not improves(base + rng.normal(0, 0.05, 300) + 0.001, base)  # below the noise: not kept
+    assert improves(0.3002, 0.3) and not improves(0.30005, 0.3)  # plain scores: MIN_GAIN decides
+
+
+def test_a_request_time_setting_is_searched_across_its_range_before_the_walk() -> None:
+    # Flat from the start up to 1,000, better beyond: the walk alone never leaves the start; the grid does.
+    score = lambda v: np.full(50, 0.3 if v >= 1000 else 0.1)  # noqa: E731
+    walked, _, _ = tune_value(2.0, 0.5, 1e5, False, score, deadline=float("inf"))
+    assert walked == 2.0
+    gridded, value, _ = tune_value(2.0, 0.5, 1e5, False, score, deadline=float("inf"), grid=True)
+    assert gridded >= 1000 and value == pytest.approx(0.3)
 
 
 def test_a_trained_pipeline_is_never_worse_on_its_slice_than_its_config_or_a_single_source(tuned) -> None:

@@ -1,10 +1,12 @@
-"""Two towers: the torch module and its numpy twin agree, training learns tastes, new items are retrievable from
-their features, and the recall source serves it without torch."""
+"""Two towers: the torch module and its numpy twin agree (user tower, item tower), training learns tastes, new items
+are retrievable from their features (in memory and through a vector store, ranked alike), the saved model keeps its
+item tower, and the recall source serves it without torch."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from domain.learning.content import document_tokens, train_content
 from domain.learning.model import ScenarioModel
+from domain.learning.storage import load_item_tower
 from domain.learning.train import TrainingData, train_scenario_model
 from domain.learning.two_tower import Histories, ItemFeatures, Settings, export, numeric_matrix, train_two_tower
 from domain.recommend.base import CatalogueView, RecRequest
@@ -96,6 +100,51 @@ def test_numpy_user_vector_equals_the_torch_module(content: int, length: int) ->
     assert exported.user_vector(np.array([], dtype=np.int64)) is None
 
 
+def perturbed(features: ItemFeatures) -> TwoTower:
+    """Return an eval-mode module whose biases are away from their initial values (a mistake in them shows)."""
+    module = TwoTower(features.tensors(torch.device("cpu")), vocabulary=features.vocabulary, dim=16, max_len=50)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("bias") or name == "positions":
+                p.add_(torch.randn_like(p) * 0.3)
+    return module.eval()
+
+
+@pytest.mark.parametrize("content", [0, 8])
+def test_numpy_item_tower_equals_the_torch_item_tower_without_ids(content: int) -> None:
+    torch.manual_seed(4)
+    docs = items()
+    catalogue = CatalogueView.from_items(docs)
+    model = train_content([document_tokens(d) for d in docs], content) if content else None
+    users = np.r_[np.zeros(7), np.ones(len(catalogue) - 7) * 3]  # seven items too rare for an id embedding
+    features = ItemFeatures.build(catalogue, users, 2, None if model is None else np.asarray(model.embeddings))
+    module = perturbed(features)
+    tower = export(module, 0.05, features, model).items
+    assert tower is not None and (tower.content is model) and tower.numeric_keys == ("size",)
+    with torch.no_grad():
+        trained = module.item_vectors(torch.arange(1, len(catalogue) + 1)).numpy()
+        module.ids.zero_()  # what a new item has: its features alone
+        featured = module.item_vectors(torch.arange(1, len(catalogue) + 1)).numpy()
+    assert np.abs(tower.vectors(docs) - featured).max() < 1e-5
+    assert np.abs(tower.vectors(docs[:7]) - trained[:7]).max() < 1e-5  # rare items: training's vector exactly
+    assert np.abs(tower.vectors(docs[7:]) - trained[7:]).max() > 1e-3  # the others had an id embedding too
+
+
+def test_a_new_items_vector_comes_from_its_known_features_only(trained: ScenarioModel) -> None:
+    tower = trained.two_tower.items
+    assert tower is not None
+    known = {"item_id": "x", "title": "fresh", "categories": ["a"], "tags": ["ta", "ua"], "attributes": {"size": 1}}
+    noisy = {**known, "categories": ["a", "never-seen"], "tags": ["ta", "ua", "unknown"],
+             "attributes": {"size": 1, "colour": "red", "weight": True}}
+    bare = {"item_id": "y"}
+    vectors = tower.vectors([known, noisy, bare])
+    assert vectors.shape == (3, 16) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.abs(vectors[0] - vectors[1]).max() < 1e-6  # unknown labels and non-numeric attributes add nothing
+    item_vectors = trained.two_tower.item_vectors
+    nearest = np.argsort(-(item_vectors @ vectors[0]))[:10]
+    assert all(trained.catalogue.item_ids[i].startswith(("a", COLD)) for i in nearest)  # among its cluster
+
+
 def test_features_code_labels_and_standardise_numeric_attributes() -> None:
     catalogue = CatalogueView.from_items(items())
     features = ItemFeatures.build(catalogue, np.r_[np.ones(60), 0], 1)
@@ -153,6 +202,58 @@ async def test_an_item_without_interactions_is_retrievable_by_its_features(train
     assert COLD in ids[:outside]  # ranked with its cluster, before every item of the others
 
 
+def serving_view(model: ScenarioModel, *extra: dict) -> CatalogueView:
+    """Return the model's catalogue (less a4) with items added after training: what serving holds later."""
+    docs = [d for d in items() if d["item_id"] != "a4"]
+    return CatalogueView.from_items([*docs, *extra])
+
+
+FRESH = {"item_id": "fresh-a", "title": "just in", "categories": ["a"], "tags": ["ta", "ua"],
+         "attributes": {"size": 2}, "published_at": datetime(2024, 2, 1, tzinfo=UTC), "status": "ACTIVE"}
+
+
+async def test_an_item_added_after_training_is_recalled_from_its_features(trained: ScenarioModel) -> None:
+    index = CatalogueIndex.build(trained, serving_view(trained, FRESH))
+    vectors, missing = index.tower_vectors()
+    row = index.catalogue.index["fresh-a"]
+    assert missing is None and np.abs(vectors[row] - trained.two_tower.items.vectors([FRESH])[0]).max() < 1e-6
+    known = trained.catalogue.index["b3"]
+    assert np.array_equal(vectors[index.catalogue.index["b3"]], trained.two_tower.item_vectors[known])
+    ctx = RecallContext(request=RecRequest(user_id="x", limit=10, history=["a1", "a2", "a3"]), index=index,
+                        model=trained, config={})
+    found = await TwoTowerSource().recall(ctx, 30)
+    ids = [index.catalogue.item_ids[i] for i in found.idx]
+    assert "fresh-a" in ids[: min(r for r, i in enumerate(ids) if i[0] in "bc")] and "a4" not in ids
+
+
+class ExactStore:
+    """A VectorSearch answering exactly (brute force) from a space of item vectors, counting its searches."""
+
+    def __init__(self, ids: list[str], vectors: np.ndarray) -> None:
+        self.ids, self.vectors, self.calls = ids, vectors, []
+
+    async def search(self, space: str, vector, *, limit: int, exclude_ids=()) -> list[tuple[str, float]]:
+        self.calls.append(space)
+        scores = self.vectors @ np.asarray(vector, dtype=np.float32)
+        order = np.lexsort((np.arange(len(scores)), -scores))
+        return [(self.ids[i], float(scores[i])) for i in order if self.ids[i] not in exclude_ids][:limit]
+
+
+@pytest.mark.parametrize("exclude", [frozenset(), frozenset({"a5", "a6", "c1"})])
+async def test_a_vector_store_search_ranks_and_scores_as_the_in_memory_scan(trained: ScenarioModel,
+                                                                           exclude: frozenset[str]) -> None:
+    index = CatalogueIndex.build(trained, serving_view(trained, FRESH))
+    vectors, _ = index.tower_vectors()
+    store = ExactStore([*index.catalogue.item_ids, "stale"], np.vstack([vectors, vectors[:1]]))  # one gone item
+    request = RecRequest(user_id="x", limit=10, history=["a1", "a2", "b1"], exclude=exclude)
+    scan = await TwoTowerSource().recall(RecallContext(request=request, index=index, model=trained, config={}), 20)
+    searched = await TwoTowerSource().recall(RecallContext(request=request, index=index, model=trained, config={},
+                                                           vectors=store, two_tower_space="tt"), 20)
+    assert store.calls == ["tt"]  # one search per request
+    assert searched.idx.tolist() == scan.idx.tolist() and np.allclose(searched.scores, scan.scores, rtol=1e-5)
+    assert not ({"a1", "a2", "b1"} | exclude) & {index.catalogue.item_ids[i] for i in searched.idx}
+
+
 async def test_the_source_skips_excluded_items_and_answers_empty_when_it_cannot_answer(trained: ScenarioModel) -> None:
     source = TwoTowerSource()
     first = await source.recall(context(trained, ["a1", "a2"]), 3)
@@ -175,6 +276,29 @@ async def test_the_engine_serves_it_and_a_saved_model_scores_the_same(trained: S
     result = await Engine(tower_config(), loaded).recommend(RecRequest(user_id="x", limit=3, history=["c1", "c2"],
                                                                        exclude=frozenset({"c1", "c2"})))
     assert result.items[0].item_id.startswith("c") and result.items[0].sources == ("two_tower",)
+
+
+def test_a_saved_item_tower_shares_the_scenarios_content_model_until_a_refit_replaces_it(
+        trained: ScenarioModel, tmp_path: Path) -> None:
+    docs = items()
+    content = train_content([document_tokens(d) for d in docs], 8)
+    tower = trained.two_tower.items
+    rng = np.random.default_rng(5)
+    with_content = replace(tower, content=content, content_w=rng.standard_normal((8, 16)).astype(np.float32))
+    model = replace(trained, content=content, two_tower=replace(trained.two_tower, items=with_content))
+    expected = with_content.vectors([FRESH, *docs[:5]])
+    model.save(tmp_path / "shared")
+    assert not list((tmp_path / "shared").glob("two_tower.content*"))  # one copy: the scenario's
+    loaded = ScenarioModel.load(tmp_path / "shared")
+    assert np.abs(loaded.two_tower.items.vectors([FRESH, *docs[:5]]) - expected).max() < 1e-6
+    refitted = replace(model, content=train_content([document_tokens(d) for d in docs[:40]], 8))
+    refitted.save(tmp_path / "refit")  # the similarity refit's new content model: the tower keeps its own
+    assert (tmp_path / "refit" / "two_tower.content.components.npy").exists()
+    again = ScenarioModel.load(tmp_path / "refit")
+    assert np.abs(again.two_tower.items.vectors([FRESH, *docs[:5]]) - expected).max() < 1e-6
+    towers, ids = load_item_tower(tmp_path / "refit")
+    assert ids == trained.catalogue.item_ids and np.array_equal(towers.item_vectors, trained.two_tower.item_vectors)
+    assert np.abs(towers.new_item_vectors([FRESH]) - expected[:1]).max() < 1e-6
 
 
 def test_training_stops_at_its_time_budget_and_keeps_a_model() -> None:

@@ -12,7 +12,6 @@ from qdrant_client import AsyncQdrantClient
 from models.vectors import (
     EdgeVectorStore,
     InMemoryVectorStore,
-    QdrantServerVectorStore,
     SpaceNotFoundError,
     VectorPoint,
     VectorStore,
@@ -20,6 +19,7 @@ from models.vectors import (
 )
 
 from models.vectors.guarded import guard
+from models.vectors.server import QdrantServerVectorStore
 
 # Qdrant local mode ignores payload indexes and says so; the server semantics are what is under test.
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
@@ -216,6 +216,20 @@ async def test_reserved_payload_keys_cannot_point_elsewhere(store: VectorStore) 
         await store.upsert(SPACE, [VectorPoint("x", QUERY, {"tenant_id": B})], tenant_id=A)
     with pytest.raises(ValueError, match="tenant_id"):
         await store.count(SPACE, tenant_id="")
+
+
+async def test_drop_space_deletes_it_with_every_tenants_points_and_leaves_the_others(seeded: VectorStore) -> None:
+    await seeded.ensure_space("doomed", dim=2)
+    await seeded.upsert("doomed", [VectorPoint("x", [1.0, 0.0])], tenant_id=A)
+    await seeded.upsert("doomed", [VectorPoint("y", [0.0, 1.0])], tenant_id=B)
+
+    assert await seeded.drop_space("doomed") is True
+    assert await seeded.drop_space("doomed") is False  # gone: nothing to drop
+    with pytest.raises(SpaceNotFoundError, match="doomed"):
+        await seeded.search("doomed", [1.0, 0.0], tenant_id=B, limit=1)
+    assert await seeded.count(SPACE, tenant_id=A) == 4  # another space keeps its points
+    await seeded.ensure_space("doomed", dim=3)  # the name is free again, for any shape
+    assert await seeded.count("doomed", tenant_id=A) == 0
 
 
 async def test_ping_is_true(store: VectorStore) -> None:

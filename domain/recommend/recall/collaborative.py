@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from domain.learning.tables import NeighbourTable
+from domain.learning.tables import DenseTable, NeighbourTable
 from domain.recommend.base import REGISTRY, Candidates
 from domain.recommend.recall.context import RecallContext
 
@@ -14,7 +14,7 @@ USER_CF_SHRINK = 5.0  # damps the similarity of users who share only an item or 
 USER_CF_SEEDS = 50
 
 
-def _table_recall(ctx: RecallContext, table: NeighbourTable | None, limit: int, seeds: int | None) -> Candidates:
+def _table_recall(ctx: RecallContext, table: NeighbourTable | DenseTable | None, limit: int, seeds: int | None) -> Candidates:
     if table is None or ctx.model is None:
         return Candidates.empty()
     items, weights = ctx.seeds(seeds)

@@ -83,6 +83,7 @@ class RecallContext:
     params: Mapping[str, Any] = field(default_factory=dict)
     vectors: VectorSearch | None = None
     content_space: str | None = None
+    two_tower_space: str | None = None  # the served version's item vectors in the store (None: in memory)
     popularity: PopularityView | None = None  # set by the engine; None: the sources use the trained counts
 
     @property

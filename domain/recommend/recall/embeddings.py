@@ -25,14 +25,16 @@ async def nearest(ctx: RecallContext, vectors: np.ndarray, limit: int) -> list[t
     """Return, per query vector, (catalogue indexes, cosine scores) of the nearest allowed items, best first."""
     if ctx.vectors is None or not ctx.content_space:
         return _exhaustive(ctx, vectors, limit)
-    found = await asyncio.gather(*(_search(ctx, v, limit) for v in vectors))
+    found = await asyncio.gather(*(search_space(ctx, ctx.content_space, v, limit) for v in vectors))
     return list(found)
 
 
-async def _search(ctx: RecallContext, vector: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+async def search_space(ctx: RecallContext, space: str, vector: np.ndarray,
+                       limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (catalogue indexes, store scores) of the nearest allowed items in a space of the vector store."""
     # The store skips the recent history; other exclusions (usually older history) are removed here, so ask for
     # more than needed. An exact store then gives the same ranking as the in-memory search.
-    hits = await ctx.vectors.search(ctx.content_space, vector.tolist(), limit=limit * OVERFETCH,  # type: ignore[union-attr]
+    hits = await ctx.vectors.search(space, vector.tolist(), limit=limit * OVERFETCH,  # type: ignore[union-attr]
                                     exclude_ids=ctx.recent_ids)
     index = ctx.catalogue.index
     pairs = [(index[i], s) for i, s in hits if i in index]

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from domain.learning.model import ScenarioModel
+from domain.learning.towers import TowerModel
 from domain.recommend.base import CatalogueView
 
 PER_LABEL = 1000  # items kept per category/tag list, most popular first
@@ -34,6 +35,8 @@ class CatalogueIndex:
     by_tag: dict[str, np.ndarray]
     embeddings: np.ndarray | None  # content embeddings per catalogue item (rows of zeros when unknown)
     look_alikes: LookAlikes | None = field(default=None)  # each item's nearest items by content, kept once computed
+    towers: TowerModel | None = None  # the model's two towers, for `tower_vectors`
+    _towers: tuple[np.ndarray, np.ndarray | None] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.look_alikes is None and self.embeddings is not None:
@@ -57,8 +60,20 @@ class CatalogueIndex:
             counts=_translate(model.counts if model else None, to_model, len(view)), popular_order=order,
             newest_order=newest, newest_times=view.published_at[newest],
             by_category=_by_label(view.categories, order), by_tag=_by_label(view.tags, order),
-            embeddings=_embeddings(model, view, to_model),
+            embeddings=_embeddings(model, view, to_model), towers=model.two_tower if model else None,
         )
+
+    def tower_vectors(self) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """Return every catalogue item's two-tower vector (float32, catalogue order) and a mask of the items without
+        one (None: none), computed on first use (an exhaustive search needs them, a vector-store search does not);
+        None without a two-tower model.
+
+        Items the model was trained with keep their trained vectors; the item tower gives the others theirs from
+        their features, as the item-vector job gives them in the store. Only a model exported without an item tower
+        leaves items without a vector."""
+        if self._towers is None and self.towers is not None:
+            self._towers = _tower_vectors(self.towers, self.catalogue, self.to_model)
+        return self._towers
 
     def model_scores(self, scores: np.ndarray | None) -> np.ndarray:
         """Return a per-model-item array translated into catalogue space (0 for unknown items)."""
@@ -129,6 +144,23 @@ def _embeddings(model: ScenarioModel | None, view: CatalogueView, to_model: np.n
     if len(new):  # items added after training embed into the same space
         out[new] = model.content.embed(_documents(view, new))
     return out
+
+
+def _tower_vectors(towers: TowerModel, view: CatalogueView,
+                   to_model: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    if to_model is None:
+        return np.asarray(towers.item_vectors, dtype=np.float32), None
+    out = np.zeros((len(view), towers.dim), dtype=np.float32)
+    known = to_model >= 0
+    out[known] = np.asarray(towers.item_vectors)[to_model[known]]
+    new = np.flatnonzero(~known)
+    if len(new) == 0:
+        return out, None
+    vectors = towers.new_item_vectors(_documents(view, new))
+    if vectors is None:
+        return out, ~known
+    out[new] = vectors
+    return out, None
 
 
 def _documents(view: CatalogueView, idx: np.ndarray) -> list[dict[str, Any]]:
