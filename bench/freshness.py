@@ -113,8 +113,10 @@ async def probe(api: Api, sid: str, user: str, sasrec: bool = False) -> float:
     clicked item's successor among the first SUCCESSOR_TOP of the list)."""
     listed = [r["item"]["id"] for r in (await api(RECOMMEND, {"s": sid, "u": user}))["recommendations"]["items"]]
     item = listed[0]
-    if sasrec:  # an item whose successor is not listed yet, so that only the click can bring it in
-        item = next(f"i{k}" for k in random.Random(user).sample(range(ITEMS - 1), ITEMS - 1)
+    if sasrec:  # an item whose successor is not listed yet, so that only the click can bring it in; away from the
+        # catalogue's ends, where few chains pass and the model has seen the pair a handful of times
+        middle = range(CHAIN_LENGTH, ITEMS - CHAIN_LENGTH)
+        item = next(f"i{k}" for k in random.Random(user).sample(middle, len(middle))
                     if f"i{k + 1}" not in listed[:SUCCESSOR_TOP] and f"i{k}" not in listed)
     expected = successor(item) if sasrec else None
     await api(RECORD, {"e": [{"scenarioId": sid, "userId": user, "itemId": item, "type": "CLICK"}]})
