@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from domain.audit import AuditLog
-
 from domain.background import BackgroundJobs, JobPolicy
 from domain.catalogue import CatalogueService
 from domain.events import EventService
@@ -20,21 +19,20 @@ from domain.learning.registry import ModelVersionService
 from domain.learning.service import LearningConfig, TrainingService
 from domain.learning.tower_spaces import TowerSpaces
 from domain.privacy import PrivacyService
+from domain.profiles import ProfileService
 from domain.ratelimit import RateLimits, RatePolicy
-from domain.realtime.impressions import impression_sink
 from domain.realtime.apply import REQUEST_TTL_S
+from domain.realtime.impressions import impression_sink
 from domain.realtime.live import LiveMetrics
 from domain.realtime.returning import ReturningUsers
 from domain.realtime.service import RealtimeService
 from domain.realtime.stream import EventStream
-from domain.profiles import ProfileService
 from domain.recommend.service import EngineSource, RecommendationService
 from domain.scenarios.service import ScenarioService
 from domain.tenancy import TenancyService
 from models.cache import USER_STATE_TTL_S, Cache, RedisCache
 from models.channel import Channel
 from models.vectors import VectorStore
-
 
 INVALIDATIONS = "recograph:invalidations"  # the Redis channel of `Invalidations`
 

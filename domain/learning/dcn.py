@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from domain.learning.epochs import fit_epochs, over
-from domain.learning.params import from_params
+from domain.learning.params import FromParams
 from domain.learning.rankers import RankerModel
 from domain.learning.ranking import K, RankingLists
 from domain.recommend.features import FeatureSpec
@@ -37,7 +37,7 @@ CONSTANT = 1e-4  # a feature whose standard deviation is below this share of its
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(FromParams):
     """The ranker's size and training; the scenario config's `dcn` ranker params (camelCase) override these."""
 
     cross_layers: int = 2
@@ -53,11 +53,6 @@ class Settings:
     patience: int = 8
     time_budget_seconds: float = 45.0
     seed: int = 7
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> Settings:
-        """Return the settings with the params that are set (None: default) applied."""
-        return from_params(cls, params)
 
 
 def train_dcn(train: RankingLists, stop: RankingLists, spec: FeatureSpec, params: Mapping[str, Any],

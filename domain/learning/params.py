@@ -9,10 +9,14 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def from_params(cls: type[T], params: Mapping[str, Any]) -> T:
-    """Return the dataclass `cls` with the params that are set (None: the field's default) applied."""
-    values = {f.name: params.get(camel(f.name)) for f in fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in values.items() if v is not None})
+class FromParams:
+    """Base of a learned model's settings dataclass, read from its stage's params: `Settings.from_params(params)`."""
+
+    @classmethod
+    def from_params(cls: type[T], params: Mapping[str, Any]) -> T:
+        """Return the settings with the params that are set (None: the field's default) applied."""
+        values = {f.name: params.get(camel(f.name)) for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in values.items() if v is not None})
 
 
 def camel(name: str) -> str:

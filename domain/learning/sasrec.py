@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from domain.learning.epochs import fit_epochs, over, usable_cores
-from domain.learning.params import from_params
+from domain.learning.params import FromParams
 from domain.learning.sequences import SequenceModel
 from domain.learning.tuning import ndcg_at, validation_tails
 from models.sasrec import SASRec
@@ -46,7 +46,7 @@ LOGIT_FLOATS = 1 << 26  # a batch's logits hold at most this many floats (256 Mi
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(FromParams):
     """SASRec's size and training; the scenario config's `sasrec` params (camelCase) override the defaults."""
 
     max_length: int = 50
@@ -65,11 +65,6 @@ class Settings:
     full_softmax_items: int = 50_000
     negatives: int = 2048
     seed: int = 7
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> Settings:
-        """Return the settings with the params that are set (None: default) applied."""
-        return from_params(cls, params)
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,7 @@ def _tune_source(name: str, chosen: dict[str, dict[str, Any]], config: Mapping, 
     for param, low, high, integer, _ in TUNABLE[name]:
         start = float(chosen[name].get(param) or _default(name, param))
 
-        def score_of(value: float, param: str = param) -> np.ndarray:
+        def score_of(value: float, param: str = param, integer: bool = integer) -> np.ndarray:
             params = {**chosen[name], param: int(value) if integer else value}
             scores = scorer.pipeline(alone(with_config_params(config, {name: params}), name), part(params))
             trials.append({"params": {param: params[param]}, "ndcg@10": round(scores.ndcg, 5)})

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from domain.learning.content import ContentModel
 from domain.learning.epochs import fit_epochs, over, usable_cores
 from domain.learning.item_tower import CLIP, ItemTower, coded, is_number
-from domain.learning.params import from_params
+from domain.learning.params import FromParams
 from domain.learning.towers import TowerModel
 from domain.learning.tuning import ndcg_at, validation_tails
 from domain.recommend.base import CatalogueView
@@ -48,7 +48,7 @@ MIN_TAG_ITEMS = 2  # a tag on one item relates it to nothing
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(FromParams):
     """The model's size and training; the scenario config's `two_tower` params (camelCase) override the defaults."""
 
     max_length: int = 50
@@ -63,11 +63,6 @@ class Settings:
     patience: int = 5
     time_budget_seconds: float = 90.0
     seed: int = 7
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> Settings:
-        """Return the settings with the params that are set (None: default) applied."""
-        return from_params(cls, params)
 
 
 # --- item features ---------------------------------------------------------------------------------------------

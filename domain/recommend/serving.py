@@ -38,15 +38,14 @@ from typing import Any
 
 import structlog
 from redis import asyncio as aioredis
-from redis.exceptions import RedisError
 
 from domain.errors import BadInput, NotFound
 from domain.learning.model import ScenarioModel
 from domain.learning.versions import CHAMPION, MODEL_KIND, champion
-from domain.recommend.base import CatalogueView
-from domain.recommend.pinned import Pinned, PinnedModels
 from domain.realtime.popularity import LivePopularity
+from domain.recommend.base import CatalogueView
 from domain.recommend.engine import Engine
+from domain.recommend.pinned import Pinned, PinnedModels
 from domain.scenarios.config import merge_config
 from models.cache import Cache, CacheUnavailable
 from models.channel import Channel

@@ -182,7 +182,7 @@ async def test_factory_with_url_builds_a_server_store(monkeypatch: pytest.Monkey
         seen.update(kwargs)
         return AsyncQdrantClient(location=":memory:")
 
-    monkeypatch.setattr("models.vectors.factory.AsyncQdrantClient", local_client)
+    monkeypatch.setattr("qdrant_client.AsyncQdrantClient", local_client)  # the factory imports it when a URL is set
     store = open_vector_store(url="https://qdrant.example:6333", api_key="k", data_dir=Path("/unused"))
 
     assert isinstance(store, QdrantServerVectorStore)

@@ -14,22 +14,21 @@ from pymongo.errors import AutoReconnect
 
 from domain.background import BackgroundJobs, JobPolicy
 from domain.errors import BadInput, NotFound, Unavailable
-from domain.ids import new_id
+from domain.ids import new_id, utcnow
 from domain.jobs import JOB_FUNCTIONS, JobKind, JobService, JobStatus, Retryable
 from domain.learning.service import LearningConfig, TrainingService
 from domain.learning.tower_spaces import SYNC_FUNCTION
 from domain.maintenance import MaintenanceService
-from domain.ids import utcnow
 from domain.precompute import CandidatePolicy, CandidateService, active_users
 from domain.scenarios.service import ScenarioService
 from models.cache import InMemoryCache
 from models.documents import Interaction, Tenant
 from models.settings import JobsSettings, Settings, TrainingSettings
+from tests.unit.test_jobs import RecordingQueue
 from workers import jobs as worker_jobs
 from workers.cron import SCHEDULES, cron_jobs, fan_out
 from workers.metrics import JobMetrics
 from workers.settings import ITEM_VECTORS_TIMEOUT_S, TIMEOUT_MARGIN_S, in_process_worker, job_functions
-from tests.unit.test_jobs import RecordingQueue
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from models.vectors import (
     VectorStore,
     VectorStoreError,
 )
-
 from models.vectors.guarded import guard
 from models.vectors.server import QdrantServerVectorStore
 
