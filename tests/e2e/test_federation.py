@@ -1,85 +1,24 @@
 """Federation end to end: recograph composed with a tiny users subgraph behind Apollo Gateway (Node).
 
-The Node fixtures live in tests/e2e/federation; `make test` installs their packages (`npm ci`).
+The Node fixtures live in tests/e2e/federation; `make test` installs their packages (`npm ci`). Hive Gateway over the
+same two subgraphs, with a subscription, is in test_hive_gateway.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import shutil
-import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
 
 from tests.conftest import GraphQL, Served, TenantKeys, free_port, new_tenant
+from tests.e2e.node import NodeProcess, needs_node, node_processes, require_packages
 
-FEDERATION = Path(__file__).parent / "federation"
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("node") is None or shutil.which("npm") is None,
-        reason="node and npm are needed for the federation e2e test (Apollo Gateway)",
-    ),
-    pytest.mark.skipif(
-        not (FEDERATION / "node_modules").is_dir(),
-        reason="tests/e2e/federation/node_modules is missing: run `npm ci --prefix tests/e2e/federation` (make test does)",
-    ),
-]
+pytestmark = [pytest.mark.slow, needs_node]
 
 USER_QUERY = """query($id: ID!) { user(id: $id) { id name profile { userId interactionCount } } }"""
-
-
-@contextlib.asynccontextmanager
-async def node_processes(*scripts: tuple[str, dict[str, str]], timeout: float = 25.0) -> AsyncIterator[list[str]]:
-    """Start `node script` for each (script, env) at once; yield the url each prints as `ready <url>`.
-
-    The processes are stopped on exit, even when one fails to start or a test fails.
-    """
-    with contextlib.ExitStack() as files:
-        outputs = [files.enter_context(tempfile.TemporaryFile()) for _ in scripts]
-        procs: list[asyncio.subprocess.Process] = []
-        try:
-            for (script, env), out in zip(scripts, outputs):
-                procs.append(await asyncio.create_subprocess_exec(
-                    shutil.which("node") or "node", script, cwd=FEDERATION, env={**os.environ, **env},
-                    stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-                ))
-            deadline = time.monotonic() + timeout
-            yield [await _ready_url(script, proc, out, deadline) for (script, _), proc, out in zip(scripts, procs, outputs)]
-        finally:
-            for proc in procs:
-                if proc.returncode is None:
-                    proc.terminate()
-            for proc in procs:
-                try:
-                    await asyncio.wait_for(proc.wait(), 5)
-                except asyncio.TimeoutError:
-                    proc.kill()
-                    await proc.wait()
-
-
-async def _ready_url(script: str, proc: asyncio.subprocess.Process, out: IO[bytes], deadline: float) -> str:
-    while True:
-        out.seek(0)
-        text = out.read().decode(errors="replace")
-        for line in text.splitlines():
-            if line.startswith("ready "):
-                return line.removeprefix("ready ").rstrip("/")
-        if proc.returncode is not None or time.monotonic() > deadline:
-            pytest.fail(f"{script} did not start (exit code {proc.returncode}):\n{text}")
-        # Wait without blocking the loop: the in-process recograph must answer the gateway's `_service` call.
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(proc.wait(), 0.05)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +27,7 @@ async def gateway(served: Served) -> AsyncIterator[GraphQL]:
 
     Apollo's standalone server answers on any path, so the conftest helper's `/graphql` suffix is fine.
     """
+    require_packages("@apollo/composition", "@apollo/gateway", "@apollo/server", "@apollo/subgraph")
     composer = await new_tenant(served, f"federation-sdl-{uuid.uuid4().hex[:8]}")
     users_port = free_port()
     gateway_env = {
@@ -96,7 +36,7 @@ async def gateway(served: Served) -> AsyncIterator[GraphQL]:
         "RECOGRAPH_KEY": composer.gateway,  # only for fetching recograph's `_service { sdl }`
         "USERS_URL": f"http://127.0.0.1:{users_port}/",  # the gateway retries until the users subgraph listens
     }
-    scripts = [("users-subgraph.mjs", {"PORT": str(users_port)}), ("gateway.mjs", gateway_env)]
+    scripts = [NodeProcess(["users-subgraph.mjs"], {"PORT": str(users_port)}), NodeProcess(["gateway.mjs"], gateway_env)]
     async with node_processes(*scripts) as (_, gateway_url), httpx.AsyncClient(timeout=30) as client:
         yield GraphQL(client, gateway_url)
 
