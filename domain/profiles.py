@@ -180,9 +180,24 @@ class ProfileService:
             users = pending
             await asyncio.sleep(0.01)
 
+    async def of_documents(self, docs: Sequence[UserProfile], *, tenant_id: str) -> list[ProfileView]:
+        """Return the profiles of stored documents as `get_many` reads them (Redis hot state first), without waiting
+        for the consumer: for reading many users at once (exports)."""
+        hot: dict[str, HotProfile] = {}
+        if self._r is not None and docs:
+            try:
+                hot = await read_hot(self._r, [d.user_id for d in docs], tenant_id=tenant_id)
+            except (RedisError, OSError) as exc:
+                log.warning("cache.unavailable", op="profiles.read", error=str(exc))
+        stored = await self._views([d for d in docs if d.user_id not in hot], tenant_id=tenant_id)
+        return [hot_view(d.user_id, hot[d.user_id]) if d.user_id in hot else stored[d.user_id] for d in docs]
+
     async def _stored(self, users: list[str], *, tenant_id: str) -> dict[str, ProfileView]:
         keys = [composite_id(tenant_id, u) for u in users]
         docs = await UserProfile.find({"_id": {"$in": keys}, "tenant_id": tenant_id}).to_list()
+        return await self._views(docs, tenant_id=tenant_id)
+
+    async def _views(self, docs: Sequence[UserProfile], *, tenant_id: str) -> dict[str, ProfileView]:
         if not docs:
             return {}
         try:

@@ -19,6 +19,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from graph.audit import AuditExtension
 from graph.context import WebSocketAuth, http_context, ws_context
 from graph.cost import cost_extension, cost_limits
+from graph.export import EXPORT_ROUTES
 from graph.breakers import breaker_gauge, exported_breakers
 from graph.health import live, ready
 from graph.ratelimit import limit_websocket_operations, within_limits
@@ -193,7 +194,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     cors = CORSConfig(allow_origins=settings.server.cors_origins) if settings.server.cors_origins else None
     return Litestar(
         route_handlers=[_graphql_controller(settings, metrics, tracing), live, ready,
-                        metrics_route(metrics, settings.server.metrics_token)],
+                        metrics_route(metrics, settings.server.metrics_token), *EXPORT_ROUTES],
         lifespan=[lifespan, metrics_port(metrics, settings.server.metrics_port)],
         cors_config=cors,
         middleware=[request_context_middleware, metrics.middleware],

@@ -24,6 +24,7 @@ from domain.tenancy import Scope
 from graph import demo as demo_setup
 from graph.app import create_app
 from graph.evaluate import register as register_evaluate
+from graph.export import Kind as ExportKind, parse_time, write_export
 from graph.metrics import process_exited, share_across_processes
 from graph.observability import configure_logging
 from graph.processes import PortUnavailable, auto_processes, listening_socket, serving_children
@@ -300,6 +301,30 @@ def keys_revoke(key_id: str, tenant: str = typer.Option(..., help="Tenant id."))
         print(f"revoked {key_id}")
 
     _run(lambda: _with_runtime(_settings(), work))
+
+
+@app.command("export")
+def export(
+    kind: ExportKind = typer.Argument(..., help="What to export."),
+    tenant: str = typer.Option(..., help="Tenant id."),
+    scenario: str = typer.Option(None, help="Only this scenario's interactions or items (default: every scenario)."),
+    start: str = typer.Option(None, "--from", help="Interactions at or after this time (ISO-8601; UTC without an "
+                              "offset)."),
+    end: str = typer.Option(None, "--to", help="Interactions before this time (ISO-8601; UTC without an offset)."),
+    output: Path = typer.Option(..., "--output", "-o", help="The NDJSON file to write ('-': stdout)."),
+) -> None:
+    """Write a tenant's interactions (newest first), items or profiles as NDJSON, one JSON object a line, as
+    `GET /export/...` streams them; attaches to a running `serve`'s servers."""
+
+    async def work() -> None:
+        since = parse_time(start, field="--from") if start is not None else None
+        until = parse_time(end, field="--to") if end is not None else None
+        lines = await _with_runtime(_settings(), lambda rt: write_export(
+            rt, kind, tenant_id=tenant, scenario_id=scenario, start=since, end=until, output=output,
+            console=console))
+        console.print(f"{lines} {kind.value} written to {output}")
+
+    _run(work)
 
 
 @demo_app.command("load")
