@@ -39,7 +39,8 @@ LISTENING = re.compile(r"Listening on (http://[^\s\x1b]+)")
 
 JOINED = """query($id: ID!, $s: ID!) { user(id: $id) {
   id name recommendations(scenarioId: $s, first: 3) { requestId items { item { id } } } } }"""
-METRICS = """subscription($s: ID!) { metrics(scenarioId: $s, window: MINUTE) { scenarioId impressions clicks ctr } }"""
+# An hour's window: a minute's would drop the earlier tests' pages while this one waits for its own to be counted.
+METRICS = """subscription($s: ID!) { metrics(scenarioId: $s, window: HOUR) { scenarioId impressions clicks ctr } }"""
 RECORD = """mutation($e: [InteractionInput!]!) { recordInteractions(events: $e) { accepted duplicates } }"""
 ITEMS = [f"hg-{i}" for i in range(5)]
 SESSION_SECRET = "product-session-secret-for-tests"
