@@ -27,10 +27,10 @@ from domain.recommend.engine import Engine
 from domain.recommend.features import FeatureSpec
 from domain.scenarios.config import build_config, validate_config
 from models.dcn import DCN
+from tests.unit.test_tuning import CLUSTERS, PER_CLUSTER, T0
+from tests.unit.test_tuning import clustered as tuning_clustered
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = 1_700_000_000.0
-CLUSTERS, PER_CLUSTER = 4, 15
 SPEC = FeatureSpec(("ease",))  # 3 source columns and the general ones
 FAST = {"timeBudgetSeconds": 3.0, "maxEpochs": 30, "patience": 4}
 
@@ -42,18 +42,8 @@ def items() -> list[dict]:
 
 
 def clustered(users: int = 120, length: int = 14, seed: int = 3) -> TrainingData:
-    """Each user views items of one taste cluster in random order (and a few random others), over time."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(users):
-        own = rng.permutation(PER_CLUSTER)[:length] + (u % CLUSTERS) * PER_CLUSTER
-        for j, item in enumerate(own.tolist()):
-            if rng.random() < 0.15:
-                item = int(rng.integers(CLUSTERS * PER_CLUSTER))
-            rows.append((f"u{u}", f"i{item}", "VIEW", None, T0 + u * 600 + j * 60))
-    user_ids, item_ids, types, values, times = zip(*rows, strict=True)
-    return TrainingData(items=items(), user_ids=list(user_ids), item_ids=list(item_ids), types=list(types),
-                        values=list(values), timestamps=np.asarray(times, dtype=np.float64))
+    """The tuning tests' taste clusters, over items with a price."""
+    return tuning_clustered(users, length, seed, catalogue=items())
 
 
 def config(ranker: str = "dcn", **params: object) -> dict:

@@ -37,7 +37,7 @@ def items() -> list[dict]:
             for n in range(CLUSTERS * PER_CLUSTER)]
 
 
-def clustered(users: int = 160, length: int = 14, seed: int = 3) -> TrainingData:
+def clustered(users: int = 160, length: int = 14, seed: int = 3, catalogue: list[dict] | None = None) -> TrainingData:
     """Each user views items of one taste cluster in random order (and a few random others), over time."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -49,7 +49,7 @@ def clustered(users: int = 160, length: int = 14, seed: int = 3) -> TrainingData
                 item = int(rng.integers(CLUSTERS * PER_CLUSTER))
             rows.append((f"u{u}", f"i{item}", "VIEW", None, T0 + u * 600 + j * 60))
     user_ids, item_ids, types, values, times = zip(*rows, strict=True)
-    return TrainingData(items=items(), user_ids=list(user_ids), item_ids=list(item_ids), types=list(types),
+    return TrainingData(items=catalogue or items(), user_ids=list(user_ids), item_ids=list(item_ids), types=list(types),
                         values=list(values), timestamps=np.asarray(times, dtype=np.float64))
 
 
