@@ -128,17 +128,28 @@ def difference(t: Linearised, c: Linearised) -> Difference:
     return Difference(adjusted, variance, v_f, c.f, c.cov[0, 0], -c.cov[0, 0] + theta * c.cov[0, 1], cuped=True)
 
 
-def relative(d: Difference) -> tuple[float, float] | None:
-    """Return (d / f_c, its delta-method variance): var/f_c^2 - 2 d cov(d, f_c)/f_c^3 + d^2 var(f_c)/f_c^4.
+def relative(d: Difference) -> float | None:
+    """Return the relative difference d / f_c (None when the control's value is 0)."""
+    return d.estimate / d.control if d.control != 0 else None
 
-    Unadjusted, this is var_t/f_c^2 + f_t^2 var_c/f_c^4 (Deng et al. 2018).
+
+def relative_interval(d: Difference, critical: float) -> tuple[float, float] | None:
+    """Return the interval of rho = d / f_c by Fieller's theorem (Fieller 1954) at the test's critical value q:
+    every rho with (d - rho f_c)^2 <= q^2 var(d - rho f_c) = q^2 (V_d - 2 rho C + rho^2 V_c), C = cov(d, f_c).
+
+    At rho = 0 the condition is d^2 <= q^2 V_d, the difference's own test: the interval excludes 0 exactly when the
+    difference's normal interval does, unlike the symmetric delta-method interval (d / f_c +- q sd), which can
+    cross 0 while the difference is significant when the control's value is noisy. None when the control's value
+    is not itself distinguishable from 0 at that level (f_c^2 <= q^2 V_c): the set is then unbounded.
     """
-    fc = d.control
-    if fc == 0:
+    fc, q2 = d.control, critical**2
+    a = fc**2 - q2 * d.control_variance
+    if not a > 0:
         return None
-    var = (d.variance / fc**2 - 2 * d.estimate * d.control_covariance / fc**3
-           + d.estimate**2 * d.control_variance / fc**4)
-    return d.estimate / fc, max(var, 0.0)
+    b = d.estimate * fc - q2 * d.control_covariance  # half of -b in a rho^2 - 2 b rho + c <= 0
+    c = d.estimate**2 - q2 * d.variance
+    root = np.sqrt(max(b * b - a * c, 0.0))
+    return (b - root) / a, (b + root) / a
 
 
 def sequential_rho(alpha: float, tuning_n: float) -> float:
@@ -178,7 +189,7 @@ class _Test:
     lower: float | None
     upper: float | None
     p_value: float | None
-    critical: float  # halfwidth / standard error, reused for the relative interval
+    critical: float  # halfwidth / standard error, reused for the relative interval (Fieller)
     method: str
 
 
@@ -256,12 +267,12 @@ def analyse(spec: MetricSpec, control: Moments, treatment: Moments, *, alpha: fl
         return Effect(**base)
     test = _choose(spec, d, lt, lc, control, treatment, alpha, sequential, tuning_n)
     rel = relative(d)
-    rel_half = test.critical * np.sqrt(rel[1]) if rel else None
+    rel_ci = relative_interval(d, test.critical) if rel is not None else None
     return Effect(
         **base, difference=_finite(d.estimate), difference_lower=_finite(test.lower),
-        difference_upper=_finite(test.upper), relative_difference=_finite(rel[0]) if rel else None,
-        relative_lower=_finite(rel[0] - rel_half) if rel else None,
-        relative_upper=_finite(rel[0] + rel_half) if rel else None, p_value=_finite(test.p_value),
+        difference_upper=_finite(test.upper), relative_difference=_finite(rel),
+        relative_lower=_finite(rel_ci[0]) if rel_ci else None,
+        relative_upper=_finite(rel_ci[1]) if rel_ci else None, p_value=_finite(test.p_value),
         method=test.method, cuped=d.cuped,
         variance_reduction=_finite(1 - d.variance / d.unadjusted_variance) if d.cuped else None,
     )

@@ -94,9 +94,15 @@ def test_interval_coverage_with_a_true_effect(metric, seed, lift):
     low = np.array([e.difference_lower for e in effects])
     upp = np.array([e.difference_upper for e in effects])
     coverage = float(np.mean((low <= truth) & (truth <= upp)))
-    print(f"\nCALIBRATION {metric} 95% interval coverage {coverage:.4f} (true difference {truth:.4g}, "
-          f"{EXPERIMENTS} experiments)")
+    # The relative interval (Fieller's) covers the true relative difference as often.
+    (_, truth_c), (_, truth_t) = (MODELS[metric](np.random.default_rng(0), (1, 2), x) for x in (1.0, lift))
+    truth_rel = truth_t / truth_c - 1
+    rel = [(e.relative_lower, e.relative_upper) for e in effects]
+    rel_coverage = float(np.mean([lo is not None and lo <= truth_rel <= up for lo, up in rel]))
+    print(f"\nCALIBRATION {metric} 95% interval coverage {coverage:.4f} (true difference {truth:.4g}), relative "
+          f"{rel_coverage:.4f} (true {truth_rel:.4f}), {EXPERIMENTS} experiments")
     assert abs(coverage - 0.95) <= 0.015
+    assert abs(rel_coverage - 0.95) <= 0.015
 
 
 def test_power_at_the_planned_sample_size_for_conversion():

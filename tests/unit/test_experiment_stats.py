@@ -336,3 +336,41 @@ def test_posteriors_rank_arms_and_respect_direction():
     assert out[3][2] - out[3][1] > out[0][2] - out[0][1]  # the empty arm only has the weak prior
     assert posteriors(WATCH, [Moments(n=0), Moments(n=0)]) == [(None, None, None, None)] * 2
     assert thompson_weights([None, None]) == [0.5, 0.5]
+
+
+# --- the relative interval (Fieller) agrees with the test ---------------------------------------------------------
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_the_relative_interval_excludes_zero_exactly_when_the_difference_is_significant(sequential):
+    """Small, noisy arms (where a symmetric delta-method interval on d / f_c crossed 0 at p = 0.02): Fieller's
+    interval is 0-free exactly when p < alpha, for the ratio, mean and sequential analyses."""
+    rng = np.random.default_rng(5)
+    checked = disagreements = 0
+    for trial in range(400):
+        n_c, n_t = rng.integers(20, 200, 2)
+        lift = rng.choice([1.0, 1.5, 2.0])
+        imp_c, imp_t = 1.0 + rng.poisson(8, n_c), 1.0 + rng.poisson(8, n_t)
+        clicks_c = rng.binomial(imp_c.astype(int), rng.beta(1, 6, n_c)).astype(float)
+        clicks_t = rng.binomial(imp_t.astype(int), np.minimum(lift * rng.beta(1, 6, n_t), 1)).astype(float)
+        cases = [(CTR, moments(clicks=clicks_c, impressions=imp_c), moments(clicks=clicks_t, impressions=imp_t)),
+                 (WATCH, moments(watch_seconds=skewed(rng, n_c)), moments(watch_seconds=skewed(rng, n_t, lift)))]
+        for spec, c, t in cases:
+            e = analyse(spec, c, t, alpha=0.05, sequential=sequential, cuped=False)
+            if e.p_value is None or e.relative_lower is None or abs(e.p_value - 0.05) < 1e-9:
+                continue
+            checked += 1
+            zero_free = e.relative_lower > 0 or e.relative_upper < 0
+            disagreements += zero_free != (e.p_value < 0.05)
+            assert e.relative_lower <= e.relative_difference <= e.relative_upper
+            assert (e.difference_lower > 0) == (e.relative_lower > 0) and (e.difference_upper < 0) == (
+                e.relative_upper < 0)
+    assert checked > 500 and disagreements == 0
+
+
+def test_the_relative_interval_is_null_when_the_control_value_is_indistinguishable_from_zero():
+    # two users of the control, one of whom clicked once in 50 impressions: f_c is not distinguishable from 0
+    c = moments(clicks=np.array([0.0, 1.0, 0.0]), impressions=np.array([50.0, 50.0, 1.0]))
+    t = moments(clicks=np.array([5.0, 9.0, 7.0]), impressions=np.array([50.0, 50.0, 40.0]))
+    e = analyse(CTR, c, t, alpha=0.05, sequential=False, cuped=False)
+    assert e.relative_difference is not None and e.difference is not None
+    assert e.relative_lower is None and e.relative_upper is None
