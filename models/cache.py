@@ -61,6 +61,11 @@ class UserState:
     version: int  # the user's cache version
     answer: str | None  # the answer blob stored for this version, if any
     seen: set[str] | None  # the scenario's seen set; None when an answer was found (then it is not read)
+    # Read with the seen set: the user's recent events (members of the realtime consumer's sorted set, oldest
+    # first, every scenario; domain.realtime.keys.recent_event parses them) and whether events the consumer has
+    # not applied yet are waiting (then the seen set may hold items the recent events do not have yet).
+    recent: tuple[str, ...] = ()
+    pending: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,15 +140,17 @@ for i = 1, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1])
 return 1
 """
 
-# The user's version, the answer stored for that version, else the seen set: what serving needs, in one round trip.
-# KEYS: version counter, answer blob, seen set; ARGV[1]: '1' to read the answer.
+# The user's version, the answer stored for that version, else the seen set with the recent events and the applied
+# and accepted counts of the profile hot state: what serving needs, in one round trip.
+# KEYS: version counter, answer blob, seen set, recent events, profile hash; ARGV[1]: '1' to read the answer.
 _USER_STATE = """
 local v = redis.call('GET', KEYS[1]) or '0'
 if ARGV[1] == '1' then
   local a = redis.call('GET', KEYS[2])
   if a and string.sub(a, 1, #v + 1) == v .. '|' then return {v, a} end
 end
-return {v, false, redis.call('SMEMBERS', KEYS[3])}
+return {v, false, redis.call('SMEMBERS', KEYS[3]), redis.call('ZRANGE', KEYS[4], 0, -1),
+        redis.call('HMGET', KEYS[5], 'n', 'acc')}
 """
 
 
@@ -359,8 +366,10 @@ class RedisCache:
     ) -> UserState:
         """Return the user's cache version, the blob at `answer` (None: not wanted) when it was stored with
         `put_blobs` under that version, and, without such an answer, the user's seen set in the scenario."""
+        # rc and pf: the realtime consumer's recent events and profile hot state (domain.realtime.keys)
         keys = [tenant_key(tenant_id, "uv", user_id), tenant_key(tenant_id, *(answer or ("-",))),
-                tenant_key(tenant_id, "seen", scenario_id, user_id)]
+                tenant_key(tenant_id, "seen", scenario_id, user_id), tenant_key(tenant_id, "rc", user_id),
+                tenant_key(tenant_id, "pf", user_id)]
         try:
             row = await self._user_state(keys=keys, args=["1" if answer else "0"])
         except RedisError as exc:
@@ -368,7 +377,9 @@ class RedisCache:
         version = int(row[0])
         if len(row) == 2:
             return UserState(version=version, answer=_unversioned(version, _text(row[1])), seen=None)
-        return UserState(version=version, answer=None, seen={_text(v) for v in row[2]})
+        applied, accepted = (int(n or 0) for n in row[4])
+        return UserState(version=version, answer=None, seen={_text(v) for v in row[2]},
+                         recent=tuple(_text(m) for m in row[3]), pending=accepted > applied)
 
     async def ping(self) -> bool:
         """Return whether Redis answers (never raises)."""
@@ -516,7 +527,8 @@ class InMemoryCache:
     async def user_state(
         self, scenario_id: str, user_id: str, answer: Sequence[str] | None, *, tenant_id: str
     ) -> UserState:
-        """Return the user's version, the answer stored under it (when wanted), else the seen set."""
+        """Return the user's version, the answer stored under it (when wanted), else the seen set (no consumer
+        writes recent events here: there are none)."""
         self._check()
         version = self.counters.get(tenant_key(tenant_id, "uv", user_id), 0)
         if answer and (found := _unversioned(version, self.blobs.get(tenant_key(tenant_id, *answer)))) is not None:

@@ -7,6 +7,11 @@ Item 0 is padding; real items are 1..n_items. Sequences are left-padded and righ
 sits at the last position, so a sequence of any length up to max_len uses the last positional embeddings. A query
 attends to itself and to earlier real items, never to padding, which makes an unpadded sequence give exactly the
 outputs of its padded form.
+
+Event features (optional): where a scenario's histories carry more than one event type, or event values (watch
+seconds, ratings), each position adds an embedding of its event's type (row 0: padding or a type unknown to the
+model) and of its value's bucket (row 0: no value; domain.learning.sasrec chooses the bucket edges). Both start at
+zero, so an untrained row adds nothing; a model built without them is the plain SASRec.
 """
 
 from __future__ import annotations
@@ -49,32 +54,45 @@ class _Block(nn.Module):
 
 
 class SASRec(nn.Module):
-    """Item and positional embeddings, `blocks` causal transformer blocks and a final layer norm.
+    """Item and positional embeddings (plus event-type and value-bucket embeddings when `types` / `buckets` are
+    positive), `blocks` causal transformer blocks and a final layer norm.
 
     The output at each position is scored against the item embeddings (tied input and output embeddings): a dot
     product per candidate item, which serving computes as one matrix-vector product.
     """
 
     def __init__(self, n_items: int, *, max_len: int = 50, dim: int = 64, blocks: int = 2, heads: int = 1,
-                 dropout: float = 0.2) -> None:
+                 dropout: float = 0.2, types: int = 0, buckets: int = 0) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not a multiple of heads {heads}")
         self.max_len, self.heads = max_len, heads
         self.items = nn.Embedding(n_items + 1, dim, padding_idx=0)
         self.positions = nn.Embedding(max_len, dim)
+        # Row 0 of types is padding and unknown types (kept at zero); row 0 of buckets is "no value" (learned).
+        self.types = nn.Embedding(types + 1, dim, padding_idx=0) if types > 0 else None
+        self.buckets = nn.Embedding(buckets + 1, dim) if buckets > 0 else None
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(blocks))
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
         nn.init.normal_(self.items.weight, std=dim**-0.5)
         with torch.no_grad():
             self.items.weight[0].zero_()
+            for table in (self.types, self.buckets):
+                if table is not None:
+                    table.weight.zero_()
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        """Return the hidden state at every position (batch x max_len x dim) of left-padded item sequences."""
+    def forward(self, items: torch.Tensor, types: torch.Tensor | None = None,
+                buckets: torch.Tensor | None = None) -> torch.Tensor:
+        """Return the hidden state at every position (batch x max_len x dim) of left-padded item sequences, with
+        each position's event type and value bucket (aligned with items; ignored by a model without them)."""
         n = items.shape[1]
         real = items > 0
         x = self.items(items) * math.sqrt(self.items.embedding_dim) + self.positions.weight[-n:]
+        if self.types is not None and types is not None:
+            x = x + self.types(types)
+        if self.buckets is not None and buckets is not None:
+            x = x + self.buckets(buckets)
         x = self.dropout(x) * real[..., None]
         causal = torch.ones(n, n, dtype=torch.bool, device=items.device).tril()
         # A padded query attends to itself only, so no row of the softmax is empty (its output is unused).

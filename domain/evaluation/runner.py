@@ -199,7 +199,8 @@ async def _pipeline(run: _Run, settings: Settings, name: str, config: dict,
     with threadpool_limits(1, "blas"):
         for done, user in enumerate(run.users, start=1):
             request = RecRequest(user_id=user, limit=settings.k, history=model.user_history(user),
-                                 exclude=run.train_items.get(user, frozenset()), now=model.newest_event)
+                                 exclude=run.train_items.get(user, frozenset()), now=model.newest_event,
+                                 history_events=model.user_events(user))
             start = time.perf_counter()
             result = await engine.recommend(request)
             scoring += time.perf_counter() - start

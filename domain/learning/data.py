@@ -52,6 +52,9 @@ class Interactions:
     history_indptr: np.ndarray  # int64 (users + 1): each user's positive items, oldest first (by newest event)
     history_items: np.ndarray  # int32
     history_times: np.ndarray  # float64: each pair's newest positive event, aligned with history_items
+    history_types: np.ndarray  # int16: that event's type as an index into event_types, aligned with history_items
+    history_values: np.ndarray  # float32: that event's value (watch seconds, rating...; NaN: none), aligned too
+    event_types: tuple[str, ...]  # the types of history_types, sorted
     event_items: np.ndarray  # int64 item index of every positive event
     event_times: np.ndarray  # float64, aligned with event_items
     newest: float  # newest interaction time (NaN when there are none)
@@ -125,8 +128,25 @@ def build_interactions(data: TrainingData, catalogue: CatalogueView, weights: Ma
     order = np.lexsort((pair_items, last[keep], pair_users))
     indptr = np.r_[0, np.cumsum(np.bincount(pair_users, minlength=len(users)))].astype(np.int64)
     positive = w > 0
+    newest = _newest_events(inverse, times, positive, len(pairs))[keep][order]
+    event_types, type_codes = np.unique(np.asarray(data.types, dtype=object)[known][newest], return_inverse=True)
+    values = np.array([np.nan if v is None else float(v) for v in data.values], dtype=np.float32)[known][newest]
     return Interactions(
         user_ids=[str(u) for u in users], strength=strength, history_indptr=indptr,
-        history_items=pair_items[order].astype(np.int32), history_times=last[keep][order], event_items=items[positive],
-        event_times=times[positive], newest=float(times.max()) if len(times) else float("nan"),
+        history_items=pair_items[order].astype(np.int32), history_times=last[keep][order],
+        history_types=type_codes.astype(np.int16), history_values=values,
+        event_types=tuple(str(t) for t in event_types), event_items=items[positive], event_times=times[positive],
+        newest=float(times.max()) if len(times) else float("nan"),
     )
+
+
+def _newest_events(pair_of: np.ndarray, times: np.ndarray, positive: np.ndarray, pairs: int) -> np.ndarray:
+    """Return, per pair, the position of its newest positive event (the one that places it in the history; the
+    last stored of equal times); 0 for a pair without one."""
+    events = np.flatnonzero(positive)
+    ordered = events[np.lexsort((events, times[events], pair_of[events]))]
+    group = pair_of[ordered]
+    ends = np.r_[group[1:] != group[:-1], True] if len(group) else np.zeros(0, dtype=bool)
+    out = np.zeros(pairs, dtype=np.int64)
+    out[group[ends]] = ordered[ends]
+    return out

@@ -43,6 +43,10 @@ class ScenarioModel:
     sasrec: SequenceModel | None = None  # next-item transformer weights, for numpy inference (no torch)
     two_tower: TowerModel | None = None  # every item's two-tower vector and the user tower's weights (numpy)
     ranker: RankerModel | None = None  # the learned ranker's weights (numpy), when its training's gate chose it
+    # The event behind each history item (aligned with history_items), kept where sasrec reads event features:
+    history_types: np.ndarray | None = None  # int16 index into event_types
+    history_values: np.ndarray | None = None  # float32 value (NaN: none)
+    event_types: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)  # settings trained with, sizes and timings (JSON)
     user_index: dict[str, int] = field(init=False, repr=False)
 
@@ -56,6 +60,20 @@ class ScenarioModel:
             return []
         items = self.history_items[self.history_indptr[row] : self.history_indptr[row + 1]]
         return [self.catalogue.item_ids[i] for i in items]
+
+    def user_events(self, user_id: str, newest: int | None = None) -> list[tuple[str | None, float | None]]:
+        """Return the type and value (None: none) of the event behind each of the user's newest training items (all
+        when newest is None), oldest first, aligned with the end of user_history; [] when the model keeps none."""
+        row = self.user_index.get(user_id)
+        if row is None or self.history_types is None or self.history_values is None:
+            return []
+        start, end = int(self.history_indptr[row]), int(self.history_indptr[row + 1])
+        if newest is not None:
+            start = max(start, end - newest)
+        names = self.event_types
+        values = self.history_values[start:end].tolist()
+        return [(names[t], None if v != v else v)  # v != v: NaN, no value
+                for t, v in zip(self.history_types[start:end].tolist(), values, strict=True)]
 
     def user_row(self, row: int) -> np.ndarray:
         """Return a user's training item indexes by user row, oldest first."""

@@ -141,10 +141,10 @@ def served_lists(collector: ListCollector, served: ServedLists, inter: Interacti
         if not labels.any() or len(idx) < 2:
             continue
         at = float(served.served_at[k])
-        history = _history_before(inter, rows_of.get(served.user_ids[k]), at)
+        history, events = _history_before(inter, rows_of.get(served.user_ids[k]), at)
         ids = [catalogue.item_ids[i] for i in history.tolist()]
         request = RecRequest(user_id=served.user_ids[k], limit=K, history=ids, exclude=frozenset(ids),
-                             now=datetime.fromtimestamp(at, UTC))
+                             now=datetime.fromtimestamp(at, UTC), history_events=events)
         candidates, rows = collector.candidates(request, extra=idx)
         out.append((rows[np.searchsorted(candidates, idx)], labels, ideal_dcg(int(labels.sum()))))
     return out
@@ -161,13 +161,18 @@ def _served_labels(items: Iterable[str], events: Iterable[tuple[str, str]], inde
     return idx, np.array([total.get(i, 0.0) > 0 for i in idx.tolist()], dtype=bool)
 
 
-def _history_before(inter: Interactions, row: int | None, at: float) -> np.ndarray:
-    """Return a user's positive items (oldest first) whose newest event came before `at` (catalogue indexes)."""
+def _history_before(inter: Interactions, row: int | None,
+                    at: float) -> tuple[np.ndarray, list[tuple[str | None, float | None]]]:
+    """Return a user's positive items (oldest first) whose newest event came before `at` (catalogue indexes), with
+    each one's event type and value (as serving passes them to sasrec)."""
     if row is None:
-        return np.empty(0, np.int64)
+        return np.empty(0, np.int64), []
     start, end = inter.history_indptr[row], inter.history_indptr[row + 1]
-    times = inter.history_times[start:end]
-    return np.asarray(inter.history_items[start:end][times < at], dtype=np.int64)
+    before = inter.history_times[start:end] < at
+    names, values = inter.event_types, inter.history_values[start:end][before].tolist()
+    events = [(names[t], None if v != v else v)  # v != v: NaN, no value
+              for t, v in zip(inter.history_types[start:end][before].tolist(), values, strict=True)]
+    return np.asarray(inter.history_items[start:end][before], dtype=np.int64), events
 
 
 def untrained() -> tuple[None, dict[str, Any]]:

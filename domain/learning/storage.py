@@ -36,6 +36,9 @@ def model_arrays(model: ScenarioModel) -> dict[str, np.ndarray]:
     out = {"catalogue.published_at": model.catalogue.published_at, "catalogue.active": model.catalogue.active,
            "history.indptr": model.history_indptr, "history.items": model.history_items,
            "counts": model.counts, "popularity": model.popularity}
+    if model.history_types is not None and model.history_values is not None:
+        out["history.types"], out["history.values"] = model.history_types, model.history_values
+        out["history.event_types"] = np.array(model.event_types, dtype=str)  # fixed-width text: no pickle
     if model.trending is not None:
         out["trending"] = model.trending
     for name in ("item_cf", "ease"):
@@ -159,6 +162,8 @@ def load_model(cls: type[ScenarioModel], path: Path) -> ScenarioModel:
         sasrec=SequenceModel.from_arrays(arrays, "sasrec", heads=int(meta.get("sasrec", {}).get("heads", 1))),
         two_tower=_towers(arrays, meta, path, content),
         ranker=RankerModel.from_arrays(arrays, "ranker", meta.get("ranker")),
+        history_types=arrays.get("history.types"), history_values=arrays.get("history.values"),
+        event_types=tuple(str(t) for t in arrays["history.event_types"].tolist()) if "history.types" in arrays else (),
     )
 
 

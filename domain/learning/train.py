@@ -99,6 +99,8 @@ def train_scenario_model(data: TrainingData, config: Mapping, *, scenario_id: st
             sources = {name: {**params, **fit.tuning.params.get(name, {})} for name, params in sources.items()}
     model = steps.run("popularity", lambda: _base_model(inter, catalogue, config, sources, now, scenario_id, version))
     _train_sources(model, inter, data, sources, steps, learned=fit.learned if fit is not None else None)
+    if model.sasrec is None or not model.sasrec.reads_events:  # the history's events are kept for sasrec only
+        model.history_types, model.history_values, model.event_types = None, None, ()
     model.info = {"seconds": steps.seconds, "users": len(inter.user_ids), "items": len(catalogue),
                   "pairs": int(inter.strength.nnz), "sources": sorted(sources), **model.info}
     if fit is not None:
@@ -318,9 +320,10 @@ def _sasrec_fit(inter: Interactions, params: Mapping[str, Any], held: np.ndarray
     if learners < need:  # decided before torch loads: a small scenario's training stays light
         return None, {"epochs": 0, "seconds": 0.0,
                       "skipped": f"{learners} users with two items or more; minUsers is {need}"}
-    from domain.learning.sasrec import train_sasrec  # torch loads only where a scenario uses it
+    from domain.learning.sasrec import EventColumns, train_sasrec  # torch loads only where a scenario uses it
 
-    return train_sasrec(inter.history_indptr, inter.history_items, params, progress, held)
+    events = EventColumns(inter.history_types, inter.history_values, inter.event_types)
+    return train_sasrec(inter.history_indptr, inter.history_items, params, progress, held, events)
 
 
 def _sources(config: Mapping) -> dict[str, Mapping[str, Any]]:
@@ -345,6 +348,9 @@ def _base_model(inter: Interactions, catalogue: CatalogueView, config: Mapping, 
         popularity=decayed_popularity(inter.event_items, inter.event_times, counts, now, half_life),
         info={"popularityHalfLifeHours": half_life},
     )
+    if "sasrec" in sources:  # the request's history passes them to a sasrec trained with event features
+        model.history_types, model.history_values = inter.history_types, inter.history_values
+        model.event_types = inter.event_types
     if "trending" in sources:
         window = sources["trending"].get("windowHours") or popularity_cfg.get("trendingWindowHours", 24.0)
         model.trending = trending_scores(inter.event_items, inter.event_times, len(catalogue), now, window)

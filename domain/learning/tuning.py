@@ -183,7 +183,7 @@ class Scorer:
             user = self.user_ids[row]
             history = model.user_history(user)
             yield row, RecRequest(user_id=user, limit=limit, history=history, exclude=frozenset(history),
-                                  now=model.newest_event)
+                                  now=model.newest_event, history_events=model.user_events(user))
 
     def pipeline(self, config: Mapping, model: Any, users: np.ndarray | None = None) -> Scores:
         """Return NDCG@10, recall@20 and coverage of the config's engine over the model (on `users`, a subset of

@@ -37,7 +37,7 @@ from domain.erasure import digest
 from domain.experiments.outcomes import SCRIPT_CONFIG
 from domain.profiles import CATEGORY, TAG, shifted_at, weight_of
 from domain.realtime import contracts as c
-from domain.realtime.keys import SEP, prefix, recent_member
+from domain.realtime.keys import RECENT_KEPT, SEP, prefix, recent_member
 from domain.realtime.script import SCRIPT
 from domain.realtime.stream import Entry, StreamEvent, StreamImpression
 from models.cache import USER_STATE_TTL_S, ItemMeta
@@ -46,7 +46,6 @@ BUCKET_S = 15 * 60
 BUCKET_TTL_S = 3 * 3600  # two 1 h windows (current and previous) and a margin
 MARKER_TTL_S = 3 * 86400  # replays reach back at most this far through the markers
 REQUEST_TTL_S = 86400  # a served page can be cited this long (the default attribution window)
-RECENT_KEPT = 50
 ALL_ASPECTS = "opm"  # what a live entry changes (see the module docstring)
 REPLAY_ASPECTS = "opms"
 
@@ -202,7 +201,7 @@ class _Batch:
         meta, item, labels = self._item(e)
         ts_s = e.ts_ms // 1000
         weight = weight_of(e.type, e.value, meta.duration_seconds, self.weights.get(scenario, {}))
-        member = recent_member(e.ts_ms, e.item_id, scenario, e.type, e.event_id)
+        member = recent_member(e.ts_ms, e.item_id, scenario, e.type, e.event_id, e.value)
         return [
             strings[scenario], strings[e.user_id], strings[f"{pre}pop:{scenario}:{ts_s // BUCKET_S}"], item, e.ts_ms,
             max(weight, 0.0), strings["ty:" + e.type], strings["sc:" + scenario], strings[f"h:{ts_s // 3600 % 24}"],

@@ -15,7 +15,8 @@ per tenant or per scenario, never per user or per request.
     t:{T}:pf:{user}               profile hot state (hash): n, acc, ty:TYPE, sc:SCENARIO, h:HOUR, f, l, and the
                                   decayed preferences c:CATEGORY, t:TAG (see domain.profiles)
     t:{T}:rc:{user}               recent interactions (sorted set by event time, newest kept); each member the JSON
-                                  array [ts ms, item, scenario, type, event id] (`recent_member`)
+                                  array [ts ms, item, scenario, type, event id, value] (`recent_member`; serving
+                                  reads it for the order, types and values of live events)
     t:{T}:pdirty                  users whose hot state moved since the last MongoDB snapshot
     t:{T}:pop:{scenario}:{bucket} popularity of one 15-minute event-time bucket (sorted set)
     t:{T}:popnew:{scenario}       newest event time (ms) counted for the scenario
@@ -40,23 +41,35 @@ HEARTBEAT = "rt:consumer-alive"  # set by every running consumer, expiring: read
 HEARTBEAT_TTL_MS = 5000
 GROUP = "recograph"
 FIELD = "d"  # the one field of a stream entry
+RECENT_KEPT = 50  # a user's newest events kept in their recent sorted set, every scenario together
 SEP = "\x1f"  # joins a served item's sources (recall stage names, never ids) and the parts of legacy recent members
 _MEMBER = msgspec.json.Encoder()
-_MEMBER_DECODER = msgspec.json.Decoder(tuple[int, str, str, str, str])
+_MEMBER_DECODER = msgspec.json.Decoder(tuple[int, str, str, str, str, float | None])
+_MEMBER_DECODER_V1 = msgspec.json.Decoder(tuple[int, str, str, str, str])  # written before members held the value
 
 
-def recent_member(ts_ms: int, item_id: str, scenario_id: str, kind: str, event_id: str) -> str:
+def recent_member(ts_ms: int, item_id: str, scenario_id: str, kind: str, event_id: str,
+                  value: float | None = None) -> str:
     """Return the member of an interaction in the user's recent sorted set (JSON: any id is safe in it)."""
-    return _MEMBER.encode((ts_ms, item_id, scenario_id, kind, event_id)).decode()
+    return _MEMBER.encode((ts_ms, item_id, scenario_id, kind, event_id, value)).decode()
 
 
 def parse_recent(member: str) -> tuple[int, str, str, str]:
     """Return (ts ms, item, scenario, type) of a recent member, JSON or written before (joined by SEP)."""
+    return recent_event(member)[:4]
+
+
+def recent_event(member: str) -> tuple[int, str, str, str, float | None]:
+    """Return (ts ms, item, scenario, type, value) of a recent member; the value is None where the event had none
+    or the member was written before members held it."""
     if member.startswith("["):
-        ts, item, scenario, kind, _ = _MEMBER_DECODER.decode(member)
-        return ts, item, scenario, kind
+        try:
+            ts, item, scenario, kind, _, value = _MEMBER_DECODER.decode(member)
+        except msgspec.ValidationError:
+            (ts, item, scenario, kind, _), value = _MEMBER_DECODER_V1.decode(member), None
+        return ts, item, scenario, kind, value
     ts_text, item, scenario, kind, _ = member.split(SEP, 4)
-    return int(ts_text), item, scenario, kind
+    return int(ts_text), item, scenario, kind, None
 
 
 def stream_key(tenant_id: str) -> str:

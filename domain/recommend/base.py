@@ -33,6 +33,9 @@ class RecRequest:
     user_id: str
     limit: int
     history: Sequence[str] = ()  # the user's items, oldest first (training history and live interactions)
+    # The type and value (None: unknown) of the event behind each of the newest history items, aligned with the end
+    # of `history` (fewer entries: the older items' events are unknown). Read by sasrec with event features.
+    history_events: Sequence[tuple[str | None, float | None]] = ()
     exclude: frozenset[str] = frozenset()  # never return these (seen items when excludeSeen, already-served pages)
     context: Mapping[str, Any] = field(default_factory=dict)  # request context (region, device, ...)
     category_prefs: Mapping[str, float] = field(default_factory=dict)  # from the profile, strongest first

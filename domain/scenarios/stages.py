@@ -130,6 +130,10 @@ RECALL_PARAMS: dict[str, dict[str, Any]] = {
                               default=50000, minimum=1, maximum=10_000_000),
         negatives=prop("integer", "Items drawn per batch for the sampled softmax.", default=2048, minimum=16,
                        maximum=65536),
+        eventTypes=prop("boolean", "Read the type of each item's event beside it, where the histories hold more "
+                        "than one type.", default=True),
+        eventValues=prop("boolean", "Read the bucket of each item's event value (watch seconds, rating) beside it, "
+                         "where events have values.", default=False),
         seed=prop("integer", "Seed of the initial weights and of the sampling in training.", default=7, minimum=0,
                   maximum=2**31 - 1),
     ),

@@ -30,7 +30,8 @@ def _sasrec(weight: float) -> dict[str, Any]:
     return {"source": "sasrec", "weight": weight, "limit": 200, "params": {
         "maxLength": 50, "dim": 64, "blocks": 2, "heads": 1, "dropout": 0.2, "targetSpan": 8, "minItemUsers": 3,
         "minUsers": 200, "learningRate": 0.01, "batchSize": 128, "maxEpochs": 200, "patience": 10,
-        "timeBudgetSeconds": 150.0, "fullSoftmaxItems": 50000, "negatives": 2048, "seed": 7}}
+        "timeBudgetSeconds": 150.0, "fullSoftmaxItems": 50000, "negatives": 2048, "seed": 7,
+        "eventTypes": True, "eventValues": False}}
 
 
 # Short video: the signal is how much of a clip was watched, and a skip is a strong "no".

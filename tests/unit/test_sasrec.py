@@ -13,7 +13,7 @@ import torch
 
 from domain.learning.model import ScenarioModel
 from domain.learning.process import _model_metrics
-from domain.learning.sasrec import Histories, Settings, export, train_sasrec
+from domain.learning.sasrec import Events, Histories, Settings, export, train_sasrec
 from domain.learning.train import TrainingData, train_scenario_model
 from domain.recommend.base import RecRequest
 from domain.recommend.engine import Engine
@@ -64,23 +64,32 @@ def context(model: ScenarioModel | None, history: list[str], exclude: frozenset[
 # --- numpy forward == torch forward -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("blocks", "heads", "length"), [(2, 1, 50), (2, 2, 7), (1, 4, 1), (3, 2, 20)])
-def test_numpy_forward_equals_the_torch_module(blocks: int, heads: int, length: int) -> None:
+@pytest.mark.parametrize(("blocks", "heads", "length", "events"),
+                         [(2, 1, 50, False), (2, 2, 7, False), (1, 4, 1, False), (3, 2, 20, False),
+                          (2, 1, 50, True), (2, 2, 7, True), (1, 4, 1, True)])
+def test_numpy_forward_equals_the_torch_module(blocks: int, heads: int, length: int, events: bool) -> None:
     torch.manual_seed(3)
-    module = SASRec(300, max_len=50, dim=32, blocks=blocks, heads=heads, dropout=0.3)
-    with torch.no_grad():  # biases and norms away from their initial 0 / 1, so a mistake in them shows
+    features = {"types": 3, "buckets": 16} if events else {}
+    module = SASRec(300, max_len=50, dim=32, blocks=blocks, heads=heads, dropout=0.3, **features)
+    with torch.no_grad():  # biases, norms and event rows away from their initial 0 / 1, so a mistake in them shows
         for name, p in module.named_parameters():
-            if "norm" in name or name.endswith("bias"):
+            if "norm" in name or name.endswith("bias") or name.startswith(("types.", "buckets.")):
                 p.add_(torch.randn_like(p) * 0.3)
     module.eval()
-    sequence = np.random.default_rng(length).integers(1, 301, length)
-    padded = torch.as_tensor(np.r_[np.zeros(50 - length, dtype=np.int64), sequence])[None]
+    rng = np.random.default_rng(length)
+    sequence, types, buckets = rng.integers(1, 301, length), rng.integers(0, 4, length), rng.integers(0, 17, length)
+
+    def padded(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.r_[np.zeros(50 - length, dtype=np.int64), a])[None]
+
     with torch.no_grad():
-        hidden = module(padded)[0, -1]
+        hidden = module(padded(sequence), padded(types), padded(buckets))[0, -1]
         logits = module.item_vectors()[1:] @ hidden
-    exported = export(module, np.arange(300, dtype=np.int32))
-    assert np.abs(exported.encode(sequence) - hidden.numpy()).max() < 1e-4
-    assert np.abs(exported.logits(sequence) - logits.numpy()).max() < 1e-4
+    described = Events(("A", "B", "C"), None, None, np.full((4, 15), np.inf)) if events else None
+    exported = export(module, np.arange(300, dtype=np.int32), described)
+    assert exported.reads_events == events
+    assert np.abs(exported.encode(sequence, types, buckets) - hidden.numpy()).max() < 1e-5
+    assert np.abs(exported.logits(sequence, types, buckets) - logits.numpy()).max() < 1e-5
 
 
 def test_padding_does_not_change_the_outputs_of_real_positions() -> None:
@@ -102,7 +111,7 @@ def test_windows_make_every_training_item_after_the_first_a_target_once_and_hold
     items = np.arange(indptr[-1]) % 17 * 3  # model catalogue indexes
     histories = Histories.build(indptr, items)
     assert histories.held.tolist() == [0, 0, 1, 1, 2]  # a tenth, at least one, for users with 3+ items
-    windows = histories.windows(max_len=4)
+    windows = histories.windows(max_len=4).items
     assert windows.shape[1] == 5
     targets = windows[:, 1:][windows[:, :-1] > 0]  # a position is trained when it has an input
     expected = [histories.items[s + 1 : e - h] for s, e, h in zip(indptr[:-1], indptr[1:], histories.held,
@@ -118,7 +127,8 @@ def test_a_target_span_adds_the_following_items_of_the_training_part_only() -> N
     histories = Histories.build(np.array([0, 12]), np.arange(12))  # one user: vocabulary positions 1..12
     assert histories.held.tolist() == [1]  # item 12 is held out
     windows = histories.windows(max_len=4, span=3)
-    assert windows.tolist() == [[7, 8, 9, 10, 11, 0, 0], [3, 4, 5, 6, 7, 8, 9], [0, 0, 1, 2, 3, 4, 5]]
+    assert windows.types is None and windows.buckets is None  # no events given: the plain model
+    assert windows.items.tolist() == [[7, 8, 9, 10, 11, 0, 0], [3, 4, 5, 6, 7, 8, 9], [0, 0, 1, 2, 3, 4, 5]]
 
 
 def test_rare_items_leave_the_vocabulary_and_the_sequences() -> None:

@@ -106,6 +106,21 @@ class RecallContext:
         return self.model.catalogue.indexes(self.request.history[-HISTORY_CAP:])
 
     @cached_property
+    def history_events(self) -> tuple[np.ndarray, list[str | None], np.ndarray]:
+        """Return `history_model` with the type (None: unknown) and value (NaN: none) of each item's event, where
+        the request gives them (RecRequest.history_events, aligned with the end of the history)."""
+        if self.model is None:
+            return np.empty(0, dtype=np.int64), [], np.empty(0)
+        recent = self.request.history[-HISTORY_CAP:]
+        given = list(self.request.history_events[-len(recent):]) if len(recent) else []
+        events = [(None, None)] * (len(recent) - len(given)) + given
+        index = self.model.catalogue.index
+        idx = np.array([index.get(i, -1) for i in recent], dtype=np.int64)
+        keep = np.flatnonzero(idx >= 0).tolist()
+        values = np.array([np.nan if events[k][1] is None else float(events[k][1]) for k in keep], dtype=np.float64)
+        return idx[keep], [events[k][0] for k in keep], values
+
+    @cached_property
     def exclude_mask(self) -> np.ndarray:
         """Return a bool mask over the catalogue: the items the request excludes."""
         return self.catalogue.mask(self.request.exclude)
