@@ -200,7 +200,7 @@ class JobService:
     async def active_for(self, kind: str, scenario_id: str | None, *, tenant_id: str) -> Job | None:
         """Return the QUEUED or RUNNING job of this kind for the target; an abandoned one is failed first."""
         job = await Job.find_one({"tenant_id": tenant_id, "key": job_key(kind, scenario_id), "active": True})
-        if job is None or not _abandoned(job, utcnow()):
+        if job is None or not abandoned(job, utcnow()):
             return job
         log.warning("job.abandoned", job_id=job.id, tenant_id=tenant_id, status=job.status)
         await self.fail(job.id, tenant_id=tenant_id, error="abandoned: its worker stopped without finishing it")
@@ -387,7 +387,7 @@ def _aware(value: datetime, like: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=like.tzinfo)
 
 
-def _abandoned(job: Job, now: datetime) -> bool:
+def abandoned(job: Job, now: datetime) -> bool:
     """Return whether an active job can no longer finish (its queue entry or its process is gone)."""
     if job.status == JobStatus.QUEUED:
         return now - _aware(job.created_at, now) > QUEUED_TTL

@@ -67,6 +67,19 @@ async def read_backlog(client: aioredis.Redis, *, max_tenants: int = MAX_TENANTS
     return Backlog(streams=streams, tenants=await _count_lag(client, rows), consumer_alive=alive)
 
 
+async def read_tenant_backlog(
+    client: aioredis.Redis, *, tenant_id: str, count_limit: int = LAG_COUNT_LIMIT
+) -> StreamBacklog:
+    """Return one tenant stream's backlog (on Redis 6.2 its lag counted up to count_limit entries)."""
+    key = stream_key(tenant_id)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.xlen(key)
+        pipe.xinfo_stream(key)
+        pipe.xinfo_groups(key)
+        replies = await pipe.execute(raise_on_error=False)
+    return (await _count_lag(client, [_row(tenant_id, *replies)], limit=count_limit))[0]
+
+
 def _row(tenant_id: str, length: Any, info: Any, groups: Any) -> tuple[StreamBacklog, str | None]:
     """Return the tenant's backlog and, where Redis did not count the lag, the cursor to count it from."""
     if isinstance(length, Exception) or isinstance(info, Exception):
@@ -91,14 +104,16 @@ def _seconds(newer: str, older: str) -> float:
     return max(int(newer.split("-")[0]) - int(older.split("-")[0]), 0) / 1000.0
 
 
-async def _count_lag(client: aioredis.Redis, rows: list[tuple[StreamBacklog, str | None]]) -> list[StreamBacklog]:
+async def _count_lag(
+    client: aioredis.Redis, rows: list[tuple[StreamBacklog, str | None]], *, limit: int = LAG_COUNT_LIMIT
+) -> list[StreamBacklog]:
     behind = [(n, row, cursor) for n, (row, cursor) in enumerate(rows) if cursor is not None]
     out = [row for row, _ in rows]
     if not behind:
         return out
     async with client.pipeline(transaction=False) as pipe:
         for _, row, cursor in behind:
-            pipe.xrange(stream_key(row.tenant_id), f"({cursor}", "+", count=LAG_COUNT_LIMIT)
+            pipe.xrange(stream_key(row.tenant_id), f"({cursor}", "+", count=limit)
         replies = await pipe.execute(raise_on_error=False)
     for (n, row, _), entries in zip(behind, replies, strict=True):
         lag = 0 if isinstance(entries, Exception) else len(entries)

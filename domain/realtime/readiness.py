@@ -13,6 +13,7 @@ then the first undelivered entry of each stream that has one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,10 +50,15 @@ def _ms(entry_id: bytes | str) -> int:
 
 
 async def consumer_readiness(
-    client: aioredis.Redis, *, stall_s: float = STALL_S, max_streams: int = MAX_STREAMS
+    client: aioredis.Redis, *, stall_s: float = STALL_S, max_streams: int = MAX_STREAMS,
+    tenant_ids: Sequence[str] | None = None,
 ) -> ConsumerReadiness:
-    """Return whether the consumers keep up with every tenant stream (at most max_streams of them)."""
-    tenants = [_text(t) async for t in client.sscan_iter(STREAMS, count=max_streams)][:max_streams]
+    """Return whether the consumers keep up with every tenant stream (at most max_streams of them), or with only
+    the streams of tenant_ids when given (an admin's view of their own tenant)."""
+    if tenant_ids is not None:
+        tenants = list(tenant_ids)[:max_streams]
+    else:
+        tenants = [_text(t) async for t in client.sscan_iter(STREAMS, count=max_streams)][:max_streams]
     async with client.pipeline(transaction=False) as pipe:
         pipe.time()
         pipe.exists(HEARTBEAT)
