@@ -96,9 +96,10 @@ async def ensure_demo(runtime: Runtime, dataset_path: Path, *, console: Console)
 
 def print_banner(demo: Demo, settings: Settings, *, console: Console) -> None:
     """Print where to go and which keys to use."""
-    url = f"http://{settings.server.host}:{settings.server.port}/graphql"
+    base = f"http://{settings.server.host}:{settings.server.port}"
     lines = [
-        f"GraphQL + GraphiQL: [bold]{url}[/bold]",
+        f"GraphQL + GraphiQL: [bold]{base}/graphql[/bold]",
+        f"dashboard: [bold]{base}/dashboard[/bold] (sign in with the admin key)",
         f"demo tenant: {demo.tenant_id}   scenario 'movies': {demo.scenario_id}",
         *(f"{scope:8} key: {secret}" for scope, secret in demo.keys.items()),
         'send it as the header  Authorization: Bearer <key>',
