@@ -1,6 +1,6 @@
 """Erase one user's data on request: interactions, served pages, profile (its Redis hot state and MongoDB
-snapshot), cached state, user vectors, experiment outcomes, and the user's training history in every kept
-model version.
+snapshot), cached state, user vectors, experiment outcomes, analytics rollups, and the user's training history in
+every kept model version.
 
 What must outlive the erasure (so that the user's events still in flight are skipped, and a training that was
 running drops them) is an `Erasure` record holding a keyed hash of the id (domain.erasure), never the id.
@@ -17,6 +17,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from domain import erasure
+from domain.analytics.service import AnalyticsService
 from domain.errors import BadInput, Unavailable
 from domain.experiments.outcomes import ExperimentOutcomes
 from domain.learning.forget import forget_users
@@ -40,7 +41,7 @@ class PrivacyService:
     def __init__(
         self, cache: Cache, vectors: VectorStore | None, scenarios: ScenarioService, profiles: ProfileService,
         learning: LearningConfig | None = None, realtime: RealtimeService | None = None,
-        outcomes: ExperimentOutcomes | None = None,
+        outcomes: ExperimentOutcomes | None = None, analytics: AnalyticsService | None = None,
     ) -> None:
         self._cache = cache
         self._vectors = vectors
@@ -49,6 +50,7 @@ class PrivacyService:
         self._learning = learning
         self._realtime = realtime
         self._outcomes = outcomes
+        self._analytics = analytics
 
     async def delete_user_data(self, user_id: str, *, tenant_id: str) -> int:
         """Delete everything stored about a user; return how many records were removed."""
@@ -62,6 +64,8 @@ class PrivacyService:
         removed = await self._erase_hot_state(user_id, marker, events, tenant_id=tenant_id)
         for collection in (Interaction, Impression):
             removed += (await collection.get_pymongo_collection().delete_many(query)).deleted_count
+        if self._analytics is not None:  # after the events: the next rollup of their hours no longer finds them
+            removed += await self._analytics.erase_user(user_id, tenant_id=tenant_id)
         removed += await self._profiles.delete(user_id, tenant_id=tenant_id)
         removed += await self._erase_vectors(user_id, tenant_id=tenant_id)
         return removed + await self._erase_from_models(user_id, tenant_id=tenant_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from domain.analytics.service import AnalyticsService
 from domain.audit import AuditLog
 from domain.background import BackgroundJobs, JobPolicy
 from domain.catalogue import CatalogueService
@@ -12,6 +13,7 @@ from domain.experiments.outcomes import ExperimentOutcomes
 from domain.experiments.results import ResultsService
 from domain.experiments.routing import ExperimentRouter
 from domain.experiments.service import ExperimentService
+from domain.health import HealthService
 from domain.hotcache import Invalidations
 from domain.jobs import JobQueue, JobService
 from domain.jobwatch import JobWatch
@@ -24,6 +26,7 @@ from domain.ratelimit import RateLimits, RatePolicy
 from domain.realtime.apply import REQUEST_TTL_S
 from domain.realtime.impressions import impression_sink
 from domain.realtime.live import LiveMetrics
+from domain.realtime.readiness import STALL_S
 from domain.realtime.returning import ReturningUsers
 from domain.realtime.service import RealtimeService
 from domain.realtime.stream import EventStream
@@ -52,6 +55,7 @@ class Services:
     experiments: ExperimentService
     experiment_results: ResultsService  # results on demand, and the minute's refresh of running experiments
     model_versions: ModelVersionService  # the model registry: list, promote, roll back
+    analytics: AnalyticsService  # series and statistics from the rollups, and the rollup passes
     experiment_router: ExperimentRouter | None = None  # which arm serves a user (serving processes)
     live: LiveMetrics | None = None  # live metrics snapshots and streams (need Redis)
     realtime: RealtimeService | None = None  # the event stream's consumer, catch-up and rebuilds (need Redis)
@@ -61,18 +65,21 @@ class Services:
     job_watch: JobWatch = field(default_factory=JobWatch)  # one poll per job however many follow it
     returning: ReturningUsers | None = None  # rebuilds returning users' expired state (serving processes run it)
     towers: TowerSpaces | None = None  # two-tower item vectors in the store: written, kept current, dropped
+    health: HealthService | None = None  # the stores' state and a tenant's figures (`systemHealth`)
 
     @classmethod
     def build(
         cls, *, cache: Cache, vectors: VectorStore | None, engines: EngineSource | None = None,
         queue: JobQueue | None = None, learning: LearningConfig | None = None, jobs_policy: JobPolicy | None = None,
         windowed_listing: bool = False, rate_policy: RatePolicy | None = None, attribution_s: int = REQUEST_TTL_S,
+        consumer_stall_s: float = STALL_S,
     ) -> Services:
         """Wire every service over the given stores (MongoDB is reached through Beanie); jobs are submitted to
         `queue` and trained as `learning` says (without them, submitting or training is refused);
         `windowed_listing` when MongoDB sorts every match before limiting (`models.mongo.sorts_every_match`);
         requests are limited as `rate_policy` says (default: `RatePolicy()`); events are attributed to a served
-        page for `attribution_s` after it was served."""
+        page for `attribution_s` after it was served; the consumer counts as stuck on a tenant whose oldest waiting
+        event is older than `consumer_stall_s`."""
         redis = cache.client if isinstance(cache, RedisCache) else None
         invalidations = Invalidations(Channel(redis, INVALIDATIONS) if redis is not None else None)
         scenarios = ScenarioService(cache, invalidations=invalidations)
@@ -82,6 +89,8 @@ class Services:
         towers = TowerSpaces(vectors, scenarios, models_dir=learning.models_dir if learning else None, queue=queue)
         catalogue.on_written(towers.request_sync)  # the item-vector job gives new items their vectors
         scenarios.on_delete(towers.drop_scenario)
+        analytics = AnalyticsService(scenarios)
+        scenarios.on_delete(analytics.drop_scenario)
         training = TrainingService(jobs, scenarios, vectors=vectors, config=learning, towers=towers)
         user_ttl_s = cache.user_ttl_s if isinstance(cache, RedisCache) else USER_STATE_TTL_S
         realtime = (RealtimeService(redis, catalogue, scenarios, user_ttl_s=user_ttl_s, attribution_s=attribution_s)
@@ -108,7 +117,7 @@ class Services:
                                 EventStream(redis, user_ttl_s=user_ttl_s) if redis is not None else None,
                                 returning=returning),
             privacy=PrivacyService(cache, vectors, scenarios, profiles, learning=learning, realtime=realtime,
-                                   outcomes=outcomes),
+                                   outcomes=outcomes, analytics=analytics),
             recommendations=RecommendationService(
                 cache, scenarios, profiles, engines, impressions=impression_sink(redis) if redis is not None else None,
                 returning=returning, router=router,
@@ -121,6 +130,7 @@ class Services:
             experiments=experiments,
             experiment_results=results,
             model_versions=ModelVersionService(scenarios, learning=learning),
+            analytics=analytics,
             experiment_router=router,
             live=LiveMetrics.over(cache),
             realtime=realtime,
@@ -128,4 +138,10 @@ class Services:
             rate_limits=RateLimits.over(redis, rate_policy or RatePolicy()),
             returning=returning,
             towers=towers,
+            health=HealthService(
+                redis=redis, vectors=vectors, dead_letters=realtime.dead_letters if realtime is not None else None,
+                breakers={b.name: b for b in (getattr(cache, "breaker", None), getattr(vectors, "breaker", None))
+                          if b is not None},
+                stall_s=consumer_stall_s,
+            ),
         )

@@ -18,6 +18,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from graph.audit import AuditExtension
 from graph.context import WebSocketAuth, http_context, ws_context
+from graph.dashboard import dashboard_routes, graphiql_page
 from graph.cost import cost_extension, cost_limits
 from graph.export import EXPORT_ROUTES
 from graph.breakers import breaker_gauge, exported_breakers
@@ -26,6 +27,7 @@ from graph.ratelimit import limit_websocket_operations, within_limits
 from graph.metrics import LiveMetricsExporter, Metrics
 from graph.memory_metrics import RedisMemoryExporter
 from graph.metrics_access import metrics_port, metrics_route
+from graph.quality_metrics import ServingExporter
 from graph.observability import (
     configure_logging, litestar_logging_config, log_context_extension, request_context_middleware, setup_tracing,
     strawberry_extensions, tracing_plugins,
@@ -73,6 +75,9 @@ def _graphql_controller(settings: Settings, metrics: Metrics, tracing) -> type:
         # each websocket operation takes a token and holds one of its key's places while it runs
         graphql_transport_ws_handler_class = limit_websocket_operations(
             WebSocketAuth.graphql_transport_ws_handler_class)
+
+        async def render_graphql_ide(self, request: Request) -> Response:
+            return graphiql_page(request)  # GraphiQL from our own assets (Strawberry's page loads them from a CDN)
 
         def encode_json(self, data: object) -> bytes:
             # msgspec (Litestar's own encoder) writes a 20-item answer several times faster than json.dumps; a
@@ -172,6 +177,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     job_metrics = JobMetrics(metrics.registry)  # job attempt durations and failures, recorded by the in-process worker
     breaker_states = breaker_gauge(metrics)
     RedisMemoryExporter(metrics)  # Redis's memory and each tenant's estimated share, read on scrape
+    serving = ServingExporter(metrics)  # answer latency, page quality, model age, experiments' SRM
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -182,7 +188,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         log.info("recograph.started", embedded=settings.embedded, mongo=app.state.runtime.servers.mongo_url)
         try:
             async with _watch_jobs(app.state.runtime, job_metrics), _background(app.state.runtime), \
-                    _live_metrics(app.state.runtime, metrics), \
+                    _live_metrics(app.state.runtime, metrics), serving.running(app.state.runtime), \
                     exported_breakers(breaker_states, app.state.runtime.breakers()):
                 yield
         finally:
@@ -194,8 +200,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     cors = CORSConfig(allow_origins=settings.server.cors_origins) if settings.server.cors_origins else None
     return Litestar(
         route_handlers=[_graphql_controller(settings, metrics, tracing), live, ready,
-                        metrics_route(metrics, settings.server.metrics_token), *EXPORT_ROUTES],
-        lifespan=[lifespan, metrics_port(metrics, settings.server.metrics_port)],
+                        metrics_route(metrics, settings.server.metrics_token), *EXPORT_ROUTES, *dashboard_routes()],
+        lifespan=[lifespan, metrics_port(metrics, settings.server.metrics_port, host=settings.server.metrics_host,
+                                         token=settings.server.metrics_token)],
         cors_config=cors,
         middleware=[request_context_middleware, metrics.middleware],
         plugins=tracing_plugins(tracing),

@@ -23,6 +23,7 @@ from domain.ratelimit import Limit, read_overrides
 from domain.tenancy import Scope
 from graph import demo as demo_setup
 from graph.app import create_app
+from graph.backup import lower_priority, run_restore, summary, write_backup
 from graph.evaluate import register as register_evaluate
 from graph.export import Kind as ExportKind, parse_time, write_export
 from graph.metrics import process_exited, share_across_processes
@@ -82,7 +83,7 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
     except (ServerUnavailable, EmbeddedStartError, PortUnavailable) as exc:
         console.print(f"[red]recograph: {exc}[/red]", soft_wrap=True)  # one line, however narrow the terminal
     except DomainError as exc:
-        console.print(f"[red]recograph: {exc.message}{f' ({exc.field})' if exc.field else ''}[/red]")
+        console.print(f"[red]recograph: {exc.message}{f' ({exc.field})' if exc.field else ''}[/red]", soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -325,6 +326,43 @@ def export(
         console.print(f"{lines} {kind.value} written to {output}")
 
     _run(work)
+
+
+@app.command("backup")
+def backup(
+    path: Path = typer.Argument(..., help="Where to write it: a new directory, or an archive when it ends in .tar or "
+                                ".tar.gz (it must not exist)."),
+    tenant: str = typer.Option(None, "--tenant", help="Only this tenant (default: every tenant)."),
+) -> None:
+    """Write a backup of every tenant (or one) while `serve` keeps serving: documents, model artifacts and a manifest
+    with the schema version and checksums; attaches to a running `serve`'s servers, at a lower priority."""
+    lower_priority()
+
+    async def work() -> None:
+        manifest = await write_backup(_settings(), path, tenant_id=tenant, console=console)
+        documents = sum(sum(t.counts.values()) for t in manifest.tenants)
+        console.print(f"backup of {len(manifest.tenants)} tenant(s), {documents:,} documents, schema version "
+                      f"{manifest.schema_version}, written to {path}", soft_wrap=True)
+
+    _run(work)
+
+
+@app.command("restore")
+def restore(
+    path: Path = typer.Argument(..., help="A backup: its directory, or its .tar / .tar.gz archive."),
+    tenant: str = typer.Option(None, "--tenant", help="Only this tenant of the backup (default: all of them)."),
+    data_dir: Path = typer.Option(None, help="Data directory to restore into (default: RECOGRAPH_DATA_DIR, ./data); "
+                                  "with MONGODB_URL, REDIS_URL and QDRANT_URL set, those servers instead."),
+) -> None:
+    """Restore a backup's tenants into the data dir or the servers the settings name; refused for a tenant the
+    target holds, and for a backup of a newer schema."""
+    settings = _settings(data_dir=data_dir)
+    _run(lambda: _restored(settings, path, tenant))
+
+
+async def _restored(settings: Settings, path: Path, tenant: str | None) -> None:
+    done = await run_restore(settings, path, tenant_id=tenant, console=console)
+    console.print(summary(done), soft_wrap=True)
 
 
 @demo_app.command("load")

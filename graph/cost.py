@@ -4,8 +4,8 @@ The cost model (the README states it for clients):
 - a field that returns an object, or a list of objects, costs 1; a scalar or enum field costs 0, and so does
   introspection (`__schema`, `__type`, `__typename`);
 - fields that compute something cost their weight in `WEIGHTS` instead (recommendations 10, similar items 5,
-  metrics 5, experiment results 5, experiment plans 3, scenario stats 3, `totalCount` 2, an experiment
-  assignment 1);
+  metrics 5, experiment results 5, system health 5, experiment plans 3, scenario stats 3, `totalCount` 2, an
+  experiment assignment 1; analytics 5, catalogue and audience statistics 10, an on-demand rollup 20);
 - a field with a `first` argument multiplies the cost of its sub-selection by `first`: its literal or variable
   value, the schema's default when absent, at most `max_first` (a larger `first` is refused before any work);
 - `_entities` multiplies the cost of its sub-selection by the number of representations, and the representations
@@ -50,6 +50,11 @@ WEIGHTS: Mapping[str, int] = {
     "Subscription.experimentResults": 5,
     "Query.experimentPlan": 3,
     "Query.experimentAssignment": 1,
+    "Query.systemHealth": 5,
+    "Query.analytics": 5,
+    "Query.catalogueStats": 10,
+    "Query.audienceStats": 10,
+    "Mutation.refreshAnalytics": 20,
 }
 DEFAULT_FIRST = 20  # what a `first` without a schema default means to the resolvers
 ENTITIES = "_entities"

@@ -13,14 +13,15 @@ import structlog
 
 from litestar import Request, Response, get
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from strawberry.extensions import SchemaExtension
 
 from domain.errors import DomainError
 from domain.realtime.backlog import MAX_TENANTS, Backlog, read_backlog
 from domain.realtime.snapshots import Counters, MetricsSnapshot, MetricsWindow, SnapshotRequest
-from workers.consumer import CONSUMER_COUNTERS, POOL_ENV, consumer_metrics, process_exited
+from workers.consumer import POOL_ENV, process_exited
+from workers.metrics import ConsumerCollector
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
@@ -358,7 +359,7 @@ class ConsumerExporter:
 
     - `recograph_consumer_{read,applied,claimed,batches,errors,dead_lettered}_total`,
       `recograph_consumer_last_batch_timestamp`
-      and `recograph_consumers_running`: this process's consumers (`workers.consumer.consumer_metrics`), read on
+      and `recograph_consumers_running`: this process's consumers (`workers.metrics.ConsumerCollector`), read on
       each scrape; zero in a process that runs none.
     - The backlog, from Redis and so right wherever the consumers run: `recograph_consumer_stream_length`,
       `recograph_consumer_lag` (entries not delivered yet; counted up to a bound on Redis 6.2),
@@ -371,7 +372,7 @@ class ConsumerExporter:
     def __init__(self, metrics: Metrics, *, max_tenants: int = MAX_TENANTS) -> None:
         self._max_tenants = max_tenants
         if pooled_dir() is None:  # pooled: the consumers' own processes write their counters (workers.consumer)
-            metrics.registry.register(_ProcessConsumerCollector())
+            metrics.registry.register(ConsumerCollector())
         labels = ("tenant",)
         gauge = metrics.read_gauge
         self._length = gauge("consumer_stream_length", "Entries in the tenant's event stream.", labels)
@@ -419,17 +420,3 @@ class ConsumerExporter:
             return
         await self.refresh(runtime.cache.client)
 
-
-class _ProcessConsumerCollector:
-    """Collect this process's consumer counters on scrape."""
-
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        values = consumer_metrics()
-        for name, doc in CONSUMER_COUNTERS.items():
-            yield CounterMetricFamily(f"{NAMESPACE}_consumer_{name}", doc,
-                                      value=values[f"{NAMESPACE}_consumer_{name}_total"])
-        yield GaugeMetricFamily(f"{NAMESPACE}_consumer_last_batch_timestamp",
-                                "Wall clock of the last batch this process's consumers applied (0: none).",
-                                value=values[f"{NAMESPACE}_consumer_last_batch_timestamp"])
-        yield GaugeMetricFamily(f"{NAMESPACE}_consumers_running", "Consumers running in this process.",
-                                value=values[f"{NAMESPACE}_consumers_running"])

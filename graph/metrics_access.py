@@ -4,12 +4,15 @@
 - Unset: the API port's `/metrics` answers anyone, without the series labelled `tenant` or `scenario`.
 - `RECOGRAPH_METRICS_PORT` set: every serving process also answers `GET /metrics` with every series on that
   loopback port (SO_REUSEPORT: whichever process takes the connection renders the pooled values).
+  `RECOGRAPH_METRICS_HOST` binds it to another address (a pod's, for a scraper a network policy lets in): there a
+  scrape must send the token when one is set, as on the API port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -47,8 +50,10 @@ def metrics_route(metrics: Metrics, token: str | None, path: str = "/metrics") -
     return prometheus_metrics
 
 
-def metrics_port(metrics: Metrics, port: int | None):
-    """Return a Litestar lifespan that serves every series on `127.0.0.1:port` while the app runs (none: no-op)."""
+def metrics_port(metrics: Metrics, port: int | None, *, host: str = "127.0.0.1", token: str | None = None):
+    """Return a Litestar lifespan that serves every series on `host:port` while the app runs (no port: no-op);
+    beyond loopback a scrape must send `token` when one is set."""
+    required = token if token is not None and not _loopback(host) else None
 
     @asynccontextmanager
     async def serving(app: Litestar) -> AsyncIterator[None]:
@@ -56,7 +61,7 @@ def metrics_port(metrics: Metrics, port: int | None):
             yield
             return
         server = await asyncio.start_server(
-            lambda reader, writer: _answer(reader, writer, metrics, app.state), "127.0.0.1", port, reuse_port=True
+            lambda reader, writer: _answer(reader, writer, metrics, app.state, required), host, port, reuse_port=True
         )
         try:
             yield
@@ -67,12 +72,33 @@ def metrics_port(metrics: Metrics, port: int | None):
     return serving
 
 
-async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, metrics: Metrics, state: Any) -> None:
-    """Answer one HTTP/1.x request: GET /metrics with every series, anything else 404; then close."""
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def _authorized(head: bytes, token: str) -> bool:
+    """Return whether a request head carries `Authorization: Bearer <token>`."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"authorization":
+            offered = bearer(value.strip().decode("latin-1")) or ""
+            return hmac.compare_digest(offered.encode(), token.encode())
+    return False
+
+
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, metrics: Metrics, state: Any,
+                  token: str | None = None) -> None:
+    """Answer one HTTP/1.x request: GET /metrics with every series (401 without `token` when one is required),
+    anything else 404; then close."""
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
         method, target, *_ = head[:MAX_REQUEST_BYTES].split(b"\r\n", 1)[0].split(b" ") + [b"", b""]
-        if method == b"GET" and target.split(b"?", 1)[0] == b"/metrics":
+        if method == b"GET" and target.split(b"?", 1)[0] == b"/metrics" and token and not _authorized(head, token):
+            status, kind, body = b"401 Unauthorized", b"text/plain", b"a metrics token is required\n"
+        elif method == b"GET" and target.split(b"?", 1)[0] == b"/metrics":
             status, kind, body = b"200 OK", CONTENT_TYPE.encode() + b"; charset=utf-8", await metrics.scrape(state)
         else:
             status, kind, body = b"404 Not Found", b"text/plain", b"not found\n"

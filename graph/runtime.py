@@ -16,7 +16,7 @@ from pymongo import AsyncMongoClient
 
 from domain.jobs import ArqQueue
 from domain.learning.service import LearningConfig
-from domain.learning.versions import upgrade_statuses
+from domain.migrations import migrate
 from domain.recommend.serving import ModelRegistry, SwapChannel
 from graph.heap import HeapSettler
 from graph.ratelimit import rate_policy
@@ -96,9 +96,10 @@ async def open_runtime(settings: Settings, *, with_vectors: bool = True, serving
     await servers.start()
     opened: list = []
     try:
-        mongo, _ = await connect_mongo(servers.mongo_url, settings.mongo.database, timeout_ms=settings.mongo.timeout_ms)
+        mongo, db = await connect_mongo(servers.mongo_url, settings.mongo.database,
+                                        timeout_ms=settings.mongo.timeout_ms)
         opened.append(mongo)
-        await upgrade_statuses()  # model versions stored before the registry (idempotent, a no-op once done)
+        await migrate(db)  # pending schema migrations, once, under a lock (one read when none is pending)
         windowed_listing = await sorts_every_match(mongo)
         cache = RedisCache.from_url(servers.redis_url, timeout_s=settings.redis.timeout_s,
                                     failures=settings.breaker.failures, cooldown_s=settings.breaker.cooldown_s,
@@ -129,7 +130,8 @@ async def open_runtime(settings: Settings, *, with_vectors: bool = True, serving
     services = Services.build(cache=cache, vectors=vectors, engines=registry, queue=ArqQueue(arq), learning=learning,
                               jobs_policy=job_policy(settings), windowed_listing=windowed_listing,
                               rate_policy=rate_policy(settings.rate),
-                              attribution_s=settings.realtime.attribution_window_s)
+                              attribution_s=settings.realtime.attribution_window_s,
+                              consumer_stall_s=settings.server.ready_consumer_stall_s)
     return Runtime(
         settings=settings, servers=servers, mongo=mongo, cache=cache, vectors=vectors, services=services, arq=arq,
         registry=registry, models_dir=models_dir, scratch_models=scratch, heap=heap,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
+from typing import Annotated
 
 import structlog
 import strawberry
@@ -17,10 +18,12 @@ from strawberry.types import ExecutionContext
 from domain.errors import DomainError
 from domain.tenancy import Scope
 from graph.input_errors import mark_input_error
+from graph.types.analytics import AnalyticsGranularity, AnalyticsRefresh, AnalyticsSeries, AudienceStats, CatalogueStats
 from graph.types.apikey import ApiKey, NewApiKey
 from graph.types.audit import AuditEntryConnection
 from graph.types.common import ApiKeyScope
 from graph.types.deadletter import DeadLetterConnection
+from graph.types.health import SystemHealth
 from graph.types.experiment import (
     CreateExperimentInput, Experiment, ExperimentConnection, ExperimentMetric, ExperimentPlan, ExperimentResults,
     ExperimentStatus, UpdateExperimentInput,
@@ -34,12 +37,15 @@ from graph.types.profile import User, UserProfile, load_profile
 from graph.types.recommendation import RecommendationList
 from graph.types.scenario import CreateScenarioInput, Scenario, ScenarioConnection, UpdateScenarioInput
 from resolvers import audit, experiments, interactions, jobs, keys, recommendations, scenarios, subscriptions
-from resolvers import deadletters
+from resolvers import analytics, deadletters
+from resolvers import health
 from resolvers import models as registry
 from resolvers import metrics as live
 from resolvers import items as catalogue
 
 log = structlog.get_logger()
+From = Annotated[datetime, strawberry.argument(name="from", description="Range start (inclusive, UTC).")]
+To = Annotated[datetime, strawberry.argument(description="Range end (exclusive); at most 92 days after `from`.")]
 
 
 @strawberry.type
@@ -123,12 +129,43 @@ class Query:
     async def dead_letters(self, info: strawberry.Info, first: int | None = 20, after: str | None = None) -> DeadLetterConnection:
         return DeadLetterConnection.from_domain(await deadletters.list_dead_letters(info.context, first=first, after=after))
 
+    @strawberry.field(description="Each store's state and latency, and your tenant's consumer lag, dead letters, jobs "
+                      "and serving models (admin); a store that is down is reported, never an error.")
+    async def system_health(self, info: strawberry.Info) -> SystemHealth:
+        return SystemHealth.from_domain(await health.system_health(info.context))
+
     @strawberry.field(description="A scenario's live metrics over a sliding window ending now (default: the last hour).")
     async def metrics(
         self, info: strawberry.Info, scenario_id: strawberry.ID, window: MetricsWindow | None = MetricsWindow.HOUR
     ) -> MetricsSnapshot:
         snapshot = await live.metrics_snapshot(info.context, scenario_id=scenario_id, window=domain_window(window))
         return MetricsSnapshot.from_domain(snapshot)
+
+    @strawberry.field(description="A scenario's counters per hour or day over [from, to), by event time, from the "
+                      "rollups (admin).")
+    async def analytics(
+        self, info: strawberry.Info, scenario_id: strawberry.ID, from_: From, to: To,
+        granularity: AnalyticsGranularity = AnalyticsGranularity.DAY,
+    ) -> AnalyticsSeries:
+        return AnalyticsSeries.from_domain(await analytics.analytics_series(
+            info.context, scenario_id=scenario_id, start=from_, end=to, granularity=granularity.to_domain()))
+
+    @strawberry.field(description="Catalogue coverage, concentration (Gini) and the top items and categories of a "
+                      "scenario over the UTC days of [from, to) (admin).")
+    async def catalogue_stats(
+        self, info: strawberry.Info, scenario_id: strawberry.ID, from_: From, to: To, first: int = 10,
+        min_impressions: int = 20,
+    ) -> CatalogueStats:
+        return CatalogueStats.from_domain(await analytics.catalogue_stats(
+            info.context, scenario_id=scenario_id, start=from_, end=to, first=first, min_impressions=min_impressions))
+
+    @strawberry.field(description="Events per user, weekly retention cohorts and CTR by list position and recall "
+                      "source of a scenario over the UTC days of [from, to) (admin).")
+    async def audience_stats(
+        self, info: strawberry.Info, scenario_id: strawberry.ID, from_: From, to: To
+    ) -> AudienceStats:
+        return AudienceStats.from_domain(await analytics.audience_stats(info.context, scenario_id=scenario_id,
+                                                                        start=from_, end=to))
 
     @strawberry.field(description="One of your experiments, or null.")
     async def experiment(self, info: strawberry.Info, id: strawberry.ID) -> Experiment | None:
@@ -172,6 +209,16 @@ class Mutation:
                          "them from the dead letters; returns how many (admin).")
     async def replay_dead_letters(self, info: strawberry.Info, ids: list[strawberry.ID] | None = None) -> int:
         return await deadletters.replay_dead_letters(info.context, ids=ids)
+
+    @strawberry.mutation(description="Roll up your new events and served pages into the analytics now (at most ~20 s; "
+                         "the periodic pass finishes what is left); with from and to, first recompute every hour "
+                         "of that range, of one scenario or of all (admin).")
+    async def refresh_analytics(
+        self, info: strawberry.Info, scenario_id: strawberry.ID | None = None,
+        from_: Annotated[datetime | None, strawberry.argument(name="from")] = None, to: datetime | None = None,
+    ) -> AnalyticsRefresh:
+        return AnalyticsRefresh.from_domain(await analytics.refresh_analytics(
+            info.context, scenario_id=scenario_id, start=from_, end=to))
 
     @strawberry.mutation(description="Create a scenario from a template, with config merged over it.")
     async def create_scenario(self, info: strawberry.Info, input: CreateScenarioInput) -> Scenario:

@@ -298,7 +298,63 @@ class AuditEntry(Document):
         indexes = [IndexModel([("tenant_id", ASCENDING), ("_id", DESCENDING)])]  # ids sort by creation time
 
 
+class AnalyticsRollup(Document):
+    """One hour's, day's or week's analytics of a scenario, by event time (domain.analytics.rollup): a head with the
+    figures (a day's with each hour's too), and the item and user maps apart, packed and sliced into parts, so that a
+    read fetches only what it needs and no document nears MongoDB's size limit."""
+
+    id: str = Field(alias="_id")  # "{tenant}/{scenario}/{grain}/{start epoch s}/{part}"
+    tenant_id: str
+    scenario_id: str
+    grain: str  # heads "h", "d", "w"; item maps "hi", "di", "wi"; user maps "hu", "du", "wu"
+    start: datetime
+    part: int = 0
+    c: dict[str, float] = Field(default_factory=dict)  # head: counters, active and new users
+    hc: dict[str, list[float]] = Field(default_factory=dict)  # day head: the same per hour of the day
+    pn: list[int] = Field(default_factory=list)  # head: impressions by list position (index 0: position 1)
+    pc: list[int] = Field(default_factory=list)  # head: attributed clicks by list position
+    src: list[dict[str, Any]] = Field(default_factory=list)  # head: [{"s": source, "n": impressions, "c": clicks}]
+    m: str | None = None  # map: JSON columns, [items, impressions, clicks] or [users, events, new (0/1)]
+
+    class Settings:
+        name = "analytics_rollups"
+        indexes = [IndexModel([("tenant_id", ASCENDING), ("scenario_id", ASCENDING), ("grain", ASCENDING),
+                               ("start", ASCENDING)])]
+
+
+class AnalyticsUser(Document):
+    """When a user's first event in a scenario happened (event time): what new users and retention cohorts count."""
+
+    id: str = Field(alias="_id")  # "{tenant}/{scenario}/{user}"
+    tenant_id: str
+    scenario_id: str
+    user_id: str
+    first: datetime
+
+    class Settings:
+        name = "analytics_users"
+        indexes = [IndexModel([("tenant_id", ASCENDING), ("user_id", ASCENDING)])]  # erasure; else by `_id`
+
+
+class AnalyticsState(Document):
+    """A tenant's rollup progress: watermarks, the hours still to recompute, and the lease of the pass running."""
+
+    id: str = Field(alias="_id")  # the tenant id
+    tenant_id: str
+    events_wm: datetime | None = None  # interactions received before this were scanned
+    pages_wm: datetime | None = None  # served pages before this were scanned
+    dirty: list[str] = Field(default_factory=list)  # "{scenario}|{hour epoch}" to recompute
+    requested: list[str] = Field(default_factory=list)  # the same, asked for since the last pass began
+    rolled_up_to: datetime | None = None  # the events_wm of the last pass that left nothing to recompute
+    hours_dropped: datetime | None = None  # the first recent day when the aged-out hour buckets were last dropped
+    lease_until: datetime | None = None
+    lease_owner: str | None = None
+
+    class Settings:
+        name = "analytics_state"
+
+
 DOCUMENTS: list[type[Document]] = [
     Erasure, Tenant, ApiKey, Scenario, Item, Interaction, UserProfile, ModelVersion, Experiment, Job, Impression,
-    AuditEntry,
+    AuditEntry, AnalyticsRollup, AnalyticsUser, AnalyticsState,
 ]

@@ -46,6 +46,10 @@ class ServerSettings(BaseSettings):
         None, description="Also serve the full `/metrics` (every series, no token) on this loopback port "
         "(RECOGRAPH_METRICS_PORT), for a scraper on the same host. Unset: no such port.",
     )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the metrics port binds (RECOGRAPH_METRICS_HOST); beyond loopback (a pod's "
+        "address, `0.0.0.0`) a scrape there must send RECOGRAPH_METRICS_TOKEN when one is set.",
+    )
     ready_consumer_stall_s: float = Field(
         30.0, gt=0, description="/health/ready reports `degraded` (HTTP 200) when an event received this long ago is "
         "still waiting for the consumer (stuck on a failing batch, or lagging), or when events wait and no consumer "
@@ -234,6 +238,9 @@ class RealtimeSettings(BaseSettings):
     dead_letter_retries: int = Field(2, ge=0, description="More tries of an entry found failing on its own before it "
                                      "goes to its tenant's dead letters.")
     dead_letter_max_len: int = Field(10_000, ge=1, description="Dead letters kept per tenant (the oldest go first).")
+    analytics_every_s: float = Field(60.0, ge=0, description="Every this often each consumer runs the analytics "
+                                     "rollup pass over every tenant whose rollups no other pass holds (0: never; "
+                                     "`refreshAnalytics` still runs one on demand).")
     attribution_window_h: float = Field(24.0, gt=0, description="How long after a page is served an event citing its "
                                         "`requestId` is attributed to the page's sources and variant: the page's "
                                         "Redis hash (`t:{T}:rq:{requestId}`) expires after this (RECOGRAPH_REALTIME_"

@@ -1,12 +1,16 @@
-"""Prometheus instruments of the jobs: attempt durations and failures by kind and outcome.
+"""Prometheus instruments of the jobs (attempt durations and failures by kind and outcome) and of the event
+consumers running in this process.
 
 The API process records into its app registry (served at /metrics); a separate worker records into its own and
-serves it on RECOGRAPH_JOBS_METRICS_PORT when set.
+serves it, with its consumer's counters, on RECOGRAPH_JOBS_METRICS_PORT when set.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 NAMESPACE = "recograph"
 # Jobs run from well under a second (cleanup of a small scenario) to tens of minutes (training a large one).
@@ -33,3 +37,22 @@ class JobMetrics:
         self.durations.labels(kind, outcome).observe(seconds)
         if outcome in FAILED:
             self.failures.labels(kind, outcome).inc()
+
+
+class ConsumerCollector:
+    """Collect this process's consumer counters on scrape (`recograph_consumer_<name>_total`,
+    `recograph_consumer_last_batch_timestamp`, `recograph_consumers_running`); zero where none runs."""
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        # Imported here: workers.consumer imports workers.settings, which imports this module.
+        from workers.consumer import CONSUMER_COUNTERS, consumer_metrics
+
+        values = consumer_metrics()
+        for name, doc in CONSUMER_COUNTERS.items():
+            yield CounterMetricFamily(f"{NAMESPACE}_consumer_{name}", doc,
+                                      value=values[f"{NAMESPACE}_consumer_{name}_total"])
+        yield GaugeMetricFamily(f"{NAMESPACE}_consumer_last_batch_timestamp",
+                                "Wall clock of the last batch this process's consumers applied (0: none).",
+                                value=values[f"{NAMESPACE}_consumer_last_batch_timestamp"])
+        yield GaugeMetricFamily(f"{NAMESPACE}_consumers_running", "Consumers running in this process.",
+                                value=values[f"{NAMESPACE}_consumers_running"])

@@ -24,6 +24,7 @@ from domain.jobs import JOB_FUNCTIONS, JobKind
 from domain.learning.service import LearningConfig
 from domain.learning.tower_spaces import SYNC_FUNCTION
 from domain.maintenance import CleanupPolicy
+from domain.migrations import migrate
 from domain.precompute import CandidatePolicy
 from domain.recommend.serving import ModelRegistry, SwapChannel
 from domain.services import Services
@@ -33,7 +34,7 @@ from models.settings import JobsSettings, Settings, TrainingSettings
 from models.vectors import open_vector_store
 from workers.cron import cron_jobs
 from workers.jobs import JOBS, sync_item_vectors
-from workers.metrics import JobMetrics
+from workers.metrics import ConsumerCollector, JobMetrics
 
 log = structlog.get_logger()
 
@@ -113,9 +114,10 @@ async def open_context(settings: Settings) -> dict[str, Any]:
     if missing := missing_urls(settings):
         # Embedded vector shards open in one process only: in embedded mode `serve` runs the worker itself.
         raise RuntimeError(f"a separate worker needs {', '.join(missing)}; in embedded mode `serve` runs the jobs")
-    mongo, _ = await connect_mongo(
+    mongo, db = await connect_mongo(
         settings.mongo.url or "", settings.mongo.database, timeout_ms=settings.mongo.timeout_ms
     )
+    await migrate(db)  # pending schema migrations, once, under a lock (the API pods may not have started yet)
     cache = RedisCache.from_url(settings.redis.url or "", timeout_s=settings.redis.timeout_s,
                                 failures=settings.breaker.failures, cooldown_s=settings.breaker.cooldown_s,
                                 user_ttl_s=settings.redis.user_state_ttl_s)
@@ -142,11 +144,13 @@ async def open_context(settings: Settings) -> dict[str, Any]:
 
 
 def _export_metrics(services: Services, jobs: JobsSettings) -> None:
-    """Serve job metrics on the configured port (the worker has no HTTP app); without one, finished jobs are logged."""
+    """Serve job and consumer metrics on the configured port (the worker has no HTTP app); without one, finished jobs
+    are logged."""
     if jobs.metrics_port is None:
         return
     registry = CollectorRegistry()
     services.jobs.watch(JobMetrics(registry).observe)
+    registry.register(ConsumerCollector())  # the consumer `recograph worker` runs beside the jobs (dead letters too)
     start_http_server(jobs.metrics_port, registry=registry)
     log.info("worker.metrics_served", port=jobs.metrics_port)
 

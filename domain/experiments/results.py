@@ -31,6 +31,7 @@ from models.documents import Experiment
 log = structlog.get_logger()
 
 DEFAULT_TUNING_N = 5000.0
+MAX_SRM_EXPORTED = 500  # running experiments whose SRM p-value `running_srm` returns at most
 
 
 class ResultsService:
@@ -57,6 +58,24 @@ class ResultsService:
             except Exception:  # noqa: BLE001 - the next minute tries again
                 log.exception("experiments.refresh_failed", experiment_id=doc.id)
         return done
+
+    async def running_srm(self, *, limit: int = MAX_SRM_EXPORTED) -> list[tuple[str, str, str, float]]:
+        """Return (tenant, scenario, experiment, SRM p-value) of the running experiments, from the results the last
+        refresh kept (none before the first, nor under THOMPSON or INTERLEAVE, which have no SRM check), at most
+        `limit` of them: an operator's view across tenants."""
+        found: list[tuple[str, str, str, float]] = []
+        cursor = Experiment.get_pymongo_collection().find(
+            {"status": "RUNNING"}, {"tenant_id": 1, "scenario_id": 1, "results.srm": 1})
+        try:
+            async for doc in cursor:
+                p_value = ((doc.get("results") or {}).get("srm") or {}).get("p_value")
+                if isinstance(p_value, int | float):
+                    found.append((doc["tenant_id"], doc["scenario_id"], doc["_id"], float(p_value)))
+                    if len(found) >= limit:
+                        break
+        finally:
+            await cursor.close()
+        return found
 
     async def _refresh(self, doc: Experiment) -> None:
         moments = await self._outcomes.moments(doc)

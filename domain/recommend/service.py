@@ -8,7 +8,7 @@ out everything already served under that request id, and the new items are appen
 next request recomputes at once.
 
 Every page answered (computed, cached, continued, similar items) is handed to the impression sink, when one is
-wired.
+wired; every `recommendations` page is also told to the observers `watch` added (metrics), as a `PageServed`.
 
 Experiments: a router (domain.experiments.routing) names the arm a user is in. A variant's list comes from the
 variant's Engine (the scenario's config with the variant's merged over it), is cached under its own answer key,
@@ -24,7 +24,7 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -40,6 +40,7 @@ from domain.jsonlimits import context_problem
 from domain.profiles import ProfileService
 from domain.realtime.contracts import ImpressionSink, ReturningNotes
 from domain.recommend.base import Recommendation, RecRequest, RecResult
+from domain.recommend.history import request_history
 from domain.recommend.served import ServedList
 from domain.scenarios.service import ScenarioService
 from models.cache import BlobWrite, Cache, CacheUnavailable, UserState
@@ -65,6 +66,21 @@ class RecommendationPage:
     debug: dict[str, Any] | None = None
     experiment_id: str | None = None  # the experiment the user was served under (None: outside any)
     teams: tuple[str, ...] = ()  # INTERLEAVE: per item, the team ("A" control, "B") that placed it
+
+
+@dataclass(frozen=True, slots=True)
+class PageServed:
+    """One `recommendations` page answered, as observers hear of it."""
+
+    tenant_id: str
+    scenario_id: str
+    item_ids: tuple[str, ...]
+    answer: str  # CACHED (a cached answer), COMPUTED (ranked now) or CONTINUED (a later page, `after`)
+    seconds: float  # from the call to the page's return (the served list stored and the impression noted)
+
+
+CACHED, COMPUTED, CONTINUED = "cached", "computed", "continued"
+PageObserver = Callable[[PageServed], None]
 
 
 class EngineSource(Protocol):
@@ -100,6 +116,12 @@ class RecommendationService:
         self._impressions = impressions
         self._returning = returning  # told of users without a cache version: their state may have expired
         self._router = router  # which experiment arm serves a user (None: no experiments)
+        self._observers: list[PageObserver] = []
+
+    def watch(self, observer: PageObserver) -> Callable[[], None]:
+        """Call observer(page) after each `recommendations` page answered here; return a function that stops it."""
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer)
 
     async def recommend(
         self, *, tenant_id: str, scenario_id: str, user_id: str, first: int | None, after: str | None,
@@ -113,6 +135,7 @@ class RecommendationService:
         scenario = await self._scenarios.cached(scenario_id, tenant_id=tenant_id)
         arm = await self._route(tenant_id, scenario_id, user_id)
         store: Awaitable[None] | None = None
+        answer = CONTINUED
         if after is not None:
             page = await self._continue(after, limit, scenario_id=scenario_id, user_id=user_id, tenant_id=tenant_id,
                                         config_version=scenario.config_version, arm=arm)
@@ -124,11 +147,15 @@ class RecommendationService:
                 served.arm, served.variant, served.experiment_id = arm.key, arm.variant, arm.experiment_id
             page, store = await self._first_page(served, key, limit, debug, tenant_id=tenant_id,
                                                  config_version=scenario.config_version, arm=arm)
+            answer = CACHED if store is None else COMPUTED
         latency_ms = (time.perf_counter() - started) * 1000
         record = self._record(page, tenant_id=tenant_id, scenario_id=scenario_id, user_id=user_id,
                               latency_ms=latency_ms)
         # Storing a computed list and noting the impression are independent writes: one wait for both.
         await (asyncio.gather(store, record) if store is not None else record)
+        if self._observers:
+            self._tell(PageServed(tenant_id, scenario_id, tuple(r.item_id for r in page.items), answer,
+                                  time.perf_counter() - started))
         return page
 
     async def similar(
@@ -162,8 +189,9 @@ class RecommendationService:
             if hit.complete or len(hit) >= limit:  # an answer cached for a smaller page may be too short
                 return _page(hit, 0, limit), None
         depth = served_depth(limit)
-        seen = set() if state is None else state.seen
-        result, cold = await self._compute(served, depth, limit, debug, tenant_id=tenant_id, seen=seen,
+        # Without Redis nothing is live; with an answer found (too short) the seen set was not read: read it now.
+        live = _NOTHING_LIVE if state is None else state if state.seen is not None else None
+        result, cold = await self._compute(served, depth, limit, debug, tenant_id=tenant_id, live=live,
                                            config_version=config_version, arm=arm)
         served.request_id = uuid.uuid4().hex
         # An interleaved list is not extended: `after` pages through what was merged (a few pages deep).
@@ -210,18 +238,18 @@ class RecommendationService:
 
     async def _compute(
         self, served: ServedList, depth: int, page: int, debug: bool, *, tenant_id: str,
-        also_exclude: Collection[str] = frozenset(), seen: set[str] | None = None, config_version: int | None = None,
+        also_exclude: Collection[str] = frozenset(), live: UserState | None = None, config_version: int | None = None,
         arm: Arm | None = None,
     ) -> tuple[RecResult, bool]:
-        """Rank for the served list's user with the arm's engine (the scenario's without one); `seen` is the
-        user's seen set when already read (None: read it). Return the result and whether the user has no history
-        (a cold start). Interleaved, the served list's teams are set to the merged list's."""
+        """Rank for the served list's user with the arm's engine (the scenario's without one); `live` is the
+        user's state with its seen set when already read (None: read it). Return the result and whether the user
+        has no history (a cold start). Interleaved, the served list's teams are set to the merged list's."""
         teams = arm.teams if arm is not None else None
         engine = await self._engine(tenant_id, served.scenario_id, config_version,
                                     teams[0] if teams is not None else arm)
-        if seen is None:
-            seen = await self._seen(served.scenario_id, served.user_id, tenant_id=tenant_id)
-        request = await self._request(engine, served, depth, page, debug, also_exclude, seen, tenant_id=tenant_id)
+        if live is None:
+            live = await self._live(served, tenant_id=tenant_id)
+        request = await self._request(engine, served, depth, page, debug, also_exclude, live, tenant_id=tenant_id)
         if teams is None:
             return await engine.recommend(request), not request.history
         other = await self._engine(tenant_id, served.scenario_id, config_version, teams[1])
@@ -250,12 +278,11 @@ class RecommendationService:
 
     async def _request(
         self, engine: Any, served: ServedList, depth: int, page: int, debug: bool, also_exclude: Collection[str],
-        live: set[str], *, tenant_id: str,
+        live: UserState, *, tenant_id: str,
     ) -> RecRequest:
         model = getattr(engine, "model", None)
         user_id = served.user_id
-        trained = model.user_history(user_id) if model is not None else []
-        history = [*trained, *sorted(live.difference(trained))] if live else trained
+        history, events = request_history(model, user_id, served.scenario_id, live)
         categories: dict[str, float] = {}
         tags: dict[str, float] = {}
         if not history:  # cold start: stated and learned preferences are all we have
@@ -265,8 +292,9 @@ class RecommendationService:
         exclude = frozenset(history) if served.exclude_seen else frozenset()
         now = model.newest_event if model is not None else datetime.now(UTC)
         return RecRequest(
-            user_id=user_id, limit=depth, history=history, exclude=exclude.union(also_exclude),
-            context=served.context, category_prefs=categories, tag_prefs=tags, now=now, debug=debug, page_size=page,
+            user_id=user_id, limit=depth, history=history, history_events=events,
+            exclude=exclude.union(also_exclude), context=served.context, category_prefs=categories, tag_prefs=tags,
+            now=now, debug=debug, page_size=page,
         )
 
     async def _record(
@@ -282,6 +310,14 @@ class RecommendationService:
         except Exception as exc:  # noqa: BLE001 - the sink promises not to raise; serving must not depend on it
             log.warning("impressions.failed", error=repr(exc), scenario_id=scenario_id)
 
+    def _tell(self, page: PageServed) -> None:
+        """Tell the observers of a page; a failing observer never fails the answer."""
+        for observer in self._observers:
+            try:
+                observer(page)
+            except Exception as exc:  # noqa: BLE001 - metrics must never stop serving
+                log.warning("recommendations.observer_failed", error=repr(exc))
+
     async def _user_state(
         self, served: ServedList, answer: tuple[str, ...] | None, *, tenant_id: str
     ) -> UserState | None:
@@ -290,11 +326,12 @@ class RecommendationService:
         except CacheUnavailable:
             return None  # without Redis nothing is cached: every request recomputes
 
-    async def _seen(self, scenario_id: str, user_id: str, *, tenant_id: str) -> set[str]:
+    async def _live(self, served: ServedList, *, tenant_id: str) -> UserState:
+        """Return the user's seen set and recent events (one round trip), nothing when Redis is down."""
         try:
-            return await self._cache.seen(scenario_id, user_id, tenant_id=tenant_id)
+            return await self._cache.user_state(served.scenario_id, served.user_id, None, tenant_id=tenant_id)
         except CacheUnavailable:
-            return set()
+            return _NOTHING_LIVE
 
     async def _load_served(self, request_id: str, *, tenant_id: str) -> ServedList | None:
         try:
@@ -323,6 +360,9 @@ class RecommendationService:
             await self._cache.put_blobs(writes, tenant_id=tenant_id)
         except CacheUnavailable as exc:
             log.warning("cache.unavailable", op="recommend.served", error=str(exc))
+
+
+_NOTHING_LIVE = UserState(version=0, answer=None, seen=set())
 
 
 def _page(served: ServedList, offset: int, limit: int) -> RecommendationPage:

@@ -33,6 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,16 @@ class ModelRegistry:
     def loaded(self) -> list[Key]:
         """Return the (tenant, scenario) pairs held in memory."""
         return list(self._served)
+
+    def catalogue(self, tenant_id: str, scenario_id: str) -> CatalogueView | None:
+        """Return the item view the scenario serves from here (None: not held in this process)."""
+        served = self._served.get((tenant_id, scenario_id))
+        return served.catalogue if served else None
+
+    def trained(self) -> list[tuple[str, str, int, datetime]]:
+        """Return (tenant, scenario, version, trained at) of each trained model serving here."""
+        return [(tenant, scenario, served.model.version, served.model.trained_at)
+                for (tenant, scenario), served in list(self._served.items()) if served.model is not None]
 
     async def swap(self, tenant_id: str, scenario_id: str, version: int, revision: int = 0) -> bool:
         """Serve `version` (at `revision`) if the scenario is loaded here and the version is its champion; return
