@@ -43,6 +43,7 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from pymongo.asynchronous.collection import AsyncCollection
 
+from domain.analytics.store import GRAINS
 from domain.events import FUTURE_TOLERANCE
 from domain.export import EARLIEST, MAX_SPAN, next_span
 from domain.learning.versions import READY, TRAINING
@@ -72,7 +73,6 @@ WINDOW_TARGET = 500  # documents a time window should hold (sized from the densi
 RANGE = 500  # keys per range of the ranged reads
 ID_CHUNK = 100  # ids per read by id
 MAX_AHEAD = timedelta(days=36_500)  # the profiles' windows start this far after the mark: every last event time
-GRAINS = ("h", "d")  # analytics rollups: hours and days
 CROSS = 1.1  # how much a time window grows after an empty one
 # Windows walk back from the mark, starting small: receive times are dense right before it (live traffic, a recent
 # import), and each window doubles while it finds few, so years of quiet history are crossed in a few dozen reads.
@@ -286,7 +286,7 @@ def per_catalogue(scope: Scope) -> list[dict[str, Any]]:
 
 
 def per_rollup(scope: Scope) -> list[dict[str, Any]]:
-    """Return one group per scenario and rollup grain (hours, days)."""
+    """Return one group per scenario and stored rollup grain (domain.analytics.store.GRAINS)."""
     return [{"scenario_id": s, "grain": g} for s in scope.scenario_ids for g in GRAINS]
 
 

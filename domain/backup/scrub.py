@@ -20,7 +20,8 @@ from typing import Any
 import bson
 from bson.raw_bson import RawBSONDocument
 
-from domain.analytics import refresh
+from domain.analytics import refresh, store
+from domain.analytics.rollup import drop_users
 from domain.backup.files import BsonWriter, checksum, read_bson
 from domain.backup.manifest import Manifest
 from domain.backup.parts import DECODE
@@ -87,11 +88,11 @@ def _scrub_tenant(root: Path, manifest: Manifest, tenant_id: str, key: bytes, er
 
 def _without_users(doc: dict[str, Any], erased_at: Callable[[Any], datetime | None], users: set[str],
                    hours: set[str]) -> dict[str, Any]:
-    """Return a rollup part without erased users in its user map (its hour then recomputed, as an erasure does)."""
-    gone = {u for u in doc.get("uid") or () if erased_at(u) is not None}
-    if gone:
-        kept = [(u, n) for u, n in zip(doc["uid"], doc["ue"], strict=True) if u not in gone]
-        doc["uid"], doc["ue"] = [u for u, _ in kept], [n for _, n in kept]
+    """Return a rollup part without erased users in its user map (its bucket then recomputed by the next pass, as
+    an erasure asks: domain.analytics.service.erase_user)."""
+    if doc.get("grain") not in store.USER_GRAINS or "m" not in doc:
+        return doc
+    if gone := drop_users(doc, lambda user: erased_at(user) is not None):
         users |= gone
         hours.add(refresh.entry(doc["scenario_id"], doc["start"]))
     return doc

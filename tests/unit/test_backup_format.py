@@ -156,3 +156,21 @@ async def test_time_windows_cover_all_time_once_and_cross_quiet_stretches_gently
     crossing = asked[first_old]  # the window that met the old events after the quiet years
     crossed = end - timedelta(seconds=400) - crossing[1]
     assert crossing[1] - crossing[0] <= crossed * (CROSS - 1) * 1.5  # a tenth of the distance, not half of it
+
+
+def test_the_scrub_takes_erased_users_out_of_the_rollups_user_maps_and_asks_for_their_buckets_again():
+    from datetime import UTC, datetime
+
+    from domain.analytics import refresh
+    from domain.analytics.rollup import pack, unpack
+    from domain.backup.scrub import _without_users
+
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    users_doc = {"scenario_id": "sc", "grain": "du", "start": start,
+                 "m": pack(["alice", "bob", "carol"], [3, 1, 2], [1, 0, 1])}
+    items_doc = {"scenario_id": "sc", "grain": "di", "start": start, "m": pack(["bob"], [5], [1])}
+    erased_at = lambda user: start if user == "bob" else None  # noqa: E731
+    users, hours = set(), set()
+    assert unpack(_without_users(users_doc, erased_at, users, hours)) == [["alice", "carol"], [3, 2], [1, 1]]
+    assert users == {"bob"} and hours == {refresh.entry("sc", start)}
+    assert _without_users(dict(items_doc), erased_at, users, hours) == items_doc  # item ids are not user ids
