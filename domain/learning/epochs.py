@@ -32,7 +32,9 @@ def fit_epochs(model: Any, settings: Budgeted, started: float, run_epoch: Callab
     """Run epochs (each `run_epoch()` returns its mean loss) with early stopping on `validate()` (without a
     validation slice: on the loss); leave the best epoch's weights in the model; return what happened."""
     best, best_state, best_epoch, stale, epoch, losses, curve = -1.0, None, 0, 0, 0, [], []
-    while epoch < settings.max_epochs and stale < settings.patience and not over(settings, started):
+    # At least one epoch, even past the budget (a loaded machine can spend it on the data): weights that never
+    # trained are noise. An epoch itself stops after a batch once the budget is spent.
+    while epoch < settings.max_epochs and (epoch == 0 or (stale < settings.patience and not over(settings, started))):
         epoch += 1
         model.train()
         losses.append(run_epoch())
