@@ -227,9 +227,17 @@ class Mutation:
         )
         return Scenario.from_domain(doc)
 
-    @strawberry.mutation(description="Rename a scenario or change its config (validated; bumps configVersion).")
+    @strawberry.mutation(description="Rename a scenario or change its config (validated). A config that differs from "
+                         "the current one becomes the next configVersion, kept in `configVersions`.")
     async def update_scenario(self, info: strawberry.Info, id: strawberry.ID, input: UpdateScenarioInput) -> Scenario:
         doc = await scenarios.update_scenario(info.context, id=id, name=input.name, config=input.config)
+        return Scenario.from_domain(doc)
+
+    @strawberry.mutation(description="Make an earlier config version the scenario's config again. It is recorded as a "
+                         "new version (ROLLED_BACK), so the history only grows; nothing changes if it is the current "
+                         "config already.")
+    async def roll_back_scenario_config(self, info: strawberry.Info, id: strawberry.ID, version: int) -> Scenario:
+        doc = await scenarios.roll_back_scenario_config(info.context, id=id, version=version)
         return Scenario.from_domain(doc)
 
     @strawberry.mutation(description="Delete a scenario, its interactions, and items that served it alone.")

@@ -73,6 +73,25 @@ class Scenario(Document):
         indexes = [IndexModel([("tenant_id", ASCENDING), ("name", ASCENDING)])]
 
 
+class ScenarioConfigVersion(Document):
+    """One version of a scenario's config as it was set: the full config, who set it, how, and what it changed."""
+
+    id: str = Field(alias="_id")  # "{tenant}/{scenario}/{version}"
+    tenant_id: str
+    scenario_id: str
+    version: int
+    config: dict[str, Any]
+    created_at: datetime
+    key_id: str | None = None  # the API key that set it; None when recorded by a migration
+    origin: str  # CREATED, UPDATED, SHIPPED (an experiment's variant), ROLLED_BACK, RECORDED (found in place)
+    origin_ref: str | None = None  # the experiment shipped, or the version rolled back to
+    changed: list[str] = Field(default_factory=list)  # the config paths that differ from the previous version
+
+    class Settings:
+        name = "scenario_config_versions"
+        indexes = [IndexModel([("tenant_id", ASCENDING), ("scenario_id", ASCENDING), ("version", DESCENDING)])]
+
+
 class Item(Document):
     id: str = Field(alias="_id")
     tenant_id: str
@@ -355,6 +374,6 @@ class AnalyticsState(Document):
 
 
 DOCUMENTS: list[type[Document]] = [
-    Erasure, Tenant, ApiKey, Scenario, Item, Interaction, UserProfile, ModelVersion, Experiment, Job, Impression,
+    Erasure, Tenant, ApiKey, Scenario, ScenarioConfigVersion, Item, Interaction, UserProfile, ModelVersion, Experiment, Job, Impression,
     AuditEntry, AnalyticsRollup, AnalyticsUser, AnalyticsState,
 ]

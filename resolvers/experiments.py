@@ -61,8 +61,8 @@ async def pause_experiment(ctx: RequestContext, *, id: str) -> Experiment:
 
 async def stop_experiment(ctx: RequestContext, *, id: str, ship: str | None) -> Experiment:
     """Stop an experiment, freeze its results, and optionally ship a variant's config to the scenario."""
-    tenant_id = ctx.require(ADMINS).tenant_id
-    return await ctx.services.experiments.stop(str(id), tenant_id=tenant_id, ship=ship)
+    caller = ctx.require(ADMINS)
+    return await ctx.services.experiments.stop(str(id), tenant_id=caller.tenant_id, ship=ship, key_id=caller.key_id)
 
 
 async def delete_experiment(ctx: RequestContext, *, id: str) -> Experiment:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from domain.scenarios.config import config_json_schema
 from domain.scenarios.service import Page, ScenarioStats
-from models.documents import Scenario
+from models.documents import Scenario, ScenarioConfigVersion
 from resolvers.context import ADMINS, READERS, RequestContext
 
 
@@ -24,14 +24,32 @@ async def list_scenarios(ctx: RequestContext, *, first: int | None, after: str |
 
 async def create_scenario(ctx: RequestContext, *, name: str, template: str, config: Mapping | None) -> Scenario:
     """Create a scenario from a template."""
-    tenant_id = ctx.require(ADMINS).tenant_id
-    return await ctx.services.scenarios.create(tenant_id=tenant_id, name=name, template=template, config=config)
+    caller = ctx.require(ADMINS)
+    return await ctx.services.scenarios.create(tenant_id=caller.tenant_id, name=name, template=template, config=config,
+                                               key_id=caller.key_id)
 
 
 async def update_scenario(ctx: RequestContext, *, id: str, name: str | None, config: Mapping | None) -> Scenario:
     """Rename a scenario or change its config."""
-    tenant_id = ctx.require(ADMINS).tenant_id
-    return await ctx.services.scenarios.update(id, tenant_id=tenant_id, name=name, config=config)
+    caller = ctx.require(ADMINS)
+    return await ctx.services.scenarios.update(id, tenant_id=caller.tenant_id, name=name, config=config,
+                                               key_id=caller.key_id)
+
+
+async def roll_back_scenario_config(ctx: RequestContext, *, id: str, version: int) -> Scenario:
+    """Make an earlier config version the scenario's current config again (as a new version)."""
+    caller = ctx.require(ADMINS)
+    return await ctx.services.scenarios.roll_back(id, version=version, tenant_id=caller.tenant_id,
+                                                  key_id=caller.key_id)
+
+
+async def scenario_config_versions(
+    ctx: RequestContext, *, scenario_id: str, first: int | None
+) -> list[ScenarioConfigVersion]:
+    """Return a scenario's config history, newest first (admins only: it names the keys that made each change)."""
+    ctx.require(ADMINS)
+    scenario = await ctx.loaders.scenarios.load(scenario_id)
+    return [] if scenario is None else await ctx.services.scenarios.versions(scenario, first=first)
 
 
 async def delete_scenario(ctx: RequestContext, *, id: str) -> bool:

@@ -13,7 +13,7 @@ many documents is bounded by a narrow range of an indexed key, a few thousand do
 - first-event records: ranges of the user id between split points taken from the users met in the events, which
   are read before them; profiles: windows of their last event time, then by id the users of the events the windows
   missed (a profile updated meanwhile moves forward in time, to a window already read);
-- the rest (keys, scenarios, experiments, jobs, audit, model versions, erasures): one cursor in `_id` order.
+- the rest (keys, scenarios and their config versions, experiments, jobs, audit, model versions, erasures): one cursor in `_id` order.
 
 Every range but the profiles' is of a key that never changes, so a document changed while the backup runs is met
 once, and the ranges of each collection cover all of its keys. (A range of `_id` would not do: the embedded server
@@ -61,6 +61,7 @@ from models.documents import (
     Job,
     ModelVersion,
     Scenario,
+    ScenarioConfigVersion,
     Tenant,
     UserProfile,
     composite_id,
@@ -319,6 +320,7 @@ PARTS: tuple[Part, ...] = (
     Part(Tenant, tenant_doc),
     Part(ApiKey, by_id()),
     Part(Scenario, by_id()),
+    Part(ScenarioConfigVersion, by_id()),
     Part(Experiment, by_id()),
     Part(Job, by_id(), interrupted_job),
     Part(AnalyticsState, by_id(), released_lease),

@@ -29,6 +29,7 @@ from domain.hotcache import HotCache, Invalidations
 from domain.ids import check_first, decode_cursor, encode_cursor, new_id, utcnow
 from domain.learning.registry import check_pins
 from domain.scenarios.config import merge_config, validate_config
+from domain.scenarios.history import SHIPPED
 from domain.scenarios.service import Page, ScenarioService
 from models.cache import CacheUnavailable
 from models.documents import Experiment, Interaction
@@ -138,7 +139,9 @@ class ExperimentService:
         await self._changed(exp)
         return await self.get_or_raise(experiment_id, tenant_id=tenant_id)
 
-    async def stop(self, experiment_id: str, *, tenant_id: str, ship: str | None = None) -> Experiment:
+    async def stop(
+        self, experiment_id: str, *, tenant_id: str, ship: str | None = None, key_id: str | None = None
+    ) -> Experiment:
         """Stop for good and freeze the results; `ship` names the variant whose config becomes the scenario's."""
         exp = await self.get_or_raise(experiment_id, tenant_id=tenant_id)
         _require(exp, LIVE, "stop")
@@ -149,7 +152,8 @@ class ExperimentService:
         stopped = await self.get_or_raise(experiment_id, tenant_id=tenant_id)
         await self._freeze(stopped)
         if overrides:  # the control's empty overrides change nothing: no new config version
-            await self._scenarios.update(exp.scenario_id, tenant_id=tenant_id, config=overrides)
+            await self._scenarios.update(exp.scenario_id, tenant_id=tenant_id, config=overrides, key_id=key_id,
+                                         origin=SHIPPED, origin_ref=exp.id)
         return stopped
 
     async def delete(self, experiment_id: str, *, tenant_id: str) -> Experiment:

@@ -6,13 +6,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from domain.errors import BadInput, NotFound
+from domain.errors import BadInput, NotFound, Unavailable
 from domain.hotcache import HotCache, Invalidations, Revalidator
 from domain.ids import check_first, decode_cursor, encode_cursor, new_id, utcnow
+from domain.scenarios import history
 from domain.scenarios.config import build_config, merge_config, validate_config
 from domain.scenarios.templates import TEMPLATES
 from models.cache import Cache, CacheUnavailable
-from models.documents import Interaction, Item, Scenario
+from models.documents import Interaction, Item, Scenario, ScenarioConfigVersion
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,7 @@ class Page:
 
 SCENARIO_TTL_S = 2.0  # how long a scenario read for serving is reused; other processes' changes show after it
 SCENARIOS_KEPT = 10_000
+UPDATE_TRIES = 5  # re-reads of a scenario that another process changed between this update's read and write
 SCENARIO_STALE_S = 600.0  # how long past the TTL a scenario is still used while it is re-read in the background
 
 
@@ -57,8 +59,10 @@ class ScenarioService:
         """Await handler(tenant_id, scenario_id) after a scenario is deleted (what belongs to it goes with it)."""
         self._deleted.append(handler)
 
-    async def create(self, *, tenant_id: str, name: str, template: str, config: Mapping | None) -> Scenario:
-        """Create a scenario from a template with `config` merged over it."""
+    async def create(
+        self, *, tenant_id: str, name: str, template: str, config: Mapping | None, key_id: str | None = None
+    ) -> Scenario:
+        """Create a scenario from a template with `config` merged over it; its config is version 1."""
         name = _clean_name(name)
         if template not in TEMPLATES:
             raise BadInput(f"unknown template {template!r}", field="input.template")
@@ -72,29 +76,70 @@ class ScenarioService:
             created_at=now, updated_at=now,
         )
         await scenario.insert()
+        await history.record(scenario, previous=None, key_id=key_id, origin=history.CREATED)
         return scenario
 
     async def update(
-        self, scenario_id: str, *, tenant_id: str, name: str | None = None, config: Mapping | None = None
+        self, scenario_id: str, *, tenant_id: str, name: str | None = None, config: Mapping | None = None,
+        key_id: str | None = None, origin: str = history.UPDATED, origin_ref: str | None = None,
+        replace: bool = False,
     ) -> Scenario:
-        """Rename and/or merge a config change over the current config; bump the config version."""
-        scenario = await self.get_or_raise(scenario_id, tenant_id=tenant_id, field="id")
-        changes: dict[str, Any] = {"updated_at": utcnow()}
-        if name is not None and _clean_name(name) != scenario.name:
-            changes["name"] = _clean_name(name)
-            await self._check_name_free(changes["name"], tenant_id=tenant_id)
-        if config is not None:
-            if not isinstance(config, Mapping):
-                raise BadInput("config must be a JSON object", field="input.config")
-            changes["config"] = validate_config(merge_config(scenario.config, config))
-        update: dict[str, Any] = {"$set": changes}
-        if "config" in changes:
-            update["$inc"] = {"config_version": 1}
-        col = Scenario.get_pymongo_collection()
-        await col.update_one({"_id": scenario_id, "tenant_id": tenant_id}, update)
+        """Rename and/or merge a config change over the current config (`replace`: set it whole). A config that
+        differs from the current one becomes the next version, recorded in the history with who set it and how."""
+        if config is not None and not isinstance(config, Mapping):
+            raise BadInput("config must be a JSON object", field="input.config")
+        for _ in range(UPDATE_TRIES):
+            scenario = await self.get_or_raise(scenario_id, tenant_id=tenant_id, field="id")
+            changes: dict[str, Any] = {"updated_at": utcnow()}
+            if name is not None and _clean_name(name) != scenario.name:
+                changes["name"] = _clean_name(name)
+                await self._check_name_free(changes["name"], tenant_id=tenant_id)
+            if config is not None:
+                new = validate_config(config if replace else merge_config(scenario.config, config))
+                if new != scenario.config:
+                    changes["config"] = new
+            update: dict[str, Any] = {"$set": changes}
+            if "config" in changes:
+                update["$inc"] = {"config_version": 1}
+            # Conditional on the version read: a change made meanwhile elsewhere is merged over, not lost.
+            result = await Scenario.get_pymongo_collection().update_one(
+                {"_id": scenario_id, "tenant_id": tenant_id, "config_version": scenario.config_version}, update
+            )
+            if result.matched_count:
+                break
+        else:
+            raise Unavailable("the scenario kept changing under this update; try again")
         self._forget(scenario_id, tenant_id=tenant_id)
         await self._invalidations.publish("scenarios", tenant_id, [scenario_id])
-        return await self.get_or_raise(scenario_id, tenant_id=tenant_id, field="id")
+        updated = await self.get_or_raise(scenario_id, tenant_id=tenant_id, field="id")
+        if "config" in changes:
+            if updated.config_version != scenario.config_version + 1:  # changed again since: record ours as it was
+                updated = updated.model_copy(update={"config": changes["config"],
+                                                     "config_version": scenario.config_version + 1})
+            await history.record(updated, previous=scenario.config, key_id=key_id, origin=origin,
+                                 origin_ref=origin_ref)
+            return await self.get_or_raise(scenario_id, tenant_id=tenant_id, field="id")
+        return updated
+
+    async def roll_back(self, scenario_id: str, *, version: int, tenant_id: str, key_id: str | None) -> Scenario:
+        """Make an earlier version's config the current one again, as a new version (the history only grows)."""
+        scenario = await self.get_or_raise(scenario_id, tenant_id=tenant_id, field="id")
+        if not isinstance(version, int) or not 1 <= version <= scenario.config_version:
+            raise BadInput(f"version must be between 1 and {scenario.config_version}", field="version")
+        stored = await history.get(tenant_id, scenario_id, version)
+        if stored is None:
+            raise NotFound(f"version {version} of scenario {scenario_id} was not recorded", field="version")
+        try:
+            validate_config(stored.config)
+        except BadInput as exc:
+            raise BadInput(f"version {version}'s config is not valid any more: {exc}", field="version") from exc
+        return await self.update(scenario_id, tenant_id=tenant_id, config=stored.config, replace=True, key_id=key_id,
+                                 origin=history.ROLLED_BACK, origin_ref=str(version))
+
+    async def versions(self, scenario: Scenario, *, first: int | None) -> list[ScenarioConfigVersion]:
+        """Return the scenario's newest `first` config versions, newest first."""
+        limit = check_first(first, maximum=history.MAX_VERSIONS_PAGE)
+        return await history.versions(scenario, first=limit) if limit else []
 
     async def delete(self, scenario_id: str, *, tenant_id: str) -> bool:
         """Delete a scenario, its interactions, and items that belonged to it alone."""
@@ -107,6 +152,7 @@ class ScenarioService:
         await items.update_many({"tenant_id": tenant_id, "scenarios": scenario_id}, {"$pull": {"scenarios": scenario_id}})
         await items.delete_many({"tenant_id": tenant_id, "scenarios": {"$size": 0}})
         await Interaction.get_pymongo_collection().delete_many({"tenant_id": tenant_id, "scenario_id": scenario_id})
+        await history.forget(tenant_id, scenario_id)
         for handler in self._deleted:
             await handler(tenant_id, scenario_id)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 
 import strawberry
@@ -12,9 +13,39 @@ from graph.types.common import total_count, PageInfo, ScenarioTemplate
 from graph.types.experiment import ExperimentConnection, ExperimentStatus
 from graph.types.model import ModelVersion
 from models.documents import Scenario as ScenarioDoc
+from models.documents import ScenarioConfigVersion as ScenarioConfigVersionDoc
 from resolvers.experiments import list_experiments
 from resolvers.models import list_models
-from resolvers.scenarios import get_scenario, scenario_stats
+from resolvers.scenarios import get_scenario, scenario_config_versions, scenario_stats
+
+
+@strawberry.enum(description="How a config version came to be.")
+class ConfigOrigin(enum.Enum):
+    CREATED = "CREATED"
+    UPDATED = "UPDATED"
+    SHIPPED = strawberry.enum_value("SHIPPED", description="An experiment's variant shipped when it stopped.")
+    ROLLED_BACK = strawberry.enum_value("ROLLED_BACK", description="An earlier version made current again.")
+    RECORDED = strawberry.enum_value(
+        "RECORDED", description="Found in place: the config a scenario had before its history was kept.")
+
+
+@strawberry.type(description="One version of a scenario's config: the whole config as it was set, and how.")
+class ScenarioConfigVersion:
+    version: int
+    config: JSON
+    created_at: datetime
+    origin: ConfigOrigin
+    origin_ref: str | None = strawberry.field(
+        description="The experiment whose variant shipped (SHIPPED), or the version rolled back to (ROLLED_BACK).")
+    key_id: str | None = strawberry.field(description="The API key that made the change (null when RECORDED).")
+    changed: list[str] = strawberry.field(
+        description="The config paths that differ from the previous version, e.g. `recall[1].weight`.")
+
+    @classmethod
+    def from_domain(cls, doc: ScenarioConfigVersionDoc) -> ScenarioConfigVersion:
+        """Convert a stored version."""
+        return cls(version=doc.version, config=doc.config, created_at=doc.created_at, origin=ConfigOrigin(doc.origin),
+                   origin_ref=doc.origin_ref, key_id=doc.key_id, changed=list(doc.changed))
 
 
 @strawberry.type(name="ScenarioStats")
@@ -41,6 +72,11 @@ class Scenario:
     @strawberry.field(description="What the scenario holds now.")
     async def stats(self, info: strawberry.Info) -> ScenarioStatsType:
         return ScenarioStatsType.from_domain(await scenario_stats(info.context, id=self.id))
+
+    @strawberry.field(description="The scenario's config versions, newest first (admin keys only).")
+    async def config_versions(self, info: strawberry.Info, first: int | None = 20) -> list[ScenarioConfigVersion]:
+        docs = await scenario_config_versions(info.context, scenario_id=self.id, first=first)
+        return [ScenarioConfigVersion.from_domain(d) for d in docs]
 
     @strawberry.field(description="The scenario's experiments, newest first, optionally of one status.")
     async def experiments(
@@ -108,5 +144,5 @@ class CreateScenarioInput:
 class UpdateScenarioInput:
     name: str | None = None
     config: JSON | None = strawberry.field(
-        default=None, description="Merged over the current config; bumps configVersion."
+        default=None, description="Merged over the current config; a change becomes the next configVersion."
     )

@@ -346,7 +346,7 @@ def test_a_schema_0_backup_is_migrated_once_on_restore(tmp_path):
     target = tmp_path / "data"
     done = cli(env_for(target), "restore", str(FIXTURE))
     assert done.returncode == 0, done.stderr
-    assert "migrations 1 applied" in done.stderr
+    assert "migrations 1, 2 applied" in done.stderr
     serve = Serve(target)
     try:
         info = json.loads((target / "runtime.json").read_text())
@@ -356,6 +356,11 @@ def test_a_schema_0_backup_is_migrated_once_on_restore(tmp_path):
             assert version["status"] == "READY" and version["aliases"] == ["champion"]  # was the legacy "active"
             records = list(db["schema_migrations"].find({"number": 1}))
             assert len(records) == 1
+            # Migration 2: the scenario's config, older than the config history, is recorded as its version.
+            kept = db["scenarios"].find_one({"_id": fixture["scenario_id"]})
+            history = list(db["scenario_config_versions"].find({"scenario_id": fixture["scenario_id"]}))
+            assert [(v["version"], v["origin"], v["config"]) for v in history] == [
+                (kept.get("config_version", 1), "RECORDED", kept["config"])]
         assert serve.gql(SCENARIOS, None, fixture["admin"])["scenarios"]["edges"]
     finally:
         serve.stop()

@@ -318,6 +318,42 @@ async def test_promote_and_roll_back_from_the_models_page_change_the_serving_mod
         t.assert_clean()
 
 
+# --- config history --------------------------------------------------------------------------------------------
+
+CREATE_SCENARIO = "mutation($input: CreateScenarioInput!) { createScenario(input: $input) { id } }"
+UPDATE_SCENARIO = "mutation($id: ID!, $c: JSON!) { updateScenario(id: $id, input: {config: $c}) { configVersion } }"
+CONFIG = "query($id: ID!) { scenario(id: $id) { configVersion config } }"
+
+
+async def test_the_scenario_page_lists_config_versions_and_rolls_back_to_one(browser, served, gql, owner):
+    sid = (await gql.data(CREATE_SCENARIO, {"input": {"name": "dashboard-history", "template": "NEWS"}},
+                          key=owner.admin))["createScenario"]["id"]
+    first = (await gql.data(CONFIG, {"id": sid}, key=owner.admin))["scenario"]["config"]
+    await gql.data(UPDATE_SCENARIO, {"id": sid, "c": {"freshness": {"halfLifeHours": 2}}}, key=owner.admin)
+    async with tab(browser, served) as t:
+        await sign_in(t, owner.admin)
+        await t.open(f"/scenarios/{sid}")
+        versions = t.page.locator("#config-versions tbody tr")
+        await expect(versions).to_have_count(2)
+        newest = t.page.locator("#config-versions tr", has=t.page.locator("[data-version='2']"))
+        await expect(newest).to_contain_text("current")
+        await expect(newest.locator("[data-origin=UPDATED]")).to_be_visible()
+        await expect(newest).to_contain_text("freshness.halfLifeHours")
+        oldest = t.page.locator("#config-versions tr", has=t.page.locator("[data-version='1']"))
+        await expect(oldest.locator("[data-origin=CREATED]")).to_be_visible()
+        await confirm(oldest.get_by_role("button", name="Roll back"))
+        await expect(t.page.locator("#app .banner.info")).to_contain_text("Config v1 serves again, as v3")
+        await expect(versions).to_have_count(3)
+        rolled = t.page.locator("#config-versions tr", has=t.page.locator("[data-version='3']"))
+        await expect(rolled).to_contain_text("rolled back to v1")
+        await expect(rolled).to_contain_text("current")
+        now = (await gql.data(CONFIG, {"id": sid}, key=owner.admin))["scenario"]
+        assert now["configVersion"] == 3 and now["config"] == first
+        assert json.loads(await t.page.locator("#scenario-config").inner_text()) == first
+        await t.shot("scenario-config-history")
+        t.assert_clean()
+
+
 # --- keys ------------------------------------------------------------------------------------------------------
 
 

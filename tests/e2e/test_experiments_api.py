@@ -28,7 +28,8 @@ GET = f"query($id: ID!) {{ experiment(id: $id) {{ {FIELDS} }} }}"
 PAGE = """query($s: ID, $status: ExperimentStatus, $first: Int, $after: String) {
   experiments(scenarioId: $s, status: $status, first: $first, after: $after) {
     edges { cursor node { id name status } } pageInfo { hasNextPage endCursor } totalCount } }"""
-SCENARIO = """query($id: ID!) { scenario(id: $id) { configVersion config } }"""
+SCENARIO = """query($id: ID!) { scenario(id: $id) { configVersion config
+  configVersions(first: 1) { version origin originRef changed } } }"""
 ASSIGN = "query($x: ID!, $u: ID!) { experimentAssignment(experimentId: $x, userId: $u) }"
 PLAN = """query($m: ExperimentMetric!, $b: Float!, $sd: Float, $mde: Float!, $v: Int, $s: ID) {
   experimentPlan(metric: $m, baseline: $b, baselineStdDev: $sd, minimumDetectableEffect: $mde, variants: $v,
@@ -140,6 +141,9 @@ async def test_lifecycle_and_shipping_a_variant(gql, keys, scenario):
     after = await call(gql, keys.admin, SCENARIO, "scenario", id=scenario)
     assert after["configVersion"] == before["configVersion"] + 1
     assert after["config"]["freshness"] == FRESH["freshness"] != before["config"]["freshness"]
+    shipped = after["configVersions"][0]  # the history says where the new config came from
+    assert (shipped["version"], shipped["origin"], shipped["originRef"]) == (after["configVersion"], "SHIPPED", exp["id"])
+    assert shipped["changed"] and all(p.startswith("freshness") for p in shipped["changed"])
     for mutation in (START, PAUSE, STOP):
         refused(await gql(mutation, {"id": exp["id"]}, key=keys.admin), "BAD_USER_INPUT", "id")
 

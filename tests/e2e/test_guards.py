@@ -110,10 +110,11 @@ def test_every_list_field_with_first_is_covered():
         if isinstance(gtype, GraphQLObjectType) and not type_name.startswith("__")
         for field_name, field in gtype.fields.items() if "first" in field.args
     )
-    # Query.catalogueStats bounds its own `first` (1-100, tests/e2e/test_analytics.py).
+    # Query.catalogueStats and Scenario.configVersions bound their own `first` (to 100: tests/e2e/test_analytics.py,
+    # tests/e2e/test_scenario_history.py).
     assert paged == ["Item.similar", "Query.auditLog", "Query.catalogueStats", "Query.deadLetters", "Query.experiments", "Query.items",
                      "Query.jobs", "Query.recommendations", "Query.scenarios", "Query.similarItems",
-                     "Scenario.experiments", "Scenario.models", "User.recommendations"]
+                     "Scenario.configVersions", "Scenario.experiments", "Scenario.models", "User.recommendations"]
 
 
 async def test_too_many_tokens_are_refused(gql, keys):

@@ -69,7 +69,10 @@ async def test_item11_a_paused_redis_costs_one_timeout_then_answers_come_fast_an
               f"first {first * 1000:.0f} ms, next max {max(later) * 1000:.1f} ms, recordInteractions "
               f"{record_s * 1000:.1f} ms")
         assert items  # answered from popular items
-        assert first < 2 * timeout_s
+        # About one timeout: the request's Redis reads go out together and the first to time out opens the breaker
+        # for the rest. The bound leaves a loaded CI machine a second of slack; a retrying or serial path would pay
+        # several timeouts and still fail it.
+        assert first < 3 * timeout_s
         assert max(later) < FAST_S, later
         assert accepted == 1 and record_s < FAST_S
         assert ready["status"] == "degraded" and ready["breakers"]["redis"] in ("open", "half-open"), ready

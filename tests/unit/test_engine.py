@@ -31,6 +31,11 @@ def scenario(recall: list[dict] = PERSONAL, **sections: object) -> dict:
                                    **sections})
 
 
+# A generous time budget for tests about a store's failure, not the clock: on a loaded machine the in-memory sources
+# can outlast the default 50 ms before the store's error is even read.
+PATIENT = scenario(limits={"recallTimeoutMs": 5000, "maxCandidates": 1000})
+
+
 @pytest.fixture(scope="module")
 def model() -> ScenarioModel:
     extra = [(f"fan{n}", "a0", "WATCH", 100.0, T0 + n) for n in range(5)]
@@ -108,7 +113,7 @@ async def test_an_untrained_scenario_answers_from_the_catalogue():
 
 
 async def test_a_failing_store_drops_its_sources_and_the_answer_still_comes(model):
-    engine = Engine(scenario(), model, vectors=FailingStore(), content_space="content")
+    engine = Engine(PATIENT, model, vectors=FailingStore(), content_space="content")
     result = await engine.recommend(ask(model, history=["k0"], debug=True))
     assert len(result.items) == 5
     assert result.debug["dropped"]["vector"] == "store unavailable"
@@ -123,7 +128,7 @@ class LeakyStore:
 
 async def test_debug_never_carries_exception_text(model):
     for store, reason in ((LeakyStore(), "error"), (FailingStore(), "store unavailable")):
-        engine = Engine(scenario(), model, vectors=store, content_space="content")
+        engine = Engine(PATIENT, model, vectors=store, content_space="content")
         result = await engine.recommend(ask(model, history=["k0"], debug=True))
         assert result.debug["dropped"] == {"vector": reason}
         assert "hunter2" not in str(result.debug) and "down" not in str(result.debug)

@@ -1,15 +1,17 @@
 // One scenario: live metrics from the `metrics` subscription (a snapshot at once, then on each change), its
-// recall sources and variants, trends and catalogue/audience statistics (stats.js), and its config with the
-// config versions its models were trained on.
+// recall sources and variants, trends and catalogue/audience statistics (stats.js), and its config history: each
+// version, how it came and what it changed, the models trained on it, and a roll back to it.
 
 import { subscribe, gql } from "../api.js";
-import { badge, banner, h, num, panel, replace, table, tile } from "../dom.js";
+import { badge, banner, confirmButton, h, num, panel, replace, table, tile } from "../dom.js";
 import { timeChart } from "../charts.js";
 import * as fmt from "../format.js";
 import { renderStats } from "./stats.js";
 
 const SCENARIO = `query($id: ID!) { scenario(id: $id) { id name template config configVersion createdAt updatedAt
-  models(first: 50) { id kind version status aliases trainedAt config } } }`;
+  models(first: 50) { id kind version status aliases trainedAt config }
+  configVersions(first: 50) { version config createdAt origin originRef keyId changed } } }`;
+const ROLL_BACK = "mutation($id: ID!, $v: Int!) { rollBackScenarioConfig(id: $id, version: $v) { id configVersion } }";
 const COUNTS = "query($id: ID!) { scenario(id: $id) { stats { items interactions } } }";
 const LIVE = `subscription($s: ID!, $w: MetricsWindow) { metrics(scenarioId: $s, window: $w) {
   windowStart windowEnd impressions clicks ctr interactions attributed interactionRate conversions conversionRate
@@ -158,7 +160,22 @@ function live(scenarioId, body) {
   };
 }
 
-function configPanel(scenario) {
+function origin(v) {
+  if (v.origin === "SHIPPED") return ["shipped from ", h("a", { href: `#/experiments/${encodeURIComponent(v.originRef)}` }, v.originRef)];
+  if (v.origin === "ROLLED_BACK") return [`rolled back to v${v.originRef}`];
+  return [v.origin.toLowerCase().replace("_", " ")];
+}
+
+function changedList(paths) {
+  if (!paths.length) return h("span", { class: "muted" }, "—");
+  const shown = paths.slice(0, 4).map((p) => h("code", null, p));
+  const rest = paths.length > 4 ? [h("span", { class: "muted" }, ` +${paths.length - 4} more`)] : [];
+  return h("span", { class: "changed" }, ...shown.flatMap((c, i) => (i ? [", ", c] : [c])), ...rest);
+}
+
+/** The config panel: the current config, then each version with how it came, what changed, the models trained on
+ * it, its config on demand, and a roll-back button; `reload` re-reads the scenario after a roll back. */
+function configPanel(scenario, reload, message) {
   const byVersion = new Map();
   for (const model of scenario.models) {
     const version = model.config && typeof model.config.configVersion === "number" ? model.config.configVersion : null;
@@ -166,16 +183,28 @@ function configPanel(scenario) {
     if (!byVersion.has(version)) byVersion.set(version, []);
     byVersion.get(version).push(model);
   }
-  const versions = [...byVersion.keys()];
-  if (!byVersion.has(scenario.configVersion)) versions.push(scenario.configVersion);
-  versions.sort((a, b) => b - a);
-  const rows = versions.map((version) => [
-    num(`v${version}`),
-    version === scenario.configVersion ? badge("current") : "",
-    (byVersion.get(version) || []).map((m) =>
+  const rollBack = (v) => async () => {
+    try {
+      const { rollBackScenarioConfig: done } = await gql(ROLL_BACK, { id: scenario.id, v: v.version });
+      replace(message, banner("info", `Config v${v.version} serves again, as v${done.configVersion}.`));
+    } catch (err) {
+      replace(message, banner("error", `Roll back refused: ${err.message}`));
+    }
+    await reload();
+  };
+  const rows = scenario.configVersions.map((v) => [
+    num(`v${v.version}`, { version: String(v.version) }),
+    v.version === scenario.configVersion ? badge("current") : "",
+    fmt.when(v.createdAt),
+    h("span", { dataset: { origin: v.origin } }, ...origin(v)),
+    changedList(v.changed),
+    (byVersion.get(v.version) || []).map((m) =>
       h("span", { class: "row" }, `${m.kind} v${m.version} `, ...m.aliases.map((a) => badge(a))),
     ),
-    fmt.when((byVersion.get(version) || [])[0]?.trainedAt),
+    h("details", null, h("summary", null, "config"), h("pre", null, fmt.json(v.config))),
+    v.version === scenario.configVersion || JSON.stringify(v.config) === JSON.stringify(scenario.config)
+      ? ""
+      : confirmButton("Roll back", `Confirm: serve v${v.version}'s config`, rollBack(v)),
   ]);
   return [
     h(
@@ -186,11 +215,19 @@ function configPanel(scenario) {
       h(
         "span",
         { class: "muted" },
-        ` (updated ${fmt.when(scenario.updatedAt)}); updateScenario and a shipped experiment bump it.`,
+        ` (updated ${fmt.when(scenario.updatedAt)}); updateScenario, a shipped experiment and a roll back make a new one.`,
       ),
     ),
-    h("h3", null, "Config versions and the models trained on them"),
-    table([["Config", "num"], "", "Model versions", "Newest trained"], rows),
+    h("h3", null, "Versions"),
+    h(
+      "div",
+      { id: "config-versions" },
+      table(
+        [["Version", "num"], "", "Set", "How", "Changed", "Models trained on it", "", ""],
+        rows,
+        { empty: "No versions recorded." },
+      ),
+    ),
     h("h3", null, "Current config"),
     h("pre", { id: "scenario-config" }, fmt.json(scenario.config)),
   ];
@@ -205,6 +242,12 @@ export async function render(root, [scenarioId]) {
   }
   const liveBody = h("div");
   const statsRoot = h("div");
+  const configMessage = h("div");
+  const configBody = h("div", null, ...configPanel(scenario, reloadConfig, configMessage));
+  async function reloadConfig() {
+    const { scenario: fresh } = await gql(SCENARIO, { id: scenarioId });
+    if (fresh) replace(configBody, ...configPanel(fresh, reloadConfig, configMessage));
+  }
   const counts = h("span", { id: "scenario-counts" }, "counting items and interactions…");
   replace(
     root,
@@ -223,7 +266,7 @@ export async function render(root, [scenarioId]) {
     ),
     panel("Live metrics", liveBody),
     statsRoot,
-    panel("Config", ...configPanel(scenario)),
+    panel("Config", configMessage, configBody),
   );
   const stopLive = live(scenario.id, liveBody);
   const stats = renderStats(statsRoot, scenario.id);
