@@ -17,12 +17,10 @@ import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from domain.datasets.movielens import read_movielens
 from domain.errors import BadInput, DomainError, NotFound
 from domain.ratelimit import Limit, read_overrides
 from domain.tenancy import Scope
 from graph import demo as demo_setup
-from graph.app import create_app
 from graph.backup import lower_priority, run_restore, summary, write_backup
 from graph.evaluate import register as register_evaluate
 from graph.export import Kind as ExportKind, parse_time, write_export
@@ -96,6 +94,14 @@ async def _with_runtime(settings: Settings, work: Callable[[Runtime], Awaitable[
         await runtime.close()
 
 
+def _app(settings: Settings, runtime: Runtime) -> Any:
+    """Return the ASGI app. Imported here: the GraphQL schema and the web framework take a second or two to import,
+    which the CLI's other commands (keys, tenants, backup, export) do without."""
+    from graph.app import create_app
+
+    return create_app(settings, runtime=runtime)
+
+
 class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: object) -> None:
         # uvicorn re-raises a caught SIGTERM/SIGINT after shutting down, which would end the process before the
@@ -117,7 +123,7 @@ async def serve_runtime(settings: Settings, runtime: Runtime) -> None:
     try:
         sock = listening_socket(host, port, first=True)  # refused at once, with one clear line, if the port is taken
         try:
-            config = uvicorn.Config(create_app(settings, runtime=runtime), log_config=None, lifespan="on")
+            config = uvicorn.Config(_app(settings, runtime), log_config=None, lifespan="on")
             async with serving_children(settings, runtime, sock.getsockname()[1], children, on_exit=process_exited):
                 await _Server(config).serve(sockets=[sock])
         finally:
@@ -135,7 +141,7 @@ def serve_child() -> None:
         # A vector store with a URL is shared; the embedded one stays with the parent (embeddings searched here).
         runtime = await open_runtime(settings, with_vectors=settings.qdrant.url is not None, serving=True)
         try:
-            config = uvicorn.Config(create_app(settings, runtime=runtime), log_config=None, lifespan="on")
+            config = uvicorn.Config(_app(settings, runtime), log_config=None, lifespan="on")
             sock = listening_socket(settings.server.host, settings.server.port)
             try:
                 await _Server(config).serve(sockets=[sock])
@@ -397,6 +403,8 @@ def demo_up(
 
 async def _demo_trained(runtime: Runtime, demo: demo_setup.Demo, path: Path) -> bool:
     """Return whether the demo's active model saw all of the demo data (loading is idempotent and append-only)."""
+    from domain.datasets.movielens import read_movielens
+
     dataset = read_movielens(path)
     active = await runtime.services.training.active_version(demo.scenario_id, tenant_id=demo.tenant_id)
     seen = active.metrics if active is not None else {}
@@ -426,11 +434,11 @@ async def _train_with_progress(runtime: Runtime, tenant_id: str, scenario_id: st
 
 @app.command()
 def worker() -> None:
-    """Run the job worker and the event consumer as their own deployment (with MONGODB_URL, REDIS_URL and QDRANT_URL
-    set)."""
+    """Run the job worker and the event consumer as their own deployment (with MONGODB_URL and REDIS_URL set; without
+    QDRANT_URL the models' embeddings are searched in memory by every process)."""
     settings = _settings()
     if missing := missing_urls(settings):
-        # Embedded vector shards open in one process only, so in embedded mode `serve` runs the jobs itself.
+        # The embedded servers and vector shards belong to `serve`, so in embedded mode it runs the jobs itself.
         console.print(f"[red]recograph: a separate worker needs {', '.join(missing)}; in embedded mode `serve` runs "
                       "the jobs[/red]")
         raise typer.Exit(1)

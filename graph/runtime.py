@@ -26,7 +26,7 @@ from models.cache import RedisCache
 from models.embedded import EmbeddedServers
 from models.mongo import connect_mongo, mongo_alive, sorts_every_match
 from models.settings import Settings
-from models.vectors import VectorStore, open_vector_store
+from models.vectors import VectorStore, open_vector_store, searches_in_memory
 from workers.settings import job_policy
 
 log = structlog.get_logger()
@@ -87,9 +87,11 @@ async def open_runtime(settings: Settings, *, with_vectors: bool = True, serving
 
     `serving` (default: with_vectors) keeps models in memory for answering; a serving child of `serve` serves
     without the vector store when that is embedded (the shards open in one process only) and searches the models'
-    embeddings in memory instead, which ranks the same.
+    embeddings in memory instead, which ranks the same. So does every process when MongoDB and Redis are shared
+    servers and no Qdrant server is named (models.vectors.searches_in_memory): then no host opens a shard of its own.
     """
     serving = with_vectors if serving is None else serving
+    with_vectors = with_vectors and not _searches_in_memory(settings)
     data_dir = None if settings.server.in_memory else settings.server.data_dir
     servers = EmbeddedServers(data_dir=data_dir, mongo_url=settings.mongo.url, redis_url=settings.redis.url,
                               redis_maxmemory_mb=settings.redis.maxmemory_mb)
@@ -136,6 +138,15 @@ async def open_runtime(settings: Settings, *, with_vectors: bool = True, serving
         settings=settings, servers=servers, mongo=mongo, cache=cache, vectors=vectors, services=services, arq=arq,
         registry=registry, models_dir=models_dir, scratch_models=scratch, heap=heap,
     )
+
+
+def _searches_in_memory(settings: Settings) -> bool:
+    """Return whether this process opens no vector store though asked to (shared servers, no Qdrant), saying so."""
+    if not searches_in_memory(settings):
+        return False
+    log.info("vectors.in_memory", reason="MONGODB_URL and REDIS_URL without QDRANT_URL: no vector "
+             "store; the models' embeddings are searched in memory")
+    return True
 
 
 def _models_dir(settings: Settings) -> tuple[Path, bool]:

@@ -188,6 +188,13 @@ class JobsSettings(BaseSettings):
     cleanup_time_limit_s: float = Field(900.0, description="A CLEANUP attempt running longer is FAILED.")
     max_tries: int = Field(3, description="Attempts of a job whose stores were briefly unreachable (or whose worker "
                            "died).")
+    timeout_margin_s: float = Field(600.0, ge=0, description="arq stops a job this long after its time limit (a "
+                                    "backstop: the job stops itself at the limit and records why). A job whose worker "
+                                    "died runs again on another once the longest arq timeout (a limit plus this; "
+                                    "300 s for a schedule's tick when `cron` is on) and 10 s have passed since it "
+                                    "started.")
+    item_vectors_timeout_s: float = Field(300.0, gt=0, description="arq stops an `items.vectors` run (the written "
+                                          "items' two-tower vectors) running longer.")
     keep_finished_days: float = Field(30.0, description="Cleanup deletes finished job records older than this.")
     keep_retired_models: int = Field(2, description="Retired model versions whose artifacts cleanup keeps.")
     active_hours: float = Field(24.0, description="CANDIDATES warms users with interactions this recent (measured "

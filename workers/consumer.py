@@ -200,6 +200,7 @@ def run_beside(worker: Worker, settings: Settings) -> None:
 
 async def _main(worker: Worker, settings: Settings) -> None:
     ctx = await open_context(settings)
+    worker.ctx.update(ctx)  # the jobs run on the clients the consumer uses (the worker opens none of its own)
     try:
         async with consumer_running(ctx["services"], **consumer_options(settings)):
             worker.main_task = asyncio.ensure_future(worker.main())  # what arq's signal handler cancels

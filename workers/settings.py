@@ -4,9 +4,11 @@ services in.
 Two ways to run one code path:
 - embedded mode: `serve` runs the worker inside the API process and event loop (`in_process_worker`), over the
   API's own services, because the embedded vector shards open in one process only;
-- production (MONGODB_URL, REDIS_URL and QDRANT_URL set): `recograph worker` runs it as its own deployment
-  (`WorkerSettings` with the configured Redis and limits), opening its own clients at startup (`open_context`),
-  including a model registry so that candidate precompute can compute answers there.
+- production (MONGODB_URL and REDIS_URL set): `recograph worker` runs it as its own deployment (`WorkerSettings`
+  with the configured Redis and limits), opening its own clients at startup (`open_context`), including a model
+  registry so that candidate precompute can compute answers there. With QDRANT_URL it writes the models' vectors to
+  that server; without it no process opens a vector store and each searches the embeddings in memory
+  (models.vectors.searches_in_memory).
 Jobs read `ctx["services"]` (domain.services.Services), `ctx["max_tries"]` and `ctx["tries"]` (by function).
 """
 
@@ -31,18 +33,16 @@ from domain.services import Services
 from models.cache import RedisCache
 from models.mongo import connect_mongo
 from models.settings import JobsSettings, Settings, TrainingSettings
-from models.vectors import open_vector_store
+from models.vectors import VectorStore, open_vector_store, searches_in_memory
 from workers.cron import cron_jobs
 from workers.jobs import JOBS, sync_item_vectors
 from workers.metrics import ConsumerCollector, JobMetrics
 
 log = structlog.get_logger()
 
-# arq's own timeout is a backstop: the domain stops an attempt at the job's time limit; this also covers recording
-# the outcome. A job whose worker died is picked up again once arq's in-progress key expires (the largest timeout
-# plus 10 s), as its next try.
-TIMEOUT_MARGIN_S = 600
-ITEM_VECTORS_TIMEOUT_S = 300  # items.vectors: up to 5,000 items' vectors for a few spaces
+# arq's own timeout (a job's time limit plus JobsSettings.timeout_margin_s) is a backstop: the domain stops an attempt
+# at the job's time limit, and the margin covers recording the outcome. A job whose worker died is picked up again
+# once arq's in-progress key expires (the largest timeout plus 10 s), as its next try.
 MAX_JOBS = 4  # trainings queue for the one training process; other jobs may run beside them
 
 
@@ -62,12 +62,12 @@ def tries(training: TrainingSettings, jobs: JobsSettings) -> dict[str, int]:
 
 
 def job_functions(training: TrainingSettings, jobs: JobsSettings | None = None) -> list[Function]:
-    """Return the registered jobs with the configured time limits and tries."""
+    """Return the registered jobs with the configured time limits, arq timeouts and tries."""
     jobs = jobs or JobsSettings.model_construct()
     limits, counts = time_limits_s(training, jobs), tries(training, jobs)
-    return [*(func(JOBS[kind], name=JOB_FUNCTIONS[kind], timeout=limits[kind] + TIMEOUT_MARGIN_S,
+    return [*(func(JOBS[kind], name=JOB_FUNCTIONS[kind], timeout=limits[kind] + jobs.timeout_margin_s,
                    max_tries=counts[JOB_FUNCTIONS[kind]]) for kind in JobKind),
-            func(sync_item_vectors, name=SYNC_FUNCTION, timeout=ITEM_VECTORS_TIMEOUT_S,
+            func(sync_item_vectors, name=SYNC_FUNCTION, timeout=jobs.item_vectors_timeout_s,
                  max_tries=counts[SYNC_FUNCTION])]
 
 
@@ -104,15 +104,16 @@ def in_process_worker(services: Services, *, redis_url: str, settings: Settings)
 
 
 def missing_urls(settings: Settings) -> list[str]:
-    """Return the server URLs a separate worker needs but the settings lack."""
-    urls = (("MONGODB_URL", settings.mongo.url), ("REDIS_URL", settings.redis.url), ("QDRANT_URL", settings.qdrant.url))
+    """Return the server URLs a separate worker needs but the settings lack (QDRANT_URL is optional: without it
+    the embeddings are searched in memory)."""
+    urls = (("MONGODB_URL", settings.mongo.url), ("REDIS_URL", settings.redis.url))
     return [name for name, url in urls if not url]
 
 
 async def open_context(settings: Settings) -> dict[str, Any]:
     """Open the clients a separate worker needs and build its services (with a model registry of its own)."""
     if missing := missing_urls(settings):
-        # Embedded vector shards open in one process only: in embedded mode `serve` runs the worker itself.
+        # The embedded servers and vector shards belong to `serve`: in embedded mode it runs the worker itself.
         raise RuntimeError(f"a separate worker needs {', '.join(missing)}; in embedded mode `serve` runs the jobs")
     mongo, db = await connect_mongo(
         settings.mongo.url or "", settings.mongo.database, timeout_ms=settings.mongo.timeout_ms
@@ -121,8 +122,7 @@ async def open_context(settings: Settings) -> dict[str, Any]:
     cache = RedisCache.from_url(settings.redis.url or "", timeout_s=settings.redis.timeout_s,
                                 failures=settings.breaker.failures, cooldown_s=settings.breaker.cooldown_s,
                                 user_ttl_s=settings.redis.user_state_ttl_s)
-    vectors = open_vector_store(url=settings.qdrant.url, api_key=settings.qdrant.api_key, data_dir=None,
-                                breaker=settings.breaker)
+    vectors = _vector_store(settings)
     training = settings.training
     models_dir = training.models_dir or settings.server.data_dir / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,18 @@ async def open_context(settings: Settings) -> dict[str, Any]:
     services = Services.build(cache=cache, vectors=vectors, engines=registry, learning=learning,
                               jobs_policy=job_policy(settings), attribution_s=settings.realtime.attribution_window_s)
     _export_metrics(services, settings.jobs)
-    return {**worker_ctx(services, settings), "registry": registry, "clients": (vectors, cache, mongo)}
+    clients = (vectors, cache, mongo) if vectors is not None else (cache, mongo)
+    return {**worker_ctx(services, settings), "registry": registry, "clients": clients}
+
+
+def _vector_store(settings: Settings) -> VectorStore | None:
+    """Return the Qdrant server's store, or None when the embeddings are searched in memory (no QDRANT_URL)."""
+    if searches_in_memory(settings):
+        log.info("vectors.in_memory", process="worker", reason="MONGODB_URL and REDIS_URL without QDRANT_URL: "
+                 "no vector store; the models' embeddings are searched in memory")
+        return None
+    return open_vector_store(url=settings.qdrant.url, api_key=settings.qdrant.api_key, data_dir=None,
+                             breaker=settings.breaker)
 
 
 def _export_metrics(services: Services, jobs: JobsSettings) -> None:
@@ -182,14 +193,14 @@ class WorkerSettings:
 
 
 def standalone_worker(settings: Settings) -> Worker:
-    """Return the separate worker (`recograph worker`): WorkerSettings with REDIS_URL and the configured limits."""
+    """Return the separate worker (`recograph worker`): WorkerSettings with REDIS_URL and the configured limits.
 
-    async def open_clients(ctx: dict[str, Any]) -> None:
-        ctx.update(await open_context(settings))
-
+    Its clients are not its own: the caller opens them once (`open_context`) into `worker.ctx`, for the jobs and the
+    event consumer beside them alike, and closes them after (workers.consumer.run_beside).
+    """
     options = {
         **get_kwargs(WorkerSettings), "functions": job_functions(settings.training, settings.jobs),
-        "cron_jobs": cron_jobs() if settings.jobs.cron else None, "on_startup": open_clients,
+        "cron_jobs": cron_jobs() if settings.jobs.cron else None, "on_startup": None, "on_shutdown": None,
         "redis_settings": RedisSettings.from_dsn(settings.redis.url or "redis://localhost:6379"),
     }
     return Worker(**options)

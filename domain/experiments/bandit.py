@@ -11,13 +11,16 @@ Monte Carlo estimate over joint posterior draws with a fixed seed, so the same s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import stats
 
 from domain.experiments.metrics import MetricSpec
 from domain.experiments.moments import Moments
 from domain.experiments.stats import is_rate, linearise, metric_value
+
+if TYPE_CHECKING:
+    from scipy import stats
 
 Posterior = tuple[float | None, float | None, float | None, float | None]  # mean, lower, upper, probability best
 _LEVEL = 0.95
@@ -32,6 +35,7 @@ def _trials(spec: MetricSpec, m: Moments) -> tuple[float, float]:
 
 def _beta(spec: MetricSpec, arms: Sequence[Moments]) -> list[stats.rv_continuous | None]:
     """Return each arm's Beta(1 + successes, 1 + failures) posterior."""
+    from scipy import stats  # 0.5-1 s to import: loaded when first used
     out = []
     for m in arms:
         s, t = _trials(spec, m)
@@ -54,6 +58,7 @@ def _pooled(arms: Sequence[Moments]) -> Moments:
 def _normal(spec: MetricSpec, arms: Sequence[Moments]) -> list[stats.rv_continuous | None]:
     """Return each arm's normal posterior: N(estimate, var/n), or, below 2 users or without variance, a weak prior
     (the pooled mean and per-user variance, worth one user) updated with the arm's users."""
+    from scipy import stats  # 0.5-1 s to import: loaded when first used
     pooled = linearise(spec, _pooled(arms), pre=False)
     out = []
     for m in arms:

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from domain.experiments.metrics import MetricSpec
 from domain.experiments.moments import Effect, Moments
@@ -195,6 +194,7 @@ class _Test:
 
 def _normal(d: Difference, alpha: float, method: str) -> _Test:
     """Return the z test and interval of an asymptotically normal difference."""
+    from scipy import stats  # 0.5-1 s to import: loaded when first used
     se = np.sqrt(d.variance)
     z = stats.norm.ppf(1 - alpha / 2)
     p = 2 * stats.norm.sf(abs(d.estimate) / se)
@@ -210,6 +210,7 @@ def _welch_df(t: Linearised, c: Linearised) -> float:
 def _welch(d: Difference, t: Linearised, c: Linearised, alpha: float) -> _Test:
     """Return Welch's t test (Welch 1947) from summary statistics (scipy `ttest_ind_from_stats`), with the t
     interval on the Welch-Satterthwaite degrees of freedom."""
+    from scipy import stats  # 0.5-1 s to import: loaded when first used
     v_t, v_c = t.cov[0, 0], c.cov[0, 0]
     res = stats.ttest_ind_from_stats(t.f, np.sqrt(v_t * t.n), t.n, c.f, np.sqrt(v_c * c.n), c.n, equal_var=False)
     df = _welch_df(t, c)
@@ -220,6 +221,7 @@ def _welch(d: Difference, t: Linearised, c: Linearised, alpha: float) -> _Test:
 
 def _proportions(t: Moments, c: Moments, num: str, alpha: float) -> _Test:
     """Return the score test (Miettinen-Nurminen) and Newcombe's hybrid score interval (Newcombe 1998, method 10)."""
+    from scipy import stats  # 0.5-1 s to import: loaded when first used
     # statsmodels takes 1-2 s to import: loaded when first used, so serving processes and the CLI start without it
     from statsmodels.stats.proportion import confint_proportions_2indep, test_proportions_2indep
     args = (t.sum(num), t.n, c.sum(num), c.n)
@@ -326,6 +328,7 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
 
 def _one_sided(d: Difference, shift: float, higher: bool, df: float | None) -> float:
     """Return the one-sided p-value of H0: d <= shift (higher is better) or H0: d >= shift, by t (df) or z."""
+    from scipy import stats  # 0.5-1 s to import: loaded when first used
     stat = (d.estimate - shift) / np.sqrt(d.variance)
     dist = stats.t(df) if df is not None else stats.norm
     return float(dist.sf(stat) if higher else dist.cdf(stat))

@@ -6,7 +6,7 @@ The server store (models.vectors.server) is imported by name where used: qdrant-
 from __future__ import annotations
 
 from models.vectors.edge import EdgeVectorStore
-from models.vectors.factory import open_vector_store
+from models.vectors.factory import open_vector_store, searches_in_memory
 from models.vectors.fake import InMemoryVectorStore
 from models.vectors.guarded import GuardedVectorStore, VectorStoreUnavailable
 from models.vectors.protocol import (
@@ -32,4 +32,5 @@ __all__ = [
     "VectorStoreError",
     "VectorStoreUnavailable",
     "open_vector_store",
+    "searches_in_memory",
 ]

@@ -1,14 +1,26 @@
-"""Pick the vector store for the topology: a Qdrant server when a URL is set, embedded shards otherwise."""
+"""Pick the vector store for the topology: a Qdrant server when a URL is set; none when MongoDB and Redis are shared
+servers without one (each process searches the models' embeddings in memory); embedded shards otherwise."""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
 
-from models.settings import BreakerSettings
+from models.settings import BreakerSettings, Settings
 from models.vectors.edge import EdgeVectorStore
 from models.vectors.guarded import guard
 from models.vectors.protocol import VectorStore
+
+
+def searches_in_memory(settings: Settings) -> bool:
+    """Return whether processes open no vector store and search the models' item embeddings in memory.
+
+    So it is when MONGODB_URL and REDIS_URL name shared servers and QDRANT_URL names none: several hosts may then
+    serve and run jobs over the same data, and an embedded shard cannot be shared between them (it opens in one
+    process only), so each host opening its own would silently diverge from the others. The embeddings come from the
+    model artifacts in the models directory all of them share, and rank the same.
+    """
+    return bool(settings.mongo.url and settings.redis.url and not settings.qdrant.url)
 
 
 def open_vector_store(

@@ -28,7 +28,7 @@ from tests.unit.test_jobs import RecordingQueue
 from workers import jobs as worker_jobs
 from workers.cron import SCHEDULES, cron_jobs, fan_out
 from workers.metrics import JobMetrics
-from workers.settings import ITEM_VECTORS_TIMEOUT_S, TIMEOUT_MARGIN_S, in_process_worker, job_functions
+from workers.settings import in_process_worker, job_functions
 
 
 @pytest.fixture
@@ -476,12 +476,12 @@ async def _ignore(fraction: float, stage: str) -> None:
 def test_every_kind_is_registered_with_its_limit_and_tries():
     training = TrainingSettings(train_time_limit_s=100, job_max_tries=5)
     jobs = JobsSettings(similarity_time_limit_s=11, profiles_time_limit_s=22, candidates_time_limit_s=33,
-                        cleanup_time_limit_s=44, max_tries=2)
+                        cleanup_time_limit_s=44, max_tries=2, timeout_margin_s=7, item_vectors_timeout_s=55)
     functions = {f.name: f for f in job_functions(training, jobs)}
     expected = {"scenarios.train": 100, "scenarios.similarity": 11, "profiles.rebuild": 22,
                 "candidates.precompute": 33, "maintenance.cleanup": 44}
-    assert {name: f.timeout_s - TIMEOUT_MARGIN_S for name, f in functions.items() if name != SYNC_FUNCTION} == expected
-    assert functions[SYNC_FUNCTION].timeout_s == ITEM_VECTORS_TIMEOUT_S  # the item-vector job: not a recorded kind
+    assert {name: f.timeout_s - 7 for name, f in functions.items() if name != SYNC_FUNCTION} == expected
+    assert functions[SYNC_FUNCTION].timeout_s == 55  # the item-vector job: not a recorded kind
     assert functions["scenarios.train"].max_tries == 5
     assert {f.max_tries for name, f in functions.items() if name != "scenarios.train"} == {2}
 

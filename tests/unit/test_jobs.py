@@ -18,9 +18,10 @@ from domain.jobs import JobService, JobStatus
 from domain.learning.service import Retryable
 from graph.cli import app as cli
 from models.documents import Job
-from models.settings import Settings, TrainingSettings
+from models.settings import JobsSettings, Settings, TrainingSettings
+from models.vectors import searches_in_memory
 from workers.jobs import backoff_s, train_scenario
-from workers.settings import TIMEOUT_MARGIN_S, WorkerSettings, missing_urls, standalone_worker
+from workers.settings import WorkerSettings, missing_urls, standalone_worker
 
 
 class RecordingQueue:
@@ -217,17 +218,50 @@ def test_worker_settings_register_the_train_job_with_the_configured_limits():  #
     })
     worker = standalone_worker(settings)  # builds only: it connects when it runs
     job = worker.functions["scenarios.train"]
-    assert job.timeout_s == 120 + TIMEOUT_MARGIN_S and job.max_tries == 5
+    assert job.timeout_s == 120 + settings.jobs.timeout_margin_s and job.max_tries == 5
     assert WorkerSettings.functions[0].name == "scenarios.train" and WorkerSettings.on_startup is not None
     assert WorkerSettings.allow_abort_jobs and worker.allow_abort_jobs  # cancelJob stops a running job
     assert backoff_s(1) < backoff_s(2) < backoff_s(3) and backoff_s(99) == backoff_s(4)
 
 
+def test_short_job_limits_shorten_the_lease_after_which_a_dead_workers_job_runs_again():
+    limits = {f"{kind}_time_limit_s": 3 for kind in ("similarity", "profiles", "candidates", "cleanup")}
+    jobs = JobsSettings(**limits, timeout_margin_s=1, item_vectors_timeout_s=2, cron=False)
+    settings = Settings().model_copy(update={
+        "training": TrainingSettings(train_time_limit_s=6), "jobs": jobs,
+        "redis": Settings().redis.model_copy(update={"url": "redis://127.0.0.1:1/0"}),
+    })
+    worker = standalone_worker(settings)
+    assert worker.functions["scenarios.train"].timeout_s == 7 and worker.functions["items.vectors"].timeout_s == 2
+    # arq keeps a started job's in-progress key this long: the longest timeout plus 10 s
+    assert worker.in_progress_timeout_s == 17
+    # the schedules' ticks run up to 300 s, so with schedules on a dead worker's job waits at least that
+    scheduled = settings.model_copy(update={"jobs": jobs.model_copy(update={"cron": True})})
+    assert standalone_worker(scheduled).in_progress_timeout_s == 300 + 10
+    default = standalone_worker(settings.model_copy(update={"training": TrainingSettings(), "jobs": JobsSettings()}))
+    assert default.in_progress_timeout_s == 1800 + 600 + 10
+
+
+def _with_urls(mongo: str | None, redis: str | None, qdrant: str | None) -> Settings:
+    base = Settings()
+    urls = {"mongo": mongo, "redis": redis, "qdrant": qdrant}
+    return base.model_copy(update={name: getattr(base, name).model_copy(update={"url": url})
+                                   for name, url in urls.items()})
+
+
 def test_a_separate_worker_is_refused_in_embedded_mode():
     env = {"MONGODB_URL": "", "REDIS_URL": "", "QDRANT_URL": ""}
     result = CliRunner().invoke(cli, ["worker"], env=env)
-    assert result.exit_code == 1 and "separate worker needs" in result.output, result.output
-    base = Settings()
-    embedded = base.model_copy(update={name: getattr(base, name).model_copy(update={"url": None})
-                                       for name in ("mongo", "redis", "qdrant")})
-    assert missing_urls(embedded) == ["MONGODB_URL", "REDIS_URL", "QDRANT_URL"]
+    assert result.exit_code == 1 and "separate worker needs MONGODB_URL, REDIS_URL" in result.output, result.output
+    assert missing_urls(_with_urls(None, None, None)) == ["MONGODB_URL", "REDIS_URL"]
+    assert missing_urls(_with_urls("mongodb://db/", None, "http://q:6333")) == ["REDIS_URL"]
+
+
+def test_shared_servers_without_a_vector_server_search_embeddings_in_memory():
+    mongo, redis, qdrant = "mongodb://db:27017/", "redis://cache:6379/0", "http://qdrant:6333"
+    # A worker needs no QDRANT_URL: no process opens a vector store then, so no host keeps a shard of its own.
+    assert missing_urls(_with_urls(mongo, redis, None)) == []
+    assert searches_in_memory(_with_urls(mongo, redis, None))
+    assert not searches_in_memory(_with_urls(mongo, redis, qdrant))  # the Qdrant server
+    assert not searches_in_memory(_with_urls(None, None, None))  # one machine: embedded shards in serve
+    assert not searches_in_memory(_with_urls(mongo, None, None))  # Redis embedded: one machine too
