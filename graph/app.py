@@ -20,7 +20,7 @@ from graph.audit import AuditExtension
 from graph.context import WebSocketAuth, http_context, ws_context
 from graph.dashboard import dashboard_routes, graphiql_page
 from graph.cost import cost_extension, cost_limits
-from graph.export import EXPORT_ROUTES
+from graph.export_routes import EXPORT_ROUTES
 from graph.breakers import breaker_gauge, exported_breakers
 from graph.health import live, ready
 from graph.ratelimit import limit_websocket_operations, within_limits

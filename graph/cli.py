@@ -24,13 +24,12 @@ from graph import demo as demo_setup
 from graph.backup import lower_priority, run_restore, summary, write_backup
 from graph.evaluate import register as register_evaluate
 from graph.export import Kind as ExportKind, parse_time, write_export
-from graph.metrics import process_exited, share_across_processes
-from graph.observability import configure_logging
+from graph.logs import configure_logging
 from graph.processes import PortUnavailable, auto_processes, listening_socket, serving_children
 from graph.runtime import Runtime, open_runtime
 from models.embedded import EmbeddedStartError, ServerUnavailable
 from models.settings import Settings
-from workers.consumer import run_beside, run_until_signal
+from workers.consumer import process_exited, run_beside, run_until_signal
 from workers.settings import missing_urls, standalone_worker
 
 app = typer.Typer(help="recograph: recommendations as a GraphQL subgraph.", no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -119,6 +118,8 @@ async def serve_runtime(settings: Settings, runtime: Runtime) -> None:
     # Serving children and the consumer child count into /metrics too: pool every process's values.
     pooled = runtime.servers.logs_dir.parent / "prometheus" / str(os.getpid())
     if children or (settings.server.run_worker and settings.server.consumer_process):
+        from graph.metrics import share_across_processes  # with the web app's: only `serve` needs them
+
         share_across_processes(pooled)
     try:
         sock = listening_socket(host, port, first=True)  # refused at once, with one clear line, if the port is taken

@@ -13,27 +13,8 @@ from litestar import Response
 from litestar.status_codes import HTTP_429_TOO_MANY_REQUESTS
 
 from domain.errors import RateLimited
-from domain.ratelimit import Limit, RateDecision, RatePolicy, refusal
-from domain.tenancy import Scope
-from models.settings import RateLimitSettings
+from domain.ratelimit import RateDecision, refusal
 from resolvers.context import RequestContext
-
-
-def rate_policy(settings: RateLimitSettings) -> RatePolicy:
-    """Return the domain's rate policy from the settings."""
-    return RatePolicy(
-        keys={
-            Scope.PUBLIC: Limit(settings.public_rate, settings.public_burst),
-            Scope.ADMIN: Limit(settings.admin_rate, settings.admin_burst),
-            Scope.GATEWAY: Limit(settings.gateway_rate, settings.gateway_burst),
-        },
-        tenant=Limit(settings.tenant_rate, settings.tenant_burst),
-        max_subscriptions=settings.max_subscriptions,
-        overrides_refresh_s=settings.overrides_refresh_s,
-        fallback_s=settings.fallback_s,
-        redis_timeout_s=settings.redis_timeout_s,
-        enabled=settings.enabled,
-    )
 
 
 def rate_headers(decision: RateDecision) -> dict[str, str]:

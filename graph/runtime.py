@@ -17,15 +17,16 @@ from pymongo import AsyncMongoClient
 from domain.jobs import ArqQueue
 from domain.learning.service import LearningConfig
 from domain.migrations import migrate
+from domain.ratelimit import Limit, RatePolicy
 from domain.recommend.serving import ModelRegistry, SwapChannel
 from graph.heap import HeapSettler
-from graph.ratelimit import rate_policy
 from domain.services import Services
+from domain.tenancy import Scope
 from models.breaker import CircuitBreaker
 from models.cache import RedisCache
 from models.embedded import EmbeddedServers
 from models.mongo import connect_mongo, mongo_alive, sorts_every_match
-from models.settings import Settings
+from models.settings import RateLimitSettings, Settings
 from models.vectors import VectorStore, open_vector_store, searches_in_memory
 from workers.settings import job_policy
 
@@ -137,6 +138,23 @@ async def open_runtime(settings: Settings, *, with_vectors: bool = True, serving
     return Runtime(
         settings=settings, servers=servers, mongo=mongo, cache=cache, vectors=vectors, services=services, arq=arq,
         registry=registry, models_dir=models_dir, scratch_models=scratch, heap=heap,
+    )
+
+
+def rate_policy(settings: RateLimitSettings) -> RatePolicy:
+    """Return the domain's rate policy from the settings."""
+    return RatePolicy(
+        keys={
+            Scope.PUBLIC: Limit(settings.public_rate, settings.public_burst),
+            Scope.ADMIN: Limit(settings.admin_rate, settings.admin_burst),
+            Scope.GATEWAY: Limit(settings.gateway_rate, settings.gateway_burst),
+        },
+        tenant=Limit(settings.tenant_rate, settings.tenant_burst),
+        max_subscriptions=settings.max_subscriptions,
+        overrides_refresh_s=settings.overrides_refresh_s,
+        fallback_s=settings.fallback_s,
+        redis_timeout_s=settings.redis_timeout_s,
+        enabled=settings.enabled,
     )
 
 
