@@ -1,4 +1,5 @@
-"""`serve` with several processes on one port: each answers, a killed one comes back, and /metrics counts them all."""
+"""`serve` with several processes on one port: each answers, a killed one comes back, /metrics counts them all, and
+another `serve` on the same port is refused in one line."""
 
 from __future__ import annotations
 
@@ -87,6 +88,14 @@ def test_serving_processes_share_the_port_and_their_metrics(tmp_path):
         [child] = _serving_children(serve.pid)
         assert pids == {serve.pid, child}
 
+        # SO_REUSEPORT would let a second serve share the port: it is refused like any other taken port.
+        again = {**env, "RECOGRAPH_DATA_DIR": str(tmp_path / "second")}
+        second = subprocess.run([str(BIN), "serve"], env=again, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1
+        assert "cannot listen on" in second.stderr and "Address already in use" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
+        assert _pid(url) in pids
+
         # Whichever process is scraped, it counts every process's requests.
         before = _counted(url, "/health/live")
         answered = [_pid(url) for _ in range(30)]
@@ -173,20 +182,5 @@ def test_one_serving_process_still_counts_its_consumer_child(tmp_path):
              "{ upserted } }", {"s": sid})
         record_and_count(url, keys["admin"], [
             {"scenarioId": sid, "userId": f"u{n}", "itemId": "a", "type": "VIEW"} for n in range(4)])
-    finally:
-        stop_serving(serve, children)
-
-
-def test_a_port_in_use_is_one_clear_line_even_for_another_serve(tmp_path):
-    serve, url, env = start_serving(tmp_path / "first", 2)
-    children = _children(serve.pid)
-    try:
-        # SO_REUSEPORT would let a second serve share the port: it is refused like any other taken port.
-        again = {**env, "RECOGRAPH_DATA_DIR": str(tmp_path / "second")}
-        second = subprocess.run([str(BIN), "serve"], env=again, capture_output=True, text=True, timeout=120)
-        assert second.returncode == 1
-        assert "cannot listen on" in second.stderr and "Address already in use" in second.stderr, second.stderr
-        assert "Traceback" not in second.stderr
-        assert _pid(url) in {serve.pid, *_serving_children(serve.pid)}
     finally:
         stop_serving(serve, children)
