@@ -3,29 +3,15 @@ a real redis-server (6.2: the lag past the group's cursor is counted, up to a bo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis import asyncio as aioredis
 
 from domain.realtime.backlog import LAG_COUNT_LIMIT, read_backlog
 from domain.realtime.keys import FIELD, GROUP, HEARTBEAT, STREAMS, stream_key
 from graph.metrics import Metrics
-from models.embedded.servers import start_redis
 from tests.conftest import free_port
-
-
-@pytest.fixture
-async def redis(tmp_path) -> AsyncIterator[aioredis.Redis]:
-    handle = await start_redis(tmp_path, tmp_path / "redis.log", persist=False)
-    client = aioredis.Redis.from_url(handle.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-        await handle.stop()
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

@@ -11,15 +11,6 @@ from redis.asyncio import Redis
 
 from domain.realtime.keys import FIELD, GROUP, HEARTBEAT, STREAMS, rebuild_key, stream_key
 from domain.realtime.readiness import consumer_readiness
-from models.embedded.servers import start_redis
-
-
-@pytest.fixture(scope="module")
-async def redis_url(tmp_path_factory) -> AsyncIterator[str]:
-    home = tmp_path_factory.mktemp("readiness")
-    handle = await start_redis(home, home / "redis.log", persist=False)
-    yield handle.url
-    await handle.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ cache hit rate, diversity and coverage are those of every process together, per 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -17,20 +16,8 @@ from domain.realtime.pagestats import (
 )
 from domain.realtime.snapshots import MetricsWindow, SnapshotRequest
 from domain.recommend.base import CatalogueView
-from models.embedded.servers import start_redis
 
 NOW = 1_800_000_000.0  # a fixed wall clock, mid-minute
-
-
-@pytest.fixture
-async def redis(tmp_path) -> AsyncIterator[aioredis.Redis]:
-    handle = await start_redis(tmp_path, tmp_path / "redis.log", persist=False)
-    client = aioredis.Redis.from_url(handle.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-        await handle.stop()
 
 
 def catalogue(categories: dict[str, tuple[str, ...]], inactive: tuple[str, ...] = ()) -> CatalogueView:

@@ -18,15 +18,6 @@ from domain.realtime.backlog import read_tenant_backlog
 from domain.realtime.deadletters import Burial, DeadLetters
 from domain.realtime.keys import FIELD, GROUP, HEARTBEAT, STREAMS, stream_key
 from models.documents import Job, ModelVersion, Scenario
-from models.embedded.servers import start_redis
-
-
-@pytest.fixture(scope="module")
-async def redis_url(tmp_path_factory) -> AsyncIterator[str]:
-    home = tmp_path_factory.mktemp("system-health")
-    handle = await start_redis(home, home / "redis.log", persist=False)
-    yield handle.url
-    await handle.stop()
 
 
 @pytest.fixture

