@@ -113,7 +113,8 @@ class ScenarioService:
         await self._invalidations.publish("scenarios", tenant_id, [scenario_id])
         updated = await self.get_or_raise(scenario_id, tenant_id=tenant_id, field="id")
         if "config" in changes:  # recorded as this update wrote it, even if another change has followed since
-            ours = updated.model_copy(update={"config": changes["config"], "config_version": scenario.config_version + 1})
+            ours = updated.model_copy(update={"config": changes["config"],
+                                              "config_version": scenario.config_version + 1})
             await history.record(ours, previous=scenario.config, key_id=key_id, origin=origin, origin_ref=origin_ref)
         return updated
 
