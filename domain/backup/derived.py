@@ -30,6 +30,7 @@ from domain.backup.files import read_bson
 from domain.backup.parts import DECODE
 from domain.learning import versions
 from domain.learning.model import ScenarioModel
+from domain.learning.process import item_embeddings
 from domain.learning.storage import load_item_tower
 from domain.learning.tower_spaces import ITEM_FIELDS, KIND as TOWERS, OPTIMIZE_MAX_POINTS, UPSERT_CHUNK
 from domain.realtime.apply import REPLAY_ASPECTS
@@ -141,14 +142,7 @@ async def _upsert(vectors: VectorStore, space: str, version: ModelVersion, ids: 
 
 def _embeddings(path: Path) -> tuple[list[str], np.ndarray]:
     """Return the items that have a content embedding in a saved model, and the embeddings (float32)."""
-    model = ScenarioModel.load(path)
-    ids, rows = [], []
-    for item_id in model.catalogue.item_ids:
-        vector = model.item_embedding(item_id)
-        if vector is not None:
-            ids.append(item_id)
-            rows.append(np.asarray(vector, dtype=np.float32))
-    return ids, (np.vstack(rows) if rows else np.zeros((0, 0), np.float32))
+    return item_embeddings(ScenarioModel.load(path)) or ([], np.zeros((0, 0), np.float32))
 
 
 async def _items(ids: Sequence[str], *, tenant_id: str, scenario_id: str) -> dict[str, dict[str, Any]]:

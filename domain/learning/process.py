@@ -196,7 +196,7 @@ def _fit_in_child(
     trained = time.perf_counter()
     model.save(Path(path))
     saved = time.perf_counter()
-    embeddings = _embeddings(model)
+    embeddings = item_embeddings(model)
     # A refit keeps its base's towers, and the vectors the base wrote with them.
     towers = (list(model.catalogue.item_ids), np.asarray(model.two_tower.item_vectors, dtype=np.float32)) \
         if model.two_tower is not None and base is None else None
@@ -248,7 +248,7 @@ def _fitted(model: ScenarioModel) -> dict[str, Any]:
     return {"fitted": fitted}
 
 
-def _embeddings(model: Any) -> tuple[list[str], np.ndarray] | None:
+def item_embeddings(model: Any) -> tuple[list[str], np.ndarray] | None:
     """Return the items that have an embedding and their vectors as one float32 matrix, or None."""
     ids, rows = [], []
     for item_id in model.catalogue.item_ids:

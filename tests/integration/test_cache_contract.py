@@ -7,15 +7,6 @@ from collections.abc import AsyncIterator
 import pytest
 
 from models.cache import BlobWrite, CacheUnavailable, InMemoryCache, ItemMeta, RedisCache, tenant_key
-from models.embedded.servers import start_redis
-
-
-@pytest.fixture(scope="module")
-async def redis_url(tmp_path_factory) -> AsyncIterator[str]:
-    home = tmp_path_factory.mktemp("redis")
-    handle = await start_redis(home, home / "redis.log", persist=False)
-    yield handle.url
-    await handle.stop()
 
 
 @pytest.fixture(params=["fake", "redis"])
