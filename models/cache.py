@@ -66,6 +66,9 @@ class UserState:
     # not applied yet are waiting (then the seen set may hold items the recent events do not have yet).
     recent: tuple[str, ...] = ()
     pending: bool = False
+    # No cache version at all: a user never seen, or one whose keys expired (domain.realtime.returning checks and
+    # restores them, then writes a version; version 0 alone does not say it, a checked new user keeps 0).
+    missing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +147,14 @@ return 1
 # and accepted counts of the profile hot state: what serving needs, in one round trip.
 # KEYS: version counter, answer blob, seen set, recent events, profile hash; ARGV[1]: '1' to read the answer.
 _USER_STATE = """
-local v = redis.call('GET', KEYS[1]) or '0'
+local raw = redis.call('GET', KEYS[1])
+local v = raw or '0'
+local missing = raw and 0 or 1
 if ARGV[1] == '1' then
   local a = redis.call('GET', KEYS[2])
-  if a and string.sub(a, 1, #v + 1) == v .. '|' then return {v, a} end
+  if a and string.sub(a, 1, #v + 1) == v .. '|' then return {v, missing, a} end
 end
-return {v, false, redis.call('SMEMBERS', KEYS[3]), redis.call('ZRANGE', KEYS[4], 0, -1),
+return {v, missing, false, redis.call('SMEMBERS', KEYS[3]), redis.call('ZRANGE', KEYS[4], 0, -1),
         redis.call('HMGET', KEYS[5], 'n', 'acc')}
 """
 
@@ -374,12 +379,13 @@ class RedisCache:
             row = await self._user_state(keys=keys, args=["1" if answer else "0"])
         except RedisError as exc:
             raise CacheUnavailable(str(exc)) from exc
-        version = int(row[0])
-        if len(row) == 2:
-            return UserState(version=version, answer=_unversioned(version, _text(row[1])), seen=None)
-        applied, accepted = (int(n or 0) for n in row[4])
-        return UserState(version=version, answer=None, seen={_text(v) for v in row[2]},
-                         recent=tuple(_text(m) for m in row[3]), pending=accepted > applied)
+        version, missing = int(row[0]), bool(int(row[1]))
+        if len(row) == 3:
+            return UserState(version=version, answer=_unversioned(version, _text(row[2])), seen=None,
+                             missing=missing)
+        applied, accepted = (int(n or 0) for n in row[5])
+        return UserState(version=version, answer=None, seen={_text(v) for v in row[3]},
+                         recent=tuple(_text(m) for m in row[4]), pending=accepted > applied, missing=missing)
 
     async def ping(self) -> bool:
         """Return whether Redis answers (never raises)."""
@@ -530,10 +536,11 @@ class InMemoryCache:
         """Return the user's version, the answer stored under it (when wanted), else the seen set (no consumer
         writes recent events here: there are none)."""
         self._check()
-        version = self.counters.get(tenant_key(tenant_id, "uv", user_id), 0)
+        key = tenant_key(tenant_id, "uv", user_id)
+        version, missing = self.counters.get(key, 0), key not in self.counters
         if answer and (found := _unversioned(version, self.blobs.get(tenant_key(tenant_id, *answer)))) is not None:
-            return UserState(version=version, answer=found, seen=None)
-        return UserState(version=version, answer=None,
+            return UserState(version=version, answer=found, seen=None, missing=missing)
+        return UserState(version=version, answer=None, missing=missing,
                          seen=set(self.sets.get(tenant_key(tenant_id, "seen", scenario_id, user_id), set())))
 
     async def ping(self) -> bool:

@@ -1,10 +1,12 @@
 """Rebuild a returning user's Redis state from MongoDB in the background, never on the request path.
 
 A user's keys expire after the inactivity RECOGRAPH_USER_STATE_TTL_DAYS (models.cache). A request finds a user
-without state cheaply: serving reads the cache version `uv` anyway (0: missing), and ingest's INCR of it answers 1
-when it was missing. Either notes the user here (`note`, a bounded in-process queue); a task replays the user's
-stored events through the consumer's script, profile and seen sets only (`ps`: popularity and metrics of old events
-stay as counted), then bumps `uv` so cached answers recompute with the restored seen sets.
+without state cheaply: serving reads the cache version `uv` anyway (and whether it is there at all), and ingest's
+INCR of it answers 1 when it was missing. Either notes the user here (`note`, a bounded in-process queue); a task
+replays the user's stored events through the consumer's script, profile and seen sets only (`ps`: popularity and
+metrics of old events stay as counted), then bumps `uv` so cached answers recompute with the restored seen sets.
+With nothing replayed (a new user) it writes `uv` as 0: the user is checked, and the answer cached under version 0
+stays valid.
 
 Which events: those received before the markers' horizon (MARKER_TTL_S, minus an hour). Keys expire only after
 at least 4 days without an event (RECOGRAPH_USER_STATE_TTL_DAYS's minimum), longer than the markers reach, so
@@ -42,11 +44,18 @@ REBUILD_WAIT_S = 60.0
 RESTORE_PAUSE_S = 0.1  # at most about 10 users checked a second per process
 
 
-# KEYS: the user's cache version, their restore claim, their erasure marker; ARGV: the user ttl.
+# KEYS: the user's cache version, their restore claim, their erasure marker; ARGV: the user ttl, whether events
+# were replayed. Replayed events change the seen sets: the version moves on and answers cached before are stale.
+# Nothing replayed (a new user, or one whose state was whole): the version is only written when missing, as 0, the
+# version those answers were cached under, so the user's next request still finds them and notes nobody.
 _DONE = """
 if redis.call('EXISTS', KEYS[3]) == 0 then
-  redis.call('INCR', KEYS[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  if ARGV[2] == '1' then
+    redis.call('INCR', KEYS[1])
+    redis.call('EXPIRE', KEYS[1], ARGV[1])
+  else
+    redis.call('SET', KEYS[1], '0', 'NX', 'EX', ARGV[1])
+  end
 end
 redis.call('DEL', KEYS[2])
 return 1
@@ -126,7 +135,7 @@ class ReturningUsers:
         # meanwhile gets no key back. A restore noted before this one ended finds the profile complete (`_expired`).
         erased = tenant_key(tenant_id, "erased", await erasure.user_digest(user_id, tenant_id=tenant_id))
         await self._done(keys=[tenant_key(tenant_id, "uv", user_id), _claim_key(tenant_id, user_id), erased],
-                         args=[self._user_ttl_s])
+                         args=[self._user_ttl_s, "1" if applied else "0"])
         if applied:
             self.restored += 1
             log.info("realtime.user_restored", tenant_id=tenant_id, events=applied)

@@ -183,7 +183,7 @@ class RecommendationService:
         answer = ("answer", served.scenario_id, served.user_id, key)
         # One round trip: the user's version, the answer cached under it, else the seen set the engine needs.
         state = await self._user_state(served, None if debug else answer, tenant_id=tenant_id)
-        if state is not None and state.version == 0 and self._returning is not None:
+        if state is not None and state.missing and self._returning is not None:
             self._returning.note(served.user_id, tenant_id=tenant_id)  # rebuilt in the background, never awaited
         if state is not None and (hit := ServedList.decode(state.answer)) is not None:
             if hit.complete or len(hit) >= limit:  # an answer cached for a smaller page may be too short

@@ -133,4 +133,29 @@ async def test_item5_a_new_user_costs_one_read_by_id_not_a_scan_of_events(served
 
     monkeypatch.setattr(type(services.returning), "_expired", never)
     assert await services.returning.restore("brand-new-user", tenant_id=tenant) == 0
-    assert await served.runtime.cache.user_version("brand-new-user", tenant_id=tenant) == 1  # no further notes
+    # Checked: the version is written (no further notes), as 0, the version answers were cached under meanwhile.
+    assert await served.runtime.cache.client.get(tenant_key(tenant, "uv", "brand-new-user")) == b"0"
+
+
+async def test_item5_a_new_users_second_request_is_answered_from_the_cache_and_notes_nobody(served, shop):
+    services, tenant, sid = shop
+    first = await services.recommendations.recommend(tenant_id=tenant, scenario_id=sid, user_id="new-visitor",
+                                                     first=5, after=None, context=None, exclude_seen=True,
+                                                     debug=False, max_first=50)
+    deadline = time.monotonic() + 5  # the first request noted the user: wait for the background check
+    while await served.runtime.cache.client.get(tenant_key(tenant, "uv", "new-visitor")) is None:
+        assert time.monotonic() < deadline, "the new user was never checked"
+        await asyncio.sleep(0.05)
+    noted = []
+    original = services.returning.note
+    services.returning.note = lambda user_id, *, tenant_id: noted.append(user_id) or original(user_id,
+                                                                                               tenant_id=tenant_id)
+    try:
+        second = await services.recommendations.recommend(tenant_id=tenant, scenario_id=sid, user_id="new-visitor",
+                                                          first=5, after=None, context=None, exclude_seen=True,
+                                                          debug=False, max_first=50)
+    finally:
+        del services.returning.note
+    assert second.request_id == first.request_id  # the answer cached by the first request
+    assert [r.item_id for r in second.items] == [r.item_id for r in first.items]
+    assert noted == []
