@@ -226,7 +226,11 @@ def _tune_source(name: str, chosen: dict[str, dict[str, Any]], config: Mapping, 
             trials.append({"params": {param: params[param]}, "ndcg@10": round(scores.ndcg, 5)})
             return scores.per_user
 
-        value, _, _ = tune_value(start, low, high, integer, score_of, deadline, grid=param in request_time)
+        # On a random slice, where the order of a history means nothing, a history setting is simplest at its top:
+        # every item read, none decayed (see tune_value). On a time-ordered one recency is the prior: no default.
+        simplest = high if param in request_time and scorer.slice.how == "random" else None
+        value, _, _ = tune_value(start, low, high, integer, score_of, deadline, grid=param in request_time,
+                                 simplest=simplest)
         if time.monotonic() > deadline:
             tuning.stopped = "time budget"
         chosen[name][param] = int(value) if integer else value

@@ -392,13 +392,20 @@ def log_grid(low: float, high: float, integer: bool, step: float = SCALE) -> lis
 
 def tune_value(value: float, low: float, high: float, integer: bool,
                score_of: Callable[[float], float | np.ndarray], deadline: float,
-               grid: bool = False) -> tuple[float, float, list[tuple[float, float]]]:
+               grid: bool = False, simplest: float | None = None) -> tuple[float, float, list[tuple[float, float]]]:
     """Return the best value found from `value`, its mean score, and every (value, mean score) tried.
 
     The walk takes steps of SCALE in the direction that gains for as long as it gains, then steps of sqrt(SCALE)
     around the best. With `grid` (a setting read at request time, cheap to try) it first scores the whole range a
     factor SCALE apart, so that a better value beyond a flat stretch is found. A move is kept only when it
-    `improves` on the current best (per-user scores: beyond one standard error)."""
+    `improves` on the current best (per-user scores: beyond one standard error).
+
+    `simplest` names the value that adds no structure to the model (for the history settings on a random slice:
+    every item, no decay). Of the grid's values within one standard error of its best, the one nearest it is kept:
+    the one-standard-error rule as ESL 7.10 states it, the most parsimonious model within noise of the best. A
+    slice of 1-5 held-out items a user cannot tell a heavy user's 800 newest items from all of them (their NDCG@10
+    barely moves), but a random test split of ml-latest-small can: all of them scored 0.3706 there against 0.3675.
+    Where order matters (a time-ordered slice) there is no such default and the walk keeps its start."""
     def clip(v: float) -> float:
         v = min(max(v, low), high)
         return float(round(v)) if integer else float(v)
@@ -411,7 +418,10 @@ def tune_value(value: float, low: float, high: float, integer: bool,
             if candidate not in tried and time.monotonic() <= deadline:
                 tried[candidate] = score_of(candidate)
         leader = max(tried, key=mean)
-        if improves(tried[leader], tried[best]):
+        if simplest is not None:
+            near = [v for v in tried if v == leader or not improves(tried[leader], tried[v])]
+            best = min(near, key=lambda v: abs(math.log(max(v, 1e-9) / max(clip(simplest), 1e-9))))
+        elif improves(tried[leader], tried[best]):
             best = leader
     for factor in (SCALE, math.sqrt(SCALE)):
         moved = True

@@ -211,3 +211,12 @@ async def test_user_cf_caps_the_seeds_of_an_inflated_history(model):
     history = ["d0"] * 20 + ["a0", "a1", "a2"] * (USER_CF_SEEDS // 3 + 1)
     found = await recall("user_cf", context(model, history=history, exclude=["d0", "a0", "a1", "a2"]), limit=20)
     assert found and {f[0] for f in found} == {"a"}
+
+
+async def test_history_items_below_the_default_cap_read_only_the_newest(model):
+    # historyItems 3 reads the three newest items: the older d-items no longer pull d-items in.
+    history = ["d0", "d1", "d2", "a0", "a1", "a2"]
+    both = await recall("item_cf", context(model, history=history), limit=20)
+    assert {f[0] for f in both} == {"a", "d"}
+    newest = await recall("item_cf", context(model, history=history, params={"historyItems": 3}), limit=20)
+    assert newest and {f[0] for f in newest} == {"a"}

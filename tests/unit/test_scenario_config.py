@@ -48,7 +48,7 @@ def test_build_config_without_overrides_returns_a_copy_of_the_template(name: str
 def test_templates_make_the_choices_their_kind_needs() -> None:
     vlog, news, shop, music = (TEMPLATES[n] for n in ("VLOG", "NEWS", "ECOMMERCE", "MUSIC"))
     assert vlog["interactionWeights"]["WATCH"] >= 5 and vlog["interactionWeights"]["SKIP"] < 0
-    assert {"name": "mmr", "params": {"lambda": 0.7, "by": "category"}} in vlog["rerank"]
+    assert {"name": "mmr", "params": {"lambda": 0.85, "by": "category"}} in vlog["rerank"]
     assert news["freshness"]["halfLifeHours"] <= 12 and news["popularity"]["trendingWindowHours"] <= 6
     assert {"region", "language"} <= set(news["features"]["context"])
     assert {"name": "rules", "params": {"expressions": ["publishedAt within 72h"]}} in news["filters"]

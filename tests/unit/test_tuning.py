@@ -200,6 +200,24 @@ def test_a_request_time_setting_is_searched_across_its_range_before_the_walk() -
     assert gridded >= 1000 and value == pytest.approx(0.3)
 
 
+def test_a_history_setting_within_noise_of_the_best_keeps_its_simplest_value() -> None:
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.0, 0.6, 400)
+    noise = {v: rng.normal(0, 0.05, 400) for v in (50.0, 200.0, 800.0, 3200.0, 100.0, 400.0, 1600.0)}
+    for values in noise.values():
+        values -= values.mean()  # each value's mean is what is added; paired differences' standard error ~0.0035
+    # 800 leads by a tenth of a standard error: every item (3,200, the top of the range) is kept.
+    flat = lambda v: base + noise.get(v, 0) + (0.0003 if v == 800 else 0.0)  # noqa: E731
+    kept, _, _ = tune_value(200, 50, 3200, True, flat, deadline=float("inf"), grid=True, simplest=3200)
+    assert kept == 3200
+    # Without `simplest` the walk keeps its start (no move beats it beyond noise).
+    assert tune_value(200, 50, 3200, True, flat, deadline=float("inf"), grid=True)[0] == 200
+    # A value better by several standard errors wins over the simplest.
+    steep = lambda v: base + noise.get(v, 0) + (0.05 if v <= 100 else 0.0)  # noqa: E731
+    kept, _, _ = tune_value(200, 50, 3200, True, steep, deadline=float("inf"), grid=True, simplest=3200)
+    assert kept <= 100
+
+
 def test_a_trained_pipeline_is_never_worse_on_its_slice_than_its_config_or_a_single_source(tuned) -> None:
     tuning = tuned.info["tuning"]
     chosen = tuning["pipelines"][tuning["chosen"]]
@@ -272,3 +290,11 @@ def test_the_hourly_similarity_refit_keeps_the_fitted_settings_and_weights(tuned
     refit = refit_similarity(replace(tuned, info=info), data, config(), version=2)
     assert refit.item_cf.neighbors.shape[1] == 7
     assert refit.info["tuning"] == info["tuning"]  # so serving keeps the fitted weights
+
+
+def test_on_a_random_slice_history_settings_within_noise_read_every_item_undecayed(data: TrainingData) -> None:
+    # The users view their cluster's items in random order: no recency to learn, so the simplest history wins.
+    model = train_scenario_model(data, config(validation="random"), scenario_id="s", version=1)
+    params = model.info["tuning"]["params"]
+    for source in ("ease", "item_cf"):
+        assert params[source]["historyItems"] == 3200 and params[source]["historyHalfLife"] == 100000.0

@@ -157,6 +157,8 @@ class RecallContext:
             space = self.model.catalogue if model_space and self.model is not None else self.catalogue
             history = space.indexes(longer)
         weights = recency_weights(len(history), float(self.params.get("historyHalfLife") or HISTORY_HALF_LIFE))
+        if wanted < len(history):  # fewer than HISTORY_CAP asked
+            history, weights = history[-wanted:], weights[-wanted:]
         if count is not None:
             history, weights = history[-count:], weights[-count:]
         return history, weights
