@@ -132,7 +132,8 @@ async def test_export_reads_through_many_small_windows(http, shop, monkeypatch):
     real_next_span = export_module.next_span
 
     def next_span(span: timedelta, count: int, **kwargs) -> timedelta:
-        found.append(count)
+        if kwargs.get("target") == 1:  # the export's walk, not the analytics refresh's running beside it
+            found.append(count)
         return real_next_span(span, count, **kwargs)
 
     monkeypatch.setattr(export_module, "next_span", next_span)
