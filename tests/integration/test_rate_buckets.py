@@ -13,15 +13,6 @@ import redis.asyncio as aioredis
 from domain.ratelimit import Limit, RateLimits, RatePolicy
 from domain.tenancy import Principal, Scope
 from models.buckets import Bucket, BucketsUnavailable, LocalBuckets, RedisBuckets
-from models.embedded.servers import start_redis
-
-
-@pytest.fixture(scope="module")
-async def redis_url(tmp_path_factory) -> AsyncIterator[str]:
-    home = tmp_path_factory.mktemp("redis-rl")
-    handle = await start_redis(home, home / "redis.log", persist=False)
-    yield handle.url
-    await handle.stop()
 
 
 @pytest.fixture(params=["local", "redis"])

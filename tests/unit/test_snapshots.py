@@ -28,14 +28,6 @@ MINUTE = int(NOW) // 60
 HOUR = int(NOW) // 3600
 
 
-@pytest.fixture(scope="module")
-async def redis_url(tmp_path_factory) -> AsyncIterator[str]:
-    home = tmp_path_factory.mktemp("redis-live")
-    handle = await start_redis(home, home / "redis.log", persist=False)
-    yield handle.url
-    await handle.stop()
-
-
 @pytest.fixture
 async def client(redis_url) -> AsyncIterator[aioredis.Redis]:
     redis = aioredis.from_url(redis_url, socket_timeout=1.0)
